@@ -1,0 +1,88 @@
+"""The command line as an operator uses it: a real `crm-worker` process, a real SMTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+NOW = "2026-03-14T10:00:00Z"
+
+
+def crm_worker(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | env
+    return subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        "CRM_DATA_DIR": str(tmp_path / "var"),
+        "CRM_SOURCE": str(REPO / "examples" / "crm"),
+        "CRM_RULES_DIR": str(REPO / "rules"),
+        "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+    }
+    if os.environ.get("REDIS_URL"):
+        env["CRM_REDIS_URL"] = os.environ["REDIS_URL"]
+    return env
+
+
+def test_check_plan_run_run_again(tmp_path, smtp_server, redis_client):
+    env = base_env(tmp_path) | {
+        "CRM_SMTP_HOST": smtp_server.host,
+        "CRM_SMTP_PORT": str(smtp_server.port),
+        "CRM_SMTP_SECURITY": "none",
+    }
+    checked = crm_worker("check", env=env, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    planned = crm_worker("plan", "--now", NOW, "--json", env=env, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    lines = [json.loads(line) for line in planned.stdout.splitlines()]
+    assert len(lines) > 0
+    assert {"rule", "key", "channel", "to", "due_at"} <= set(lines[0])
+    assert all(line["due_at"].endswith("Z") for line in lines)
+
+    first = crm_worker("run", "--once", "--now", NOW, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"sent {len(lines)}," in first.stdout
+    assert sorted(r.recipients[0] for r in smtp_server.received) == sorted(x["to"] for x in lines)
+
+    second = crm_worker("run", "--once", "--now", NOW, env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "sent 0," in second.stdout
+    assert len(smtp_server.received) == len(lines)
+
+
+def test_check_reports_problems_with_positions(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.yaml").write_text(
+        "id: bad\ntrigger:\n  birthday:\n    at: '9:75'\nsend:\n"
+        "  - {channel: email, template: nope, to: customer.email}\n",
+        encoding="utf-8",
+    )
+    env = base_env(tmp_path) | {"CRM_RULES_DIR": str(rules)}
+    result = crm_worker("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        f"{rules / 'bad.yaml'}:4:9: trigger.birthday.at: '9:75' is not a time of day"
+        in result.stdout
+    )
+
+
+def test_unknown_setting_is_a_usage_error(tmp_path):
+    result = crm_worker("check", env=base_env(tmp_path) | {"CRM_SMTP_HOTS": "x"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean CRM_SMTP_HOST" in result.stderr

@@ -1,0 +1,96 @@
+"""Templates in the sandbox: safe, strict about typos, forgiving about empty fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from worker.errors import RenderLimitError, TemplateError
+from worker.rendering import TemplateRenderer, locale_chain
+
+COMPANY = {"name": "Shop", "address": "Street 1"}
+
+
+def renderer_with(
+    tmp_path: Path, subject: str, text: str = "x", html: str = "x"
+) -> TemplateRenderer:
+    folder = tmp_path / "t" / "en"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt.j2").write_text(subject, encoding="utf-8")
+    (folder / "body.txt.j2").write_text(text, encoding="utf-8")
+    (folder / "body.html.j2").write_text(html, encoding="utf-8")
+    return TemplateRenderer(tmp_path, "en")
+
+
+@pytest.mark.parametrize(
+    ("locale", "chain"),
+    [
+        ("de-AT", ["de-at", "de", "en"]),
+        ("de_at", ["de-at", "de", "en"]),
+        (None, ["en"]),
+        ("../x", ["en"]),
+    ],
+)
+def test_locale_chain(locale, chain):
+    assert locale_chain(locale, "en") == chain
+
+
+def test_locale_fallback_picks_german_for_austria():
+    renderer = TemplateRenderer(REPO / "templates", "en")
+    message = renderer.render(
+        "birthday", "de-AT", {"customer": {"first_name": "Jörg"}, "company": COMPANY}
+    )
+    assert message.locale == "de"
+    assert message.subject == "Alles Gute zum Geburtstag, Jörg!"
+    fallback = renderer.render(
+        "birthday", "fr-FR", {"customer": {"first_name": None}, "company": COMPANY}
+    )
+    assert fallback.locale == "en" and fallback.subject == "Happy birthday!"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''|attr('__class__') }}",
+        "{{ '{0.__class__}'.format(customer) }}",
+    ],
+)
+def test_sandbox_refuses_escapes(tmp_path, payload):
+    renderer = renderer_with(tmp_path, payload)
+    with pytest.raises(TemplateError):
+        renderer.render("t", "en", {"customer": {}})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 10**8 }}",
+        "{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxx{% endfor %}{% endfor %}",
+    ],
+)
+def test_runaway_templates_are_stopped(tmp_path, payload):
+    renderer = renderer_with(tmp_path, "s", text=payload)
+    with pytest.raises(TemplateError) as info:
+        renderer.render("t", "en", {})
+    assert isinstance(info.value, RenderLimitError) or "sandbox" in info.value.reason
+
+
+def test_typo_fails_and_none_prints_nothing(tmp_path):
+    renderer = renderer_with(tmp_path, "Hello {{ customer.frist_name }}")
+    with pytest.raises(TemplateError, match="frist_name"):
+        renderer.render("t", "en", {"customer": {"first_name": "Ann"}})
+    renderer = renderer_with(tmp_path / "b", "Hello {{ customer.first_name }}")
+    assert renderer.render("t", "en", {"customer": {"first_name": None}}).subject == "Hello"
+
+
+def test_html_is_escaped_but_subject_and_text_are_literal(tmp_path):
+    name = "<script>alert(1)</script> & Co"
+    renderer = renderer_with(tmp_path, "{{ n }}\r\nBcc: x", text="{{ n }}", html="<p>{{ n }}</p>")
+    message = renderer.render("t", "en", {"n": name})
+    assert message.subject == f"{name} Bcc: x"
+    assert message.text == name
+    assert "&lt;script&gt;" in message.html and "<script>" not in message.html

@@ -1,0 +1,37 @@
+"""What every channel does: deliver one prepared message, or say why not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message ready for the wire. ``key`` is the delivery key (for logs and file names)."""
+
+    key: str
+    channel: str
+    sender: str
+    recipient: str
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof of delivery: the server's reply, or where the message was written."""
+
+    detail: str
+
+
+class Channel(Protocol):
+    """Sends :class:`Outgoing` messages; raises :class:`~worker.errors.DeliveryError` subclasses.
+
+    ``TransientDeliveryError``: try again later. ``PermanentDeliveryError``: never for this
+    recipient. Implementations are safe to call from several threads.
+    """
+
+    def send(self, message: Outgoing) -> Receipt: ...
+
+    def close(self) -> None: ...

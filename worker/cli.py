@@ -1,0 +1,336 @@
+"""``crm-worker``: the command line. Thin: parse, call the package, print.
+
+Exit codes: 0 success, 1 problems found (``check``) or deliveries failed, 2 usage or
+configuration error, 3 a service (Redis, the CRM data) is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from worker.errors import ConfigError, CrmWorkerError, SourceError
+from worker.localtime import parse_instant, utc_now
+from worker.planning import PlannedDelivery, Skip, plan
+from worker.rules.loader import rule_json_schema
+from worker.runtime import Runtime
+from worker.settings import Settings, load_settings
+from worker.validation import check_all
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Instant(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 instant; without an offset it is UTC."""
+
+    name = "instant"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_instant(str(value))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO 8601 instant, e.g. 2026-03-14T10:00:00Z", param, ctx
+            )
+
+
+NOW_OPTION = click.option(
+    "--now", type=Instant(), default=None, help="Pretend it is this instant (default: now)."
+)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_CONFIG)
+
+
+def _runtime(ctx: click.Context) -> Runtime:
+    runtime = Runtime(_settings())
+    ctx.call_on_close(runtime.close)
+    return runtime
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """CRM messaging automation worker.
+
+    \b
+    Examples:
+      crm-worker check                                  validate rules and templates
+      crm-worker plan --now 2026-03-14T10:00:00Z        who would get what at that instant
+      crm-worker run --once                             one pass now, deliver, print a summary
+      crm-worker run                                    scheduler + workers until Ctrl-C
+
+    Settings come from CRM_* environment variables or a .env file (see README).
+    """
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("dramatiq").setLevel(max(level, logging.WARNING))
+
+
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate rules and templates; one `path:line:col: message` line per problem.
+
+    \b
+    Exit 0 when everything is valid, 1 otherwise.
+    Example:
+      crm-worker check
+    """
+    runtime = _runtime(ctx)
+    logging.getLogger("worker.rules.catalog").setLevel(logging.CRITICAL)  # printed below instead
+    try:
+        problems = check_all(runtime.catalog, runtime.renderer, runtime.source)
+    except SourceError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    for problem in problems:
+        out.print(str(problem), markup=False)
+    if problems:
+        err.print(f"{len(problems)} problem(s) found")
+        sys.exit(EXIT_PROBLEMS)
+    err.print(f"ok: {len(runtime.catalog)} rule(s), templates valid")
+
+
+@cli.command("plan")
+@NOW_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
+@click.option("--customer", "customer", help="Only this customer id; shows skips and why.")
+@click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
+@click.pass_context
+def plan_command(
+    ctx: click.Context,
+    now: datetime | None,
+    as_json: bool,
+    rules: tuple[str, ...],
+    customer: str | None,
+    explain: bool,
+) -> None:
+    """Dry run: what a scheduler pass at --now would queue. Nothing is claimed or sent.
+
+    \b
+    Examples:
+      crm-worker plan --now 2026-03-14T10:00:00Z
+      crm-worker plan --now 2026-03-14T10:00:00Z --json | jq .to
+      crm-worker plan --customer 42 --explain
+    """
+    runtime = _runtime(ctx)
+    now = now or utc_now()
+    runtime.catalog.refresh()
+    items = plan(
+        runtime.catalog,
+        runtime.source,
+        now,
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+        rule_ids=frozenset(rules) if rules else None,
+        record_id=customer,
+    )
+    explain = explain or customer is not None
+    planned: list[PlannedDelivery] = []
+    skips: list[Skip] = []
+    for item in items:
+        if isinstance(item, PlannedDelivery):
+            planned.append(item)
+            if as_json:
+                out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
+        elif explain:
+            skips.append(item)
+            if as_json:
+                out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    if as_json:
+        return
+    table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
+    for column in ("rule", "due at (UTC)", "channel", "to", "template", "locale", "key"):
+        table.add_column(column)
+    for item in planned:
+        table.add_row(
+            item.rule_id,
+            item.due_at.strftime("%Y-%m-%d %H:%M"),
+            item.action.channel,
+            item.to,
+            item.action.template,
+            item.locale or "",
+            item.key,
+        )
+    out.print(table)
+    if skips:
+        reasons = Table(title="Not sent")
+        for column in ("rule", "record", "reason"):
+            reasons.add_column(column)
+        for skip in skips:
+            reasons.add_row(skip.rule_id, f"{skip.entity} {skip.record_id}", skip.reason)
+        out.print(reasons)
+
+
+def _plan_json(item: PlannedDelivery) -> dict[str, Any]:
+    return {
+        "rule": item.rule_id,
+        "key": item.key,
+        "channel": item.action.channel,
+        "to": item.to,
+        "due_at": item.due_at.isoformat().replace("+00:00", "Z"),
+        "template": item.action.template,
+        "locale": item.locale,
+        "entity": item.occurrence.entity,
+        "record_id": item.occurrence.record_id,
+    }
+
+
+def _skip_json(item: Skip) -> dict[str, Any]:
+    return {
+        "rule": item.rule_id,
+        "skipped": True,
+        "entity": item.entity,
+        "record_id": item.record_id,
+        "key": item.key or None,
+        "reason": item.reason,
+    }
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One pass, deliver, print a summary, exit.")
+@NOW_OPTION
+@click.pass_context
+def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
+    """Scheduler and workers in one process (the single-machine default).
+
+    \b
+    Examples:
+      crm-worker run --once                              one pass now
+      crm-worker run --once --now 2026-03-14T10:00:00Z   replay a day
+      crm-worker run                                     until Ctrl-C / SIGTERM
+    """
+    runtime = _runtime(ctx)
+    if not once:
+        if now is not None:
+            raise click.UsageError("--now works with --once only")
+        _serve(runtime, scheduler=True, worker=True)
+        return
+    try:
+        summary = runtime.run_once(now or utc_now())
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    report = summary.report
+    states: Counter[str] = summary.states
+    out.print(
+        f"pass at {report.now.isoformat()}: {len(report.queued)} queued, "
+        f"{report.already_claimed} already handled before, {report.skipped_total} not due/skipped"
+    )
+    out.print(
+        f"sent {states['sent']}, skipped {states['skipped']}, failed {states['failed']}, "
+        f"retrying later {states['retrying']}"
+    )
+    settings = runtime.settings
+    if states["sent"]:
+        where = (
+            f"SMTP {settings.smtp_host}:{settings.effective_smtp_port}"
+            if settings.smtp_host
+            else f"outbox {settings.effective_outbox_dir}/"
+        )
+        out.print(f"messages went to {where}", markup=False)
+    if states["failed"]:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
+    """Only the scheduler (one active per Redis; more instances stand by).
+
+    \b
+    Example:
+      CRM_REDIS_URL=redis://redis:6379/0 crm-worker scheduler
+    """
+    _serve(_runtime(ctx), scheduler=True, worker=False)
+
+
+@cli.command()
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads.")
+@click.pass_context
+def worker(ctx: click.Context, threads: int | None) -> None:
+    """Only workers: deliver queued messages. Run as many as you like, on any host.
+
+    \b
+    Example:
+      CRM_REDIS_URL=redis://redis:6379/0 crm-worker worker --threads 8
+    """
+    runtime = _runtime(ctx)
+    if threads:
+        runtime.settings = runtime.settings.model_copy(update={"worker_threads": threads})
+    _serve(runtime, scheduler=False, worker=True)
+
+
+def _serve(runtime: Runtime, *, scheduler: bool, worker: bool) -> None:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        err.print(f"stopping ({signal.Signals(signum).name}) …")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    roles = " and ".join(r for r, on in (("scheduler", scheduler), ("workers", worker)) if on)
+    err.print(f"running {roles}; Ctrl-C to stop")
+    try:
+        runtime.run_forever(stop, scheduler=scheduler, worker=worker)
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+@cli.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def schema(output: Path | None) -> None:
+    """Print (or write) the JSON Schema of rule files, for editor autocompletion.
+
+    \b
+    Example:
+      crm-worker schema -o var/rule.schema.json
+    """
+    text = json.dumps(rule_json_schema(), indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n", encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(standalone_mode=True)
+    except CrmWorkerError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True)
+        sys.exit(EXIT_UNAVAILABLE if isinstance(exc, SourceError) else EXIT_CONFIG)

@@ -1,0 +1,53 @@
+"""Every Redis key prefix, limit and lifetime in one place, with its unit in its name."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+#: Prefix of every key the worker writes, so a shared Redis stays readable.
+KEY_PREFIX = "crm"
+#: One hash per delivery (occurrence + action): its state, reason and timestamps.
+LEDGER_KEY_PREFIX = f"{KEY_PREFIX}:delivery:"
+#: The scheduler leader lock: only the holder runs passes.
+SCHEDULER_LOCK_KEY = f"{KEY_PREFIX}:scheduler:lock"
+#: Namespace of Dramatiq's own keys.
+DRAMATIQ_NAMESPACE = f"{KEY_PREFIX}:dramatiq"
+
+#: How long a delivery's ledger entry lives. Longer than any catch-up grace, so a due
+#: occurrence can never be claimed twice; yearly keys carry the year, so they may expire.
+LEDGER_TTL = timedelta(days=400)
+#: A claimed delivery that is still not queued after this long was lost between claim and
+#: enqueue (scheduler crash); the next pass enqueues it again.
+CLAIM_STALE_AFTER = timedelta(minutes=5)
+#: A delivery in "sending" longer than this belongs to a worker that died mid-send;
+#: a redelivered message may take it over. Longer than the slowest send we allow.
+SEND_LEASE = timedelta(minutes=2)
+
+#: How many occurrence keys one Dramatiq message carries (ids only, a few hundred bytes
+#: each): one message per email would cost more in queue overhead than the email itself.
+DELIVERY_BATCH_SIZE = 50
+#: Transient failures are retried this many times per delivery, then it is failed.
+MAX_DELIVERY_ATTEMPTS = 6
+#: Backoff for transient failures: first delay, doubling up to the cap.
+RETRY_BACKOFF_FIRST = timedelta(seconds=30)
+RETRY_BACKOFF_MAX = timedelta(minutes=30)
+
+#: Scheduler lock lifetime; renewed every pass, so a dead leader is replaced after this.
+SCHEDULER_LOCK_TTL = timedelta(seconds=180)
+
+#: Default catch-up grace of a rule: how late a due message may still go out.
+DEFAULT_GRACE = timedelta(days=1)
+
+#: Rule files larger than this are refused before parsing (a rule is a few hundred bytes).
+MAX_RULE_FILE_BYTES = 256 * 1024
+#: YAML nodes per rule file after alias expansion (guards against "billion laughs").
+MAX_RULE_NODES = 5_000
+
+#: Rendering limits: a template that runs longer or writes more fails that message only.
+RENDER_DEADLINE_S = 2.0
+MAX_RENDERED_BYTES = 512 * 1024
+MAX_SUBJECT_CHARS = 200
+#: Largest string/sequence a template may build with * or ** (e.g. 'x' * 10**8).
+MAX_TEMPLATE_VALUE_LEN = 100_000
+#: Largest range() a template may iterate over.
+MAX_TEMPLATE_RANGE = 10_000

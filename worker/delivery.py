@@ -1,0 +1,177 @@
+"""Delivering one message: re-check against fresh CRM data, render, send, record.
+
+This is what a worker does for each delivery key it receives, independent of Dramatiq (the
+actor in :mod:`worker.actors` only loops over a batch). Every outcome is written to the ledger
+with a reason; an exception never leaves a delivery in limbo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from worker.channels.base import Channel, Outgoing
+from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
+from worker.errors import PermanentDeliveryError, TemplateError, TransientDeliveryError
+from worker.ledger import Ledger
+from worker.localtime import utc_now
+from worker.mail import compose, message_id_for
+from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
+from worker.rendering import TemplateRenderer
+from worker.rules.catalog import RuleCatalog
+from worker.sources.base import Source
+from worker.triggers import NotApplicable, occurrence_for_tag
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["sent", "skipped", "failed", "retry", "duplicate", "busy"]
+
+#: A due time this far after the pass instant still counts as "due" (clock skew between hosts).
+DUE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one delivery key; ``retry_after`` is set for ``retry`` and ``busy``."""
+
+    key: str
+    outcome: Outcome
+    reason: str = ""
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Deliverer:
+    """Everything a worker needs to deliver messages, built once per process."""
+
+    catalog: RuleCatalog
+    source: Source
+    renderer: TemplateRenderer
+    channel: Channel
+    ledger: Ledger
+    default_zone: ZoneInfo
+    mail_from: str
+    envelope_sender: str
+    sender_domain: str
+    company: Mapping[str, str]
+
+    def deliver(
+        self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
+    ) -> DeliveryResult:
+        """Deliver ``key`` once. ``as_of`` is the instant the scheduler planned it for;
+        ``enqueued_at`` when it was queued (wall clock), to measure how late it is now."""
+        now = now or utc_now()
+        owner = f"{os.getpid()}:{threading.get_ident()}"
+        begin = self.ledger.begin(key, now=now, owner=owner)
+        if begin.verdict == "done":
+            return DeliveryResult(key, "duplicate", f"already {begin.state}")
+        if begin.verdict == "missing":
+            log.warning("delivery %s was never claimed (or expired); not sending", key)
+            return DeliveryResult(key, "skipped", "not in the ledger")
+        if begin.verdict == "busy":
+            wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
+            return DeliveryResult(key, "busy", "another worker is sending", wait)
+
+        def finish(
+            state: Literal["sent", "skipped", "failed", "retrying"], reason: str, detail: str = ""
+        ) -> None:
+            if not self.ledger.finish(
+                key, state, owner=owner, reason=reason, detail=detail, now=utc_now()
+            ):
+                log.warning("lost the lease on %s before recording %s", key, state)
+
+        try:
+            planned = self._recheck(key, as_of + (now - enqueued_at))
+            if isinstance(planned, Skip):
+                finish("skipped", planned.reason)
+                log.info("skipped %s: %s", key, planned.reason)
+                return DeliveryResult(key, "skipped", planned.reason)
+            outgoing = self._render(planned, now)
+            receipt = self.channel.send(outgoing)
+        except TemplateError as exc:
+            finish("failed", str(exc))
+            log.error("failed %s: %s", key, exc)
+            return DeliveryResult(key, "failed", str(exc))
+        except PermanentDeliveryError as exc:
+            finish("failed", str(exc), exc.reply)
+            log.error("failed %s: %s", key, exc)
+            return DeliveryResult(key, "failed", str(exc))
+        except TransientDeliveryError as exc:
+            if begin.attempt >= MAX_DELIVERY_ATTEMPTS:
+                finish("failed", f"gave up after {begin.attempt} attempts: {exc}")
+                return DeliveryResult(key, "failed", str(exc))
+            finish("retrying", str(exc))
+            delay = retry_delay(begin.attempt)
+            log.warning("will retry %s in %s: %s", key, delay, exc)
+            return DeliveryResult(key, "retry", str(exc), delay)
+        except Exception as exc:
+            # Unknown failure (bug, source outage): record it, never leave the lease dangling.
+            finish("failed", f"{type(exc).__name__}: {exc}")
+            log.exception("failed %s", key)
+            return DeliveryResult(key, "failed", f"{type(exc).__name__}: {exc}")
+        finish("sent", "", receipt.detail)
+        log.info("sent %s to %s", key, planned.to)
+        return DeliveryResult(key, "sent")
+
+    def _recheck(self, key: str, effective_now: datetime) -> PlannedDelivery | Skip:
+        """Is this delivery still due, with today's data? (fresh record, rule, condition)"""
+        try:
+            parsed = DeliveryKey.parse(key)
+        except ValueError as exc:
+            return Skip("?", "?", "?", str(exc), key)
+
+        def skip(reason: str) -> Skip:
+            return Skip(parsed.rule_id, parsed.entity, parsed.record_id, reason, key)
+
+        rule = self.catalog.get(parsed.rule_id)
+        if rule is None or not rule.enabled:
+            return skip("rule no longer exists or is disabled")
+        action = next((a for a in rule.send if a.action_id == parsed.action_id), None)
+        if action is None:
+            return skip(f"rule no longer sends {parsed.action_id!r}")
+        record = self.source.get(parsed.entity, parsed.record_id)
+        if record is None:
+            return skip(f"{parsed.entity} {parsed.record_id} no longer exists")
+        try:
+            occurrence = occurrence_for_tag(rule, record, parsed.tag, self.default_zone)
+        except NotApplicable as exc:
+            return skip(exc.reason)
+        if occurrence is None or occurrence.due_at > effective_now + DUE_TOLERANCE:
+            return skip("no longer due: the record changed since it was planned")
+        if effective_now - occurrence.due_at > rule.grace:
+            return skip(f"too late: due {occurrence.due_at.isoformat()}, grace {rule.grace}")
+        return prepare_delivery(
+            rule, action, occurrence, subject_records(rule, record, self.source), self.company
+        )
+
+    def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        message = self.renderer.render(planned.action.template, planned.locale, planned.context)
+        message_id = message_id_for(planned.key, self.sender_domain)
+        data = compose(
+            message,
+            sender=self.mail_from,
+            recipient=planned.to,
+            recipient_name=planned.recipient_name,
+            message_id=message_id,
+            date=now,
+        )
+        return Outgoing(
+            key=planned.key,
+            channel=planned.action.channel,
+            sender=self.envelope_sender,
+            recipient=planned.to,
+            message_id=message_id,
+            data=data,
+        )
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """Exponential backoff: 30 s, 1 min, 2 min … capped at 30 min."""
+    delay: timedelta = RETRY_BACKOFF_FIRST * (2 ** max(attempt - 1, 0))
+    return min(delay, RETRY_BACKOFF_MAX)

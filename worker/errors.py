@@ -1,0 +1,107 @@
+"""Every error the worker raises on purpose, under one root.
+
+::
+
+    CrmWorkerError
+    ├── ConfigError            settings are invalid (lists each bad CRM_ variable)
+    ├── RuleError              rule files are invalid (carries Problems: path:line:col: message)
+    ├── TemplateError          a template is missing, does not compile, or fails to render
+    │   └── RenderLimitError   render deadline or output size exceeded
+    ├── SourceError            the CRM data cannot be read at all (a bad row is not an error)
+    ├── AddressError           a recipient address is unusable (also a ValueError)
+    └── DeliveryError          a channel could not deliver
+        ├── TransientDeliveryError   try again later (4xx, connection lost, timeout)
+        └── PermanentDeliveryError   do not retry (5xx for this recipient)
+
+Each carries the fields a caller needs to act on it and a message that says what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CrmWorkerError(Exception):
+    """Root of every error raised on purpose by the worker."""
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One finding about a file a person edits, printed as ``path:line:col: message``.
+
+    ``line`` and ``col`` are 1-based; 0 means "the whole file".
+    """
+
+    path: Path
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+
+class ConfigError(CrmWorkerError):
+    """Invalid settings; ``problems`` has one line per bad variable."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid settings:\n  " + "\n  ".join(self.problems))
+
+
+class RuleError(CrmWorkerError):
+    """A rule file (or several) is invalid; ``problems`` says where and what to write instead."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class TemplateError(CrmWorkerError):
+    """A template cannot be used for this message; nothing is sent half-rendered."""
+
+    def __init__(self, template: str, reason: str, *, line: int = 0) -> None:
+        self.template = template
+        self.reason = reason
+        self.line = line
+        super().__init__(f"template {template}: {reason}")
+
+
+class RenderLimitError(TemplateError):
+    """Rendering ran past its deadline or produced more output than allowed."""
+
+
+class SourceError(CrmWorkerError):
+    """The CRM data source is unreachable or unusable as a whole."""
+
+
+class AddressError(CrmWorkerError, ValueError):
+    """A recipient address is unusable; ``address`` is what was given (repr-safe)."""
+
+    def __init__(self, address: object, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"invalid recipient {address!r}: {reason}")
+
+
+class DeliveryError(CrmWorkerError):
+    """A channel could not deliver a message.
+
+    ``code`` is the SMTP reply code (or HTTP status) when there was one, ``reply`` its text.
+    """
+
+    def __init__(self, reason: str, *, code: int | None = None, reply: str = "") -> None:
+        self.reason = reason
+        self.code = code
+        self.reply = reply
+        super().__init__(reason if code is None else f"{reason} ({code} {reply})".rstrip())
+
+
+class TransientDeliveryError(DeliveryError):
+    """Delivery may succeed later: retry with backoff."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Delivery will not succeed for this recipient: do not retry."""

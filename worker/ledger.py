@@ -1,0 +1,178 @@
+"""The delivery ledger in Redis: one hash per delivery key, the single source of truth.
+
+A delivery is one message of one occurrence (``birthday-greeting:customer:42:2026/email``).
+Its state only moves forward, each step an atomic Lua script::
+
+    claimed ──> queued ──> sending ──> sent | skipped | failed
+       │                     │ ▲
+       └ (stale: re-queued)  └─┘ retrying (transient failure, lease expired after a crash)
+
+* ``claim`` (scheduler, SET-NX semantics): the first pass that finds a due occurrence owns it;
+  a claim that never reached the queue (scheduler crash) becomes claimable again after
+  ``CLAIM_STALE_AFTER``.
+* ``begin`` (worker): takes a time-limited lease before sending. A redelivered message finds
+  ``sent`` and does nothing; one that finds a live lease waits; one that finds an expired lease
+  (the worker died mid-send) takes over.
+* ``finish``: records the outcome and reason; only the lease holder may.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+
+from worker.constants import CLAIM_STALE_AFTER, LEDGER_KEY_PREFIX, LEDGER_TTL, SEND_LEASE
+
+State = Literal["claimed", "queued", "sending", "retrying", "sent", "skipped", "failed"]
+FINAL_STATES: frozenset[str] = frozenset({"sent", "skipped", "failed"})
+
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'claimed', 'rule', ARGV[1], 'due_at', ARGV[2],
+             'claimed_at', ARGV[3], 'attempts', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+local claimed_at = tonumber(redis.call('HGET', KEYS[1], 'claimed_at') or '0')
+if state == 'claimed' and claimed_at < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'claimed_at', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_QUEUED = """
+if redis.call('HGET', KEYS[1], 'state') == 'claimed' then
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+end
+return 1
+"""
+
+_BEGIN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing', '0'} end
+if state == 'sent' or state == 'skipped' or state == 'failed' then return {'done', state} end
+if state == 'sending' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > tonumber(ARGV[1]) then return {'busy', tostring(lease)} end
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3])
+return {'go', tostring(attempts)}
+"""
+
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
+   or redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
+           'finished_at', ARGV[5])
+redis.call('HDEL', KEYS[1], 'lease_until')
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Begin:
+    """The outcome of :meth:`Ledger.begin`.
+
+    ``verdict``: ``go`` (send now; ``attempt`` counts from 1), ``done`` (already final:
+    ``state``), ``busy`` (another worker holds the lease until ``lease_until``), ``missing``
+    (no such delivery was ever claimed).
+    """
+
+    verdict: Literal["go", "done", "busy", "missing"]
+    attempt: int = 0
+    state: str = ""
+    lease_until: float = 0.0
+
+
+def _ts(moment: datetime) -> str:
+    return f"{moment.timestamp():.3f}"
+
+
+class Ledger:
+    """Delivery states in Redis; every transition is one atomic script."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._claim = client.register_script(_CLAIM)
+        self._queued = client.register_script(_QUEUED)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
+
+    @staticmethod
+    def redis_key(key: str) -> str:
+        return LEDGER_KEY_PREFIX + key
+
+    def claim(self, key: str, *, rule_id: str, due_at: datetime, now: datetime) -> bool:
+        """Own ``key`` for enqueueing; False when it was claimed before (and is not stale)."""
+        stale_before = now - CLAIM_STALE_AFTER
+        args: list[str | int] = [
+            rule_id,
+            _ts(due_at),
+            _ts(now),
+            _ts(stale_before),
+            int(LEDGER_TTL.total_seconds()),
+        ]
+        return bool(self._claim(keys=[self.redis_key(key)], args=args))
+
+    def mark_queued(self, keys: Iterable[str]) -> None:
+        """Record that these claimed deliveries are on the queue."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                self._queued(keys=[self.redis_key(key)], args=[], client=pipe)
+            pipe.execute()
+
+    def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
+        """Take the send lease for ``key`` (see :class:`Begin`)."""
+        verdict, value = self._begin(
+            keys=[self.redis_key(key)], args=[_ts(now), _ts(now + SEND_LEASE), owner]
+        )
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        value = value.decode() if isinstance(value, bytes) else value
+        if verdict == "go":
+            return Begin("go", attempt=int(value))
+        if verdict == "done":
+            return Begin("done", state=value)
+        if verdict == "busy":
+            return Begin("busy", lease_until=float(value))
+        return Begin("missing")
+
+    def finish(
+        self,
+        key: str,
+        state: State,
+        *,
+        owner: str,
+        reason: str = "",
+        detail: str = "",
+        now: datetime,
+    ) -> bool:
+        """Record the outcome; False when ``owner`` no longer holds the lease."""
+        args = [owner, state, reason, detail[:500], _ts(now)]
+        return bool(self._finish(keys=[self.redis_key(key)], args=args))
+
+    def get(self, key: str) -> Mapping[str, str]:
+        """The ledger entry of ``key`` as text (empty when unknown)."""
+        raw: Mapping[Any, Any] = self.client.hgetall(self.redis_key(key))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def states(self, keys: Iterable[str]) -> dict[str, str]:
+        """Current state of each key ('' when unknown)."""
+        keys = list(keys)
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(self.redis_key(key), "state")
+            values = pipe.execute()
+        return {key: _text(value) if value else "" for key, value in zip(keys, values, strict=True)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,80 @@
+"""Pure date and time-zone arithmetic: yearly dates, Feb 29, local hours across DST.
+
+Every function here is pure (no clock, no I/O) and returns aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from datetime import UTC, date, datetime, time
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+log = logging.getLogger(__name__)
+
+Feb29Policy = Literal["feb28", "mar1"]
+
+
+def yearly_date(month: int, day: int, year: int, feb29: Feb29Policy = "feb28") -> date:
+    """The date of a yearly event (birthday, anniversary) in ``year``.
+
+    Feb 29 moves to Feb 28 or Mar 1 in common years (1900 and 2100 are common years);
+    any other impossible day (Jan 31 → a 30-day month does not arise for yearly events)
+    is clamped to the month's last day.
+
+    >>> yearly_date(2, 29, 2025), yearly_date(2, 29, 2025, "mar1"), yearly_date(2, 29, 2028)
+    (datetime.date(2025, 2, 28), datetime.date(2025, 3, 1), datetime.date(2028, 2, 29))
+    """
+    if month == 2 and day == 29 and not calendar.isleap(year):
+        return date(year, 3, 1) if feb29 == "mar1" else date(year, 2, 28)
+    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
+
+
+def local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """The UTC instant of wall-clock ``at`` on ``day`` in ``zone``; exactly one per day.
+
+    A wall time that does not exist (spring-forward gap, e.g. 02:30) is taken with the offset
+    before the change, i.e. moved forward by the gap; a wall time that happens twice (autumn)
+    is the first of the two (``fold=0``, PEP 495).
+    """
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def zone_or_default(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    """``ZoneInfo(name)`` when ``name`` is a known IANA zone, else ``default``."""
+    if not name:
+        return default
+    zone = _zone(name.strip())
+    return zone if zone is not None else default
+
+
+def is_known_zone(name: str) -> bool:
+    """True when ``name`` is an IANA time zone this machine knows."""
+    return _zone(name.strip()) is not None
+
+
+def parse_instant(text: str) -> datetime:
+    """ISO 8601 date or datetime → aware UTC datetime; naive values are UTC.
+
+    >>> parse_instant("2026-03-14T10:00:00Z")
+    datetime.datetime(2026, 3, 14, 10, 0, tzinfo=datetime.timezone.utc)
+    """
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    """The current instant, aware, in UTC (the one place the wall clock is read)."""
+    return datetime.now(UTC)

@@ -1,0 +1,233 @@
+"""Rendering messages from templates in a sandbox with a deadline and size limits.
+
+Layout: ``templates/<name>/<locale>/{subject.txt.j2, body.txt.j2, body.html.j2}``; the locale
+is chosen by fallback (``de-AT`` → ``de`` → the default locale). Templates may extend shared
+layouts in ``templates/_layouts/``.
+
+Safety (Jinja ≥ 3.1.6 with :class:`ImmutableSandboxedEnvironment`):
+
+* the sandbox refuses ``__class__``/``mro`` tricks and ``str.format`` escapes;
+* the sandbox bounds neither CPU nor memory, so ``range()`` is capped, ``*``/``**`` that would
+  build huge values are refused, and output is checked against a deadline and a size limit as
+  it is produced;
+* ``StrictUndefined`` turns a typo (``{{ frist_name }}``) into an error, and ``None`` prints as
+  an empty string (never "Hello None");
+* autoescape is on for ``*.html.j2`` only (``select_autoescape(["html"])`` would not match it).
+
+Example::
+
+    >>> renderer = TemplateRenderer(Path("templates"), default_locale="en")
+    >>> message = renderer.render("birthday", "de-AT", {"customer": {"first_name": "Jürgen"}})
+    >>> message.locale
+    'de'
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, nodes
+from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from worker.constants import (
+    MAX_RENDERED_BYTES,
+    MAX_SUBJECT_CHARS,
+    MAX_TEMPLATE_RANGE,
+    MAX_TEMPLATE_VALUE_LEN,
+    RENDER_DEADLINE_S,
+)
+from worker.errors import RenderLimitError, TemplateError
+
+PARTS = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """A fully rendered message: nothing is sent unless all three parts rendered."""
+
+    template: str
+    locale: str
+    subject: str
+    text: str
+    html: str
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.expires = time.monotonic() + seconds
+
+    def check(self, template: str) -> None:
+        if time.monotonic() > self.expires:
+            raise RenderLimitError(template, f"rendering took longer than {RENDER_DEADLINE_S} s")
+
+
+class _LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox plus bounds on what a template may compute."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and abs(right) > 64:
+                raise SecurityError("exponent too large in template")
+            return left**right
+        if isinstance(left, int) and isinstance(right, (str, list, tuple)):
+            left, right = right, left
+        too_large = (
+            isinstance(left, (str, list, tuple))
+            and isinstance(right, int)
+            and len(left) * right > MAX_TEMPLATE_VALUE_LEN
+        )
+        if too_large:
+            raise SecurityError("value built with * is too large for a template")
+        return left * right
+
+
+_active_deadline: ContextVar[_Deadline | None] = ContextVar("_active_deadline", default=None)
+
+
+def _bounded_range(*args: int) -> Iterator[int]:
+    values = range(*args)
+    if len(values) > MAX_TEMPLATE_RANGE:
+        raise SecurityError(f"range() over {MAX_TEMPLATE_RANGE} items in a template")
+    deadline = _active_deadline.get()
+    # Nested loops that print nothing never reach the output check: look at the clock here.
+    for n, value in enumerate(values):
+        if deadline is not None and n % 256 == 0:
+            deadline.check("range()")
+        yield value
+
+
+def _finalize(value: Any) -> Any:
+    # StrictUndefined catches names that do not exist; a field that exists but is empty (None)
+    # must print as nothing, not as "None".
+    return "" if value is None else value
+
+
+def locale_chain(locale: str | None, default: str) -> list[str]:
+    """Locales to try, most specific first: ``de-AT`` → ``["de-at", "de", default]``."""
+    chain: list[str] = []
+    if locale and _LOCALE.match(locale.strip()):
+        parts = locale.strip().lower().replace("_", "-").split("-")
+        chain = ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    if default.lower() not in chain:
+        chain.append(default.lower())
+    return chain
+
+
+def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
+    """The sandboxed Jinja environment every template is rendered with."""
+    env = _LimitedEnvironment(
+        loader=FileSystemLoader(str(templates_dir)),
+        undefined=StrictUndefined,
+        autoescape=lambda name: bool(name and name.endswith(".html.j2")),
+        finalize=_finalize,
+        keep_trailing_newline=False,
+        auto_reload=True,
+    )
+    env.globals = {"range": _bounded_range}
+    return env
+
+
+class TemplateRenderer:
+    """Finds a template's locale variant and renders its three parts within the limits."""
+
+    def __init__(self, templates_dir: Path, default_locale: str) -> None:
+        self.templates_dir = templates_dir
+        self.default_locale = default_locale
+        self.env = make_environment(templates_dir)
+
+    def locales(self, name: str) -> list[str]:
+        """Locale folders that exist for template ``name``."""
+        folder = self.templates_dir / name
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
+
+    def resolve_locale(self, name: str, locale: str | None) -> str:
+        """The locale folder used for ``locale`` (fallback chain), or :class:`TemplateError`."""
+        if not _SLUG.match(name):
+            raise TemplateError(name, "template names are lower-case slugs like 'birthday'")
+        available = {loc.lower(): loc for loc in self.locales(name)}
+        for candidate in locale_chain(locale, self.default_locale):
+            if candidate in available:
+                return available[candidate]
+        raise TemplateError(
+            name, f"no {self.templates_dir / name}/<locale>/ folder for {locale!r} or the default"
+        )
+
+    def render(self, name: str, locale: str | None, context: Mapping[str, Any]) -> RenderedMessage:
+        """Render subject, text and HTML; raise :class:`TemplateError` if any part fails."""
+        chosen = self.resolve_locale(name, locale)
+        deadline = _Deadline(RENDER_DEADLINE_S)
+        token = _active_deadline.set(deadline)
+        try:
+            parts = [
+                self._render_part(f"{name}/{chosen}/{part}", context, deadline) for part in PARTS
+            ]
+        finally:
+            _active_deadline.reset(token)
+        return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
+
+    def _render_part(self, path: str, context: Mapping[str, Any], deadline: _Deadline) -> str:
+        try:
+            template = self.env.get_template(path)
+            return _collect(template.generate(context), path, deadline)
+        except TemplateNotFound as exc:
+            raise TemplateError(path, f"file {exc.name} not found") from None
+        except TemplateSyntaxError as exc:
+            raise TemplateError(
+                path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
+            ) from None
+        except UndefinedError as exc:
+            raise TemplateError(path, f"{exc.message} (check the spelling of the field)") from None
+        except SecurityError as exc:
+            raise TemplateError(path, f"refused by the sandbox: {exc}") from None
+        except RenderLimitError:
+            raise
+        except TemplateError:
+            raise
+        except Exception as exc:  # any other error inside a template fails this message only
+            raise TemplateError(path, f"{type(exc).__name__}: {exc}") from None
+
+    def parse(self, path: str) -> nodes.Template:
+        """Parse one template file (for ``check``); raises :class:`TemplateError`."""
+        try:
+            source, _, _ = self.env.loader.get_source(self.env, path)  # type: ignore[union-attr]
+            return self.env.parse(source, path)
+        except TemplateNotFound:
+            raise TemplateError(path, "file not found") from None
+        except TemplateSyntaxError as exc:
+            raise TemplateError(
+                path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
+            ) from None
+
+
+def _collect(chunks: Iterator[str], path: str, deadline: _Deadline) -> str:
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED_BYTES:
+            raise RenderLimitError(path, f"output larger than {MAX_RENDERED_BYTES} characters")
+        deadline.check(path)
+        out.append(chunk)
+    return "".join(out)
+
+
+def clean_subject(text: str) -> str:
+    """One header-safe line: control characters and runs of whitespace become one space."""
+    line = " ".join(_CONTROL.sub(" ", text).split())
+    if len(line) > MAX_SUBJECT_CHARS:
+        line = line[: MAX_SUBJECT_CHARS - 1].rstrip() + "…"
+    return line

@@ -1,0 +1,191 @@
+"""Assembling the worker from settings: the one place where parts are wired together.
+
+The CLI builds a :class:`Runtime` and calls its methods; tests build one with their own
+settings (real Redis, a test SMTP server) or swap a part (``channel``, ``source``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from worker.actors import DeliveryActor
+from worker.channels import Channel, email_channel
+from worker.connections import make_broker, open_redis
+from worker.delivery import Deliverer
+from worker.ledger import Ledger
+from worker.rendering import TemplateRenderer
+from worker.rules.catalog import RuleCatalog
+from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
+from worker.settings import Settings
+from worker.sources import Source, open_source
+
+log = logging.getLogger(__name__)
+
+#: States in which a delivery is still on its way (not final, not waiting for a retry).
+IN_FLIGHT = frozenset({"claimed", "queued", "sending"})
+
+
+@dataclass
+class RunSummary:
+    """The outcome of ``run --once``: the pass plus what the workers did with its keys."""
+
+    report: PassReport
+    states: Counter[str] = field(default_factory=Counter)
+
+
+class Runtime:
+    """Lazily built parts of a running worker; close it when done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        channel: Channel | None = None,
+        source: Source | None = None,
+        redis_client: redis.Redis | None = None,
+    ) -> None:
+        self.settings = settings
+        self._channel = channel
+        self._source = source
+        self._redis = redis_client
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return self._redis if self._redis is not None else open_redis(self.settings)
+
+    @cached_property
+    def broker(self) -> RedisBroker:
+        broker = make_broker(self.redis)
+        dramatiq.set_broker(broker)
+        return broker
+
+    @cached_property
+    def source(self) -> Source:
+        return self._source if self._source is not None else open_source(self.settings.source)
+
+    @cached_property
+    def catalog(self) -> RuleCatalog:
+        catalog = RuleCatalog(self.settings.rules_dir)
+        catalog.refresh()
+        return catalog
+
+    @cached_property
+    def renderer(self) -> TemplateRenderer:
+        return TemplateRenderer(self.settings.templates_dir, self.settings.default_locale)
+
+    @cached_property
+    def channel(self) -> Channel:
+        return self._channel if self._channel is not None else email_channel(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.redis)
+
+    @cached_property
+    def default_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+    @cached_property
+    def deliverer(self) -> Deliverer:
+        s = self.settings
+        return Deliverer(
+            catalog=self.catalog,
+            source=self.source,
+            renderer=self.renderer,
+            channel=self.channel,
+            ledger=self.ledger,
+            default_zone=self.default_zone,
+            mail_from=s.mail_from,
+            envelope_sender=s.sender_address,
+            sender_domain=s.sender_domain,
+            company=s.company,
+        )
+
+    @cached_property
+    def actor(self) -> DeliveryActor:
+        return DeliveryActor(self.broker, self.settings.queue_name, self._fresh_deliverer)
+
+    def _fresh_deliverer(self) -> Deliverer:
+        # Rule edits take effect for messages not yet sent (cheap: only changed files are read).
+        self.catalog.refresh()
+        return self.deliverer
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        return Scheduler(
+            catalog=self.catalog,
+            source=self.source,
+            ledger=self.ledger,
+            actor=self.actor,
+            default_zone=self.default_zone,
+            company=self.settings.company,
+        )
+
+    def start_worker(self, threads: int | None = None) -> dramatiq.Worker:
+        """Start Dramatiq worker threads consuming our queue in this process."""
+        self.actor  # noqa: B018 - declares the actor (and its queue) before the worker starts
+        worker = dramatiq.Worker(
+            self.broker,
+            queues={self.settings.queue_name},
+            worker_threads=threads or self.settings.worker_threads,
+        )
+        worker.start()
+        return worker
+
+    def run_once(self, now: datetime, *, timeout_s: float = 600.0) -> RunSummary:
+        """One pass at ``now``, then deliver until every key it queued is final or waiting
+        for a retry (retries stay queued for the next ``run``/``worker``)."""
+        worker = self.start_worker()
+        try:
+            report = self.scheduler.run_pass(now)
+            states = self.wait_for(report.queued, timeout_s=timeout_s)
+        finally:
+            worker.stop()
+        return RunSummary(report, Counter(states.values()))
+
+    def wait_for(
+        self, keys: Iterable[str], *, timeout_s: float, poll_s: float = 0.05
+    ) -> dict[str, str]:
+        """Block until none of ``keys`` is in flight (or ``timeout_s``); return their states."""
+        keys = list(keys)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.ledger.states(keys)
+            if time.monotonic() > deadline or not any(s in IN_FLIGHT for s in states.values()):
+                return states
+            time.sleep(poll_s)
+
+    def run_forever(self, stop: threading.Event, *, scheduler: bool, worker: bool) -> None:
+        """The long-running modes: scheduler, workers, or both, until ``stop`` is set."""
+        running = self.start_worker() if worker else None
+        try:
+            if scheduler:
+                run_scheduler(
+                    self.scheduler,
+                    LeaderLock(self.redis),
+                    interval_s=self.settings.scheduler_interval_s,
+                    stop=stop,
+                )
+            else:
+                stop.wait()
+        finally:
+            if running is not None:
+                running.stop()
+
+    def close(self) -> None:
+        if "channel" in self.__dict__:
+            self.channel.close()
+        if "broker" in self.__dict__:
+            self.broker.close()

@@ -1,0 +1,160 @@
+"""The scheduler: passes that find due deliveries, claim them and queue them; a leader lock.
+
+One pass at instant ``now``:
+
+1. reload rules that changed (a broken edit keeps the last valid version);
+2. plan: every delivery due within each rule's grace (:func:`worker.planning.plan`);
+3. claim each delivery key in the ledger — only the first pass ever to see a key owns it;
+4. queue the newly claimed keys in batches, then mark them queued.
+
+Running continuously, the scheduler holds a Redis lock renewed every pass; a second scheduler
+waits as a standby and takes over when the lock expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import redis
+
+from worker.actors import DeliveryActor
+from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
+from worker.ledger import Ledger
+from worker.localtime import utc_now
+from worker.planning import PlannedDelivery, Skip, plan
+from worker.rules.catalog import RuleCatalog
+from worker.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    """What one scheduler pass did."""
+
+    now: datetime
+    queued: list[str] = field(default_factory=list)
+    already_claimed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+@dataclass
+class Scheduler:
+    """Runs passes; see the module docstring."""
+
+    catalog: RuleCatalog
+    source: Source
+    ledger: Ledger
+    actor: DeliveryActor
+    default_zone: ZoneInfo
+    company: Mapping[str, str]
+
+    def run_pass(self, now: datetime) -> PassReport:
+        """One pass at ``now``: claim and queue every delivery due and not yet claimed."""
+        self.catalog.refresh()
+        report = PassReport(now)
+        batch: list[str] = []
+        for item in plan(
+            self.catalog, self.source, now, default_zone=self.default_zone, company=self.company
+        ):
+            if isinstance(item, Skip):
+                report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
+                continue
+            if not self._claim(item, now):
+                report.already_claimed += 1
+                continue
+            batch.append(item.key)
+            if len(batch) >= DELIVERY_BATCH_SIZE:
+                self._enqueue(batch, now, report)
+                batch = []
+        if batch:
+            self._enqueue(batch, now, report)
+        log.info(
+            "pass at %s: %d queued, %d already claimed, %d skipped",
+            now.isoformat(),
+            len(report.queued),
+            report.already_claimed,
+            report.skipped_total,
+        )
+        return report
+
+    def _claim(self, item: PlannedDelivery, now: datetime) -> bool:
+        return self.ledger.claim(item.key, rule_id=item.rule_id, due_at=item.due_at, now=now)
+
+    def _enqueue(self, keys: list[str], now: datetime, report: PassReport) -> None:
+        self.actor.send(keys, as_of=now)
+        self.ledger.mark_queued(keys)
+        report.queued.extend(keys)
+
+
+def _reason_kind(reason: str) -> str:
+    """Group skip reasons for the summary (``birthday '0000-00-00' is not usable`` → field)."""
+    return reason.split(" (", 1)[0].split(":", 1)[0][:60]
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LeaderLock:
+    """A Redis lock that one scheduler holds while it runs passes; others stand by."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.token = uuid.uuid4().hex
+        self._renew = client.register_script(_RENEW)
+        self.ttl_ms = int(SCHEDULER_LOCK_TTL.total_seconds() * 1000)
+
+    def acquire(self) -> bool:
+        """Take or keep the lock; True while this instance is the leader."""
+        if self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, self.ttl_ms]):
+            return True
+        return bool(self.client.set(SCHEDULER_LOCK_KEY, self.token, nx=True, px=self.ttl_ms))
+
+    def release(self) -> None:
+        """Give the lock up (if held) so a standby takes over at once."""
+        self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, 1])
+
+
+def run_scheduler(
+    scheduler: Scheduler,
+    lock: LeaderLock,
+    *,
+    interval_s: float,
+    stop: threading.Event,
+    clock: Callable[[], datetime] = utc_now,
+) -> None:
+    """Run passes every ``interval_s`` while leader, until ``stop`` is set."""
+    leading = False
+    while not stop.is_set():
+        try:
+            if lock.acquire():
+                if not leading:
+                    log.info("scheduler is the leader")
+                leading = True
+                scheduler.run_pass(clock())
+            else:
+                if leading:
+                    log.warning("scheduler lost the lock; standing by")
+                leading = False
+        except redis.RedisError as exc:
+            log.error("scheduler pass failed (Redis): %s; retrying next interval", exc)
+        except Exception:
+            log.exception("scheduler pass failed; retrying next interval")
+        stop.wait(interval_s)
+    lock.release()

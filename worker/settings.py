@@ -1,0 +1,177 @@
+"""Configuration: the one module that reads the environment.
+
+Every setting has the ``CRM_`` prefix and may also come from a ``.env`` file in the working
+directory. :func:`load_settings` returns a frozen :class:`Settings` that the rest of the package
+receives as an argument; nothing else looks at ``os.environ``.
+
+Example::
+
+    >>> from worker.settings import load_settings
+    >>> settings = load_settings({"CRM_TIMEZONE": "Europe/Berlin"})
+    >>> settings.timezone
+    'Europe/Berlin'
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "CRM_"
+
+SmtpSecurity = Literal["none", "starttls", "tls"]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure, typed and validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        frozen=True,
+        extra="forbid",
+    )
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for queue, ledger and locks. Unset: an embedded Redis under data_dir.",
+    )
+    data_dir: Path = Field(default=Path("var"), description="Embedded Redis data and outbox.")
+    source: str = Field(
+        default="examples/crm",
+        description="Where the CRM data is: a CSV folder (plain path or 'csv:PATH').",
+    )
+    rules_dir: Path = Field(default=Path("rules"), description="Folder of YAML rule files.")
+    templates_dir: Path = Field(default=Path("templates"), description="Jinja templates.")
+    timezone: str = Field(default="UTC", description="Time zone of customers without one.")
+    default_locale: str = Field(default="en", description="Last step of the locale fallback.")
+
+    smtp_host: str | None = Field(default=None, description="Unset: mail goes to outbox_dir.")
+    smtp_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default 25, 587 (starttls) or 465 (tls)."
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: SmtpSecurity = "starttls"
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    mail_from: str = Field(default="CRM <crm@example.com>", description="From header and sender.")
+    outbox_dir: Path | None = Field(
+        default=None, description="Where .eml files go without SMTP. Default data_dir/outbox."
+    )
+
+    company_name: str = Field(default="Example Shop", description="Shown in message footers.")
+    company_address: str = Field(
+        default="Example Street 1, 12345 Example City",
+        description="Postal address in every footer (required by anti-spam laws).",
+    )
+
+    queue_name: str = Field(default="crm-messages", pattern=r"^[A-Za-z0-9_.-]+$")
+    worker_threads: int = Field(default=8, ge=1, le=256)
+    scheduler_interval_s: float = Field(default=60.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() passes the environment in explicitly (so tests can hand in their own);
+        # reading os.environ here as well would let the real environment leak into them.
+        return (init_settings, dotenv_settings)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like 'Europe/Berlin'"
+            ) from exc
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _sender_has_address(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"not an email address: {value!r}; write 'Name <crm@your-domain>'")
+        return value
+
+    @property
+    def effective_outbox_dir(self) -> Path:
+        """Folder of ``.eml`` files used when no SMTP host is configured."""
+        return self.outbox_dir if self.outbox_dir is not None else self.data_dir / "outbox"
+
+    @property
+    def effective_smtp_port(self) -> int:
+        """The configured port, else the usual one for the security mode."""
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"none": 25, "starttls": 587, "tls": 465}[self.smtp_security]
+
+    @property
+    def company(self) -> dict[str, str]:
+        """What templates see as ``company``."""
+        return {"name": self.company_name, "address": self.company_address}
+
+    @property
+    def sender_address(self) -> str:
+        """The bare address of ``mail_from`` (the envelope sender)."""
+        return parseaddr(self.mail_from)[1]
+
+    @property
+    def sender_domain(self) -> str:
+        """Domain of the sender: the right-hand side of every Message-ID we create."""
+        return self.sender_address.rpartition("@")[2]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``environ`` (default: the process environment) and ``.env``.
+
+    Raises :class:`~worker.errors.ConfigError` naming every invalid or misspelt ``CRM_`` variable.
+    """
+    env = dict(os.environ if environ is None else environ)
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    problems = [
+        _unknown_variable_message(name, known)
+        for name in sorted(env)
+        if name.startswith(ENV_PREFIX) and name not in known
+    ]
+    if problems:
+        raise ConfigError(problems)
+    values = {
+        name[len(ENV_PREFIX) :].lower(): value
+        for name, value in env.items()
+        if name in known and value != ""
+    }
+    try:
+        # The .env file fills in only what the environment leaves unset.
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            ]
+        ) from None
+
+
+def _unknown_variable_message(name: str, known: set[str]) -> str:
+    guess = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {guess[0]}?" if guess else ""
+    return f"{name}: unknown setting{hint}"

@@ -1,0 +1,50 @@
+"""What every CRM data source provides: records of an entity, streamed, or one by id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One CRM row, typed (dates are ``date``/aware ``datetime``, flags are ``bool``).
+
+    ``problems`` names fields whose raw value was unusable (a garbage date, an unknown time
+    zone) and why; such a field is ``None`` in ``fields`` so a rule that needs it skips the
+    record with that reason instead of guessing.
+    """
+
+    entity: str
+    id: str
+    fields: Mapping[str, Any]
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class RowSkip:
+    """A row that could not become a record at all (no usable id), with where and why."""
+
+    entity: str
+    where: str
+    reason: str
+
+
+class Source(Protocol):
+    """The CRM as the worker sees it. Implementations: CSV folder, in-memory (tests, demo)."""
+
+    def iter_records(self, entity: str) -> Iterator[Record]:
+        """Every usable record of ``entity``, streamed (never the whole table in memory)."""
+        ...
+
+    def get(self, entity: str, record_id: str) -> Record | None:
+        """One record by id, read fresh; ``None`` when it no longer exists."""
+        ...
+
+    def columns(self, entity: str) -> frozenset[str]:
+        """Field names records of ``entity`` have (for validating rules and templates)."""
+        ...

@@ -1,0 +1,154 @@
+"""CRM data as a folder of CSV files (``customers.csv``, ``purchases.csv``, ``complaints.csv``).
+
+The embedded default and the demo data. Files are streamed row by row; :meth:`CsvSource.get`
+reads one row fresh from disk through a byte-offset index (rebuilt when the file changes), so a
+worker sees an edit made after the message was queued.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from worker.errors import SourceError
+from worker.sources.base import Record, RowSkip
+from worker.sources.schema import ENTITY_TABLES, to_record
+
+log = logging.getLogger(__name__)
+
+
+class _LineTracker:
+    """Feeds decoded lines to ``csv.reader`` while remembering where the next line starts."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.next_offset = stream.tell()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.stream.readline()
+            if not line:
+                return
+            self.next_offset += len(line)
+            yield line.decode("utf-8-sig" if self.next_offset == len(line) else "utf-8", "replace")
+
+
+@dataclass
+class _Index:
+    mtime_ns: int
+    size: int
+    header: list[str]
+    offsets: dict[str, int]
+
+
+class CsvSource:
+    """A folder of CSV exports, one file per entity."""
+
+    def __init__(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise SourceError(f"CRM data folder {folder} does not exist; set CRM_SOURCE")
+        self.folder = folder
+        self._indexes: dict[str, _Index] = {}
+        self._lock = threading.Lock()
+
+    def path(self, entity: str) -> Path:
+        table = ENTITY_TABLES.get(entity, f"{entity}s")
+        return self.folder / f"{table}.csv"
+
+    def _open(self, entity: str) -> BinaryIO:
+        try:
+            return self.path(entity).open("rb")
+        except FileNotFoundError:
+            raise SourceError(f"{self.path(entity)} not found: no {entity} data") from None
+
+    def _rows(self, entity: str) -> Iterator[tuple[int, int, list[str], list[str]]]:
+        """(line number, byte offset, header, cells) for every data row."""
+        with self._open(entity) as stream:
+            tracker = _LineTracker(stream)
+            reader = csv.reader(tracker)
+            header = [h.strip() for h in next(reader, [])]
+            while True:
+                offset = tracker.next_offset
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    log.warning(
+                        "%s:%d: unreadable CSV row skipped: %s",
+                        self.path(entity),
+                        reader.line_num,
+                        exc,
+                    )
+                    continue
+                if cells:
+                    yield reader.line_num, offset, header, cells
+
+    def iter_records(self, entity: str) -> Iterator[Record]:
+        name = self.path(entity).name
+        for line, _, header, cells in self._rows(entity):
+            result = to_record(entity, _row(header, cells), f"{name}:{line}")
+            if isinstance(result, RowSkip):
+                log.warning("%s: row skipped: %s", result.where, result.reason)
+                continue
+            yield result
+
+    def get(self, entity: str, record_id: str) -> Record | None:
+        index = self._index(entity)
+        offset = index.offsets.get(record_id)
+        if offset is None:
+            return None
+        with self._open(entity) as stream:
+            stream.seek(offset)
+            cells = next(csv.reader(_LineTracker(stream)), None)
+        if not cells:
+            return None
+        result = to_record(entity, _row(index.header, cells), f"{self.path(entity).name}@{offset}")
+        if isinstance(result, RowSkip) or result.id != record_id:
+            # The file changed between index and read; rebuild once and try again.
+            with self._lock:
+                self._indexes.pop(entity, None)
+            return self._get_rebuilt(entity, record_id)
+        return result
+
+    def _get_rebuilt(self, entity: str, record_id: str) -> Record | None:
+        for record in self.iter_records(entity):
+            if record.id == record_id:
+                return record
+        return None
+
+    def _index(self, entity: str) -> _Index:
+        try:
+            stat = self.path(entity).stat()
+        except FileNotFoundError:
+            raise SourceError(f"{self.path(entity)} not found: no {entity} data") from None
+        with self._lock:
+            index = self._indexes.get(entity)
+            if index and (index.mtime_ns, index.size) == (stat.st_mtime_ns, stat.st_size):
+                return index
+            header: list[str] = []
+            offsets: dict[str, int] = {}
+            for _, offset, header, cells in self._rows(entity):
+                id_column = header.index("id") if "id" in header else len(cells)
+                if id_column < len(cells):
+                    offsets.setdefault(cells[id_column].strip(), offset)
+            index = _Index(stat.st_mtime_ns, stat.st_size, header, offsets)
+            self._indexes[entity] = index
+            return index
+
+    def columns(self, entity: str) -> frozenset[str]:
+        with self._open(entity) as stream:
+            header = next(csv.reader(_LineTracker(stream)), [])
+        return frozenset(h.strip() for h in header)
+
+
+def _row(header: list[str], cells: list[str]) -> dict[str, str | None]:
+    row: dict[str, str | None] = dict.fromkeys(header)
+    for name, value in zip(header, cells, strict=False):
+        row[name] = value
+    return row

@@ -1,0 +1,122 @@
+"""The CRM fields the worker understands, and how a raw text row becomes a typed record.
+
+Known columns get types (dates, datetimes, flags, time zones); any other column passes through
+as text, so templates can use it. A bad value never crashes a pass: the field becomes ``None``
+and the reason is kept in ``Record.problems``. A row without a usable id is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+from worker.localtime import is_known_zone
+from worker.sources.base import Record, RowSkip
+
+#: Entity name (as used in rules: ``customer.email``) → file/table name in the CRM.
+ENTITY_TABLES: Mapping[str, str] = {
+    "customer": "customers",
+    "purchase": "purchases",
+    "complaint": "complaints",
+}
+
+#: Ids become part of occurrence keys (``rule:entity:id:tag``): no separators inside.
+_ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+def _parse_date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _parse_datetime(text: str) -> datetime:
+    # A bare date is midnight UTC; a datetime without offset is UTC (the CRM export convention).
+    value = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+_TRUE = frozenset({"true", "yes", "y", "1", "t"})
+_FALSE = frozenset({"false", "no", "n", "0", "f"})
+
+
+def _parse_flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _parse_zone(text: str) -> str:
+    if not is_known_zone(text):
+        raise ValueError("unknown time zone")
+    return text
+
+
+Parser = Callable[[str], Any]
+
+#: Typed columns per entity; every other column is text.
+FIELD_TYPES: Mapping[str, Mapping[str, Parser]] = {
+    "customer": {
+        "birthday": _parse_date,
+        "email_opt_in": _parse_flag,
+        "timezone": _parse_zone,
+    },
+    "purchase": {
+        "purchased_at": _parse_datetime,
+        "delivered_at": _parse_datetime,
+    },
+    "complaint": {
+        "opened_at": _parse_datetime,
+        "resolved_at": _parse_datetime,
+    },
+}
+
+#: Columns each entity is expected to have (a source missing one is reported by ``check``).
+REQUIRED_COLUMNS: Mapping[str, frozenset[str]] = {
+    "customer": frozenset(
+        {
+            "id",
+            "email",
+            "first_name",
+            "last_name",
+            "birthday",
+            "locale",
+            "timezone",
+            "account_manager_email",
+            "email_opt_in",
+        }
+    ),
+    "purchase": frozenset({"id", "customer_id", "product", "purchased_at", "delivered_at"}),
+    "complaint": frozenset({"id", "customer_id", "subject", "opened_at", "resolved_at"}),
+}
+
+
+def to_record(entity: str, raw: Mapping[str, str | None], where: str) -> Record | RowSkip:
+    """Type one raw row; ``where`` (e.g. ``customers.csv:17``) goes into skip reasons."""
+    record_id = (raw.get("id") or "").strip()
+    if not _ID_RE.match(record_id):
+        return RowSkip(entity, where, f"id {record_id!r} is missing or has unusable characters")
+    types = FIELD_TYPES.get(entity, {})
+    fields: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name, value in raw.items():
+        if name is None:  # surplus cells of a ragged CSV row
+            continue
+        text = (value or "").strip()
+        parser = types.get(name)
+        if parser is None:
+            fields[name] = text
+        elif not text:
+            fields[name] = None
+        else:
+            try:
+                fields[name] = parser(text)
+            except ValueError as exc:
+                fields[name] = None
+                problems[name] = f"{name} {text[:40]!r} is not usable ({exc})"
+    return Record(entity, record_id, fields, problems)
