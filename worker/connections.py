@@ -34,6 +34,15 @@ def open_redis(settings: Settings) -> redis.Redis:
     return client
 
 
+def close_redis(client: redis.Redis) -> None:
+    """Close our connections; an embedded Redis is stopped (its data saved) unless another
+    local process of the worker still uses it."""
+    client.connection_pool.disconnect()
+    stop_embedded = getattr(client, "_cleanup", None)
+    if callable(stop_embedded):
+        stop_embedded()
+
+
 def make_broker(client: redis.Redis) -> RedisBroker:
     """Dramatiq's Redis broker on ``client``, with its keys under our namespace."""
     return RedisBroker(client=client, namespace=DRAMATIQ_NAMESPACE)  # type: ignore[no-untyped-call]

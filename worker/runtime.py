@@ -22,7 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from worker.actors import DeliveryActor
 from worker.channels import Channel, email_channel
-from worker.connections import make_broker, open_redis
+from worker.connections import close_redis, make_broker, open_redis
 from worker.delivery import Deliverer
 from worker.ledger import Ledger
 from worker.rendering import TemplateRenderer
@@ -189,3 +189,5 @@ class Runtime:
             self.channel.close()
         if "broker" in self.__dict__:
             self.broker.close()
+        if "redis" in self.__dict__ and self._redis is None:
+            close_redis(self.redis)
