@@ -51,3 +51,9 @@ MAX_SUBJECT_CHARS = 200
 MAX_TEMPLATE_VALUE_LEN = 100_000
 #: Largest range() a template may iterate over.
 MAX_TEMPLATE_RANGE = 10_000
+
+#: The random unsubscribe secret used when CRM_UNSUBSCRIBE_SECRET is unset (never expires:
+#: losing it breaks the unsubscribe link of every mail already sent).
+UNSUBSCRIBE_SECRET_KEY = f"{KEY_PREFIX}:unsubscribe:secret"
+#: Length of the HMAC-SHA256 kept in an unsubscribe token: 128 bits, a short link.
+UNSUBSCRIBE_MAC_BYTES = 16

@@ -9,6 +9,7 @@
     │   └── RenderLimitError   render deadline or output size exceeded
     ├── SourceError            the CRM data cannot be read at all (a bad row is not an error)
     ├── AddressError           a recipient address is unusable (also a ValueError)
+    ├── UnsubscribeTokenError  an unsubscribe link was forged or mangled (also a ValueError)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, connection lost, timeout)
         └── PermanentDeliveryError   do not retry (5xx for this recipient)
@@ -84,6 +85,14 @@ class AddressError(CrmWorkerError, ValueError):
         self.address = address
         self.reason = reason
         super().__init__(f"invalid recipient {address!r}: {reason}")
+
+
+class UnsubscribeTokenError(CrmWorkerError, ValueError):
+    """An unsubscribe token is not genuine (forged, truncated, signed with another secret)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid unsubscribe token: {reason}")
 
 
 class DeliveryError(CrmWorkerError):

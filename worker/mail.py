@@ -4,6 +4,12 @@ Serialized with ``policy.SMTP`` (CRLF line ends) and ``max_line_length=998``: Py
 78-column folding rewrites a long header without fold points (a ``List-Unsubscribe`` URL) as an
 encoded word that mail clients ignore. The bytes are handed to the channel as they are, so the
 SMTP client cannot re-flatten them with its own policy.
+
+Every address header is built from :class:`~email.headerregistry.Address` objects, never by
+pasting strings: a display name like ``Smith, John <x@evil.com>\r\nBcc: y@evil.com`` becomes one
+quoted (or RFC 2047 encoded) phrase of a single mailbox. A recipient whose local part is not
+ASCII (``jürgen@…``) can only be written as UTF-8 (RFC 6532); such a message is serialized with
+``policy.SMTPUTF8`` and needs a relay that offers SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -13,12 +19,15 @@ from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 
 from worker.rendering import RenderedMessage
+from worker.unsubscribe import UnsubscribeLinks
 
 #: The serialization policy of every mail we send (see module docstring).
 WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
+#: The same for a recipient with a non-ASCII local part (raw UTF-8 headers, RFC 6532).
+WIRE_POLICY_UTF8 = policy.SMTPUTF8.clone(max_line_length=998)
 
 
 def message_id_for(key: str, domain: str) -> str:
@@ -30,9 +39,25 @@ def message_id_for(key: str, domain: str) -> str:
 
 def display_address(name: str, address: str) -> str:
     """``"José Peña" <jose@example.com>`` with the name quoted/encoded as the header needs."""
+    return str(mailbox(name, address))
+
+
+def mailbox(name: str, address: str) -> Address:
+    """One mailbox: control characters in the name become spaces, the name is one phrase."""
     local, _, domain = address.rpartition("@")
-    clean = " ".join(name.replace("\r", " ").replace("\n", " ").replace("\0", " ").split())
-    return str(Address(display_name=clean, username=local, domain=domain))
+    clean = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
+    return Address(display_name=clean, username=local, domain=domain)
+
+
+def parse_mailbox(value: str) -> Address:
+    """An operator-configured ``Name <box@domain>`` (validated by the settings) as a mailbox."""
+    name, address = parseaddr(value)
+    return mailbox(name, address)
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether ``address`` can only travel with SMTPUTF8 (a non-ASCII local part)."""
+    return not address.isascii()
 
 
 def compose(
@@ -43,16 +68,29 @@ def compose(
     recipient_name: str,
     message_id: str,
     date: datetime,
+    reply_to: str | None = None,
+    unsubscribe: UnsubscribeLinks | None = None,
 ) -> bytes:
-    """The complete RFC 5322 message: headers, a text part and an HTML alternative."""
-    mail = EmailMessage(policy=WIRE_POLICY)
-    mail["From"] = sender
-    mail["To"] = display_address(recipient_name, recipient) if recipient_name else recipient
+    """The complete RFC 5322 message: headers, a text part and an HTML alternative.
+
+    ``sender`` and ``reply_to`` are ``Name <box@domain>`` as configured; ``unsubscribe`` adds
+    ``List-Unsubscribe`` and the RFC 8058 one-click ``List-Unsubscribe-Post``.
+    """
+    wire = WIRE_POLICY_UTF8 if needs_smtputf8(recipient) else WIRE_POLICY
+    mail = EmailMessage(policy=wire)
+    mail["From"] = parse_mailbox(sender)
+    mail["To"] = mailbox(recipient_name, recipient)
+    if reply_to:
+        mail["Reply-To"] = parse_mailbox(reply_to)
     mail["Subject"] = message.subject
     mail["Date"] = format_datetime(date)
     mail["Message-ID"] = message_id
     mail["Auto-Submitted"] = "auto-generated"
-    mail["Content-Language"] = message.locale
+    if unsubscribe is not None:
+        mail["List-Unsubscribe"] = unsubscribe.header()
+        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
-    return mail.as_bytes(policy=WIRE_POLICY)
+    # After set_content(), which deletes every Content-* header of the message it fills.
+    mail["Content-Language"] = message.locale
+    return mail.as_bytes(policy=wire)

@@ -135,7 +135,8 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
         auto_reload=True,
     )
-    env.globals = {"range": _bounded_range}
+    # A message without unsubscribe links (an internal alert) still renders a shared footer.
+    env.globals = {"range": _bounded_range, "unsubscribe": {"url": "", "mailto": ""}}
     return env
 
 
