@@ -25,6 +25,7 @@ from worker.mail import compose, message_id_for
 from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
 from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
+from worker.signature import DkimSigner
 from worker.sources.base import Source
 from worker.triggers import NotApplicable, occurrence_for_tag
 from worker.unsubscribe import NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
@@ -63,6 +64,7 @@ class Deliverer:
     company: Mapping[str, str]
     reply_to: str | None = None
     unsubscriber: Unsubscriber | None = None
+    dkim: DkimSigner | None = None
 
     def deliver(
         self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
@@ -181,6 +183,8 @@ class Deliverer:
             reply_to=self.reply_to,
             unsubscribe=links,
         )
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
         outgoing = Outgoing(
             key=planned.key,
             channel=planned.action.channel,

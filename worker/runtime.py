@@ -29,6 +29,7 @@ from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
+from worker.signature import DkimSigner
 from worker.sources import Source, open_source
 from worker.unsubscribe import Unsubscriber, shared_secret
 
@@ -114,6 +115,7 @@ class Runtime:
             company=s.company,
             reply_to=s.reply_to,
             unsubscriber=self.unsubscriber,
+            dkim=DkimSigner.from_settings(s),
         )
 
     @cached_property
