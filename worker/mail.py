@@ -16,18 +16,36 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime, parseaddr
 
+from worker.constants import ENCODED_HEADER_FOLD_COLUMNS, MAX_DISPLAY_NAME_CHARS
 from worker.rendering import RenderedMessage
 from worker.unsubscribe import UnsubscribeLinks
 
+
+class _WirePolicy(EmailPolicy):
+    """``policy.SMTP`` with lines of up to 998 octets, except where RFC 2047 needs 78.
+
+    A header that is pure ASCII is written unfolded up to 998 octets, so a long token is never
+    turned into an encoded word. A header that must be encoded (a name with ü, an emoji
+    subject) is folded at 78 columns, which keeps each encoded word within RFC 2047's 75
+    characters; at 998 Python would write one encoded word of hundreds of characters.
+    """
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if str(value).isascii():
+            return super().fold_binary(name, value)
+        narrow = self.clone(max_line_length=ENCODED_HEADER_FOLD_COLUMNS)
+        return EmailPolicy.fold_binary(narrow, name, value)
+
+
 #: The serialization policy of every mail we send (see module docstring).
-WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
+WIRE_POLICY = _WirePolicy(linesep="\r\n", max_line_length=998)
 #: The same for a recipient with a non-ASCII local part (raw UTF-8 headers, RFC 6532).
-WIRE_POLICY_UTF8 = policy.SMTPUTF8.clone(max_line_length=998)
+WIRE_POLICY_UTF8 = WIRE_POLICY.clone(utf8=True)
 
 
 def message_id_for(key: str, domain: str) -> str:
@@ -43,9 +61,12 @@ def display_address(name: str, address: str) -> str:
 
 
 def mailbox(name: str, address: str) -> Address:
-    """One mailbox: control characters in the name become spaces, the name is one phrase."""
+    """One mailbox: control characters in the name become spaces, the name is one phrase
+    of at most :data:`MAX_DISPLAY_NAME_CHARS` characters."""
     local, _, domain = address.rpartition("@")
     clean = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
+    if len(clean) > MAX_DISPLAY_NAME_CHARS:
+        clean = clean[: MAX_DISPLAY_NAME_CHARS - 1].rstrip() + "…"
     return Address(display_name=clean, username=local, domain=domain)
 
 
