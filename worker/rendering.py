@@ -201,8 +201,9 @@ class TemplateRenderer:
             raise TemplateError(path, f"{exc.message} (check the spelling of the field)") from None
         except SecurityError as exc:
             raise TemplateError(path, f"refused by the sandbox: {exc}") from None
-        except RenderLimitError:
-            raise
+        except RenderLimitError as exc:
+            # Raised inside range() too, which does not know the file: name it here.
+            raise RenderLimitError(path, exc.reason) from None
         except TemplateError:
             raise
         except Exception as exc:  # any other error inside a template fails this message only
