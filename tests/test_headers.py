@@ -311,3 +311,19 @@ def test_a_2000_character_name_gives_a_capped_subject_and_no_overlong_line(deliv
     assert subject.startswith("Happy birthday, AAAA") and subject.endswith("…")
     display_name = parsed(data)["To"].addresses[0].display_name
     assert "".join(display_name.split()).startswith("A" * 200)
+
+
+def test_sender_display_name_is_configurable_and_encoded(deliver):
+    _, received = deliver(
+        [{"id": "70", "email": "f@example.com", "first_name": "Fa", "locale": "en"}],
+        CRM_MAIL_FROM='"Müller & Söhne, Berlin" <crm@shop.example.com>',
+    )
+    (mail,) = received
+    assert mail.sender == "crm@shop.example.com"
+    (raw_from,) = raw_header(mail.data, "From")
+    assert raw_from.isascii() and raw_from.endswith(b" <crm@shop.example.com>")
+    (sender,) = parsed(mail.data)["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == (
+        "Müller & Söhne, Berlin",
+        "crm@shop.example.com",
+    )

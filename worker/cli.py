@@ -376,9 +376,12 @@ def preview(
     """
     runtime = _runtime(ctx)
     now = now or utc_now()
-    deliverer = runtime.deliverer
     try:
+        deliverer = runtime.deliverer
         items = build_previews(deliverer, rule_id, customer_id, now)
+    except redis.RedisError as exc:  # the shared unsubscribe secret lives in Redis
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
     except PreviewError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_CONFIG)
