@@ -103,8 +103,10 @@ def test_every_mail_has_each_header_exactly_once_and_unfolded_unsubscribe(delive
         "Reply-To",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
+        "List-Id",
     ):
         assert len(raw_header(mail.data, name)) == 1, name
+    assert raw_header(mail.data, "List-Id") == [b"List-Id: <birthday-greeting.shop.example.com>"]
     assert raw_header(mail.data, "From") == [b"From: Example Shop <crm@shop.example.com>"]
     assert raw_header(mail.data, "Reply-To") == [b"Reply-To: Sales Team <sales@shop.example.com>"]
     assert raw_header(mail.data, "Auto-Submitted") == [b"Auto-Submitted: auto-generated"]

@@ -182,6 +182,8 @@ class Deliverer:
             date=now,
             reply_to=self.reply_to,
             unsubscribe=links,
+            # SpamAssassin scores List-Unsubscribe without List-Id (LIST_PARTIAL_SHORT_MSG).
+            list_id=f"<{planned.rule_id}.{self.sender_domain}>" if links else None,
         )
         if self.dkim is not None:
             data = self.dkim.sign(data)

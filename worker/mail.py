@@ -91,11 +91,13 @@ def compose(
     date: datetime,
     reply_to: str | None = None,
     unsubscribe: UnsubscribeLinks | None = None,
+    list_id: str | None = None,
 ) -> bytes:
     """The complete RFC 5322 message: headers, a text part and an HTML alternative.
 
     ``sender`` and ``reply_to`` are ``Name <box@domain>`` as configured; ``unsubscribe`` adds
-    ``List-Unsubscribe`` and the RFC 8058 one-click ``List-Unsubscribe-Post``.
+    ``List-Unsubscribe`` and the RFC 8058 one-click ``List-Unsubscribe-Post``; ``list_id``
+    (RFC 2919, ``<rule.domain>``) lets receivers group and filter the messages of one rule.
     """
     wire = WIRE_POLICY_UTF8 if needs_smtputf8(recipient) else WIRE_POLICY
     mail = EmailMessage(policy=wire)
@@ -110,6 +112,8 @@ def compose(
     if unsubscribe is not None:
         mail["List-Unsubscribe"] = unsubscribe.header()
         mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if list_id:
+        mail["List-Id"] = list_id
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     # After set_content(), which deletes every Content-* header of the message it fills.

@@ -31,6 +31,7 @@ SIGNED_HEADERS = (
     b"Auto-Submitted",
     b"List-Unsubscribe",
     b"List-Unsubscribe-Post",
+    b"List-Id",
     b"MIME-Version",
     b"Content-Type",
     b"Content-Language",
