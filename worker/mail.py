@@ -1,9 +1,10 @@
 """Turning a rendered message into the exact bytes an SMTP server receives.
 
-Serialized with ``policy.SMTP`` (CRLF line ends) and ``max_line_length=998``: Python's default
-78-column folding rewrites a long header without fold points (a ``List-Unsubscribe`` URL) as an
-encoded word that mail clients ignore. The bytes are handed to the channel as they are, so the
-SMTP client cannot re-flatten them with its own policy.
+Serialized like ``policy.SMTP`` (CRLF line ends) but with ``max_line_length=998`` for ASCII
+headers: Python's default 78-column folding rewrites a long header without fold points (a
+``List-Unsubscribe`` URL) as an encoded word that mail clients ignore. Headers that need
+encoding anyway are folded narrowly (see :class:`_WirePolicy`). The bytes are handed to the
+channel as they are, so the SMTP client cannot re-flatten them with its own policy.
 
 Every address header is built from :class:`~email.headerregistry.Address` objects, never by
 pasting strings: a display name like ``Smith, John <x@evil.com>\r\nBcc: y@evil.com`` becomes one
@@ -27,11 +28,11 @@ from worker.unsubscribe import UnsubscribeLinks
 
 
 class _WirePolicy(EmailPolicy):
-    """``policy.SMTP`` with lines of up to 998 octets, except where RFC 2047 needs 78.
+    """``policy.SMTP`` with lines of up to 998 octets, except where RFC 2047 needs short ones.
 
     A header that is pure ASCII is written unfolded up to 998 octets, so a long token is never
     turned into an encoded word. A header that must be encoded (a name with ü, an emoji
-    subject) is folded at 78 columns, which keeps each encoded word within RFC 2047's 75
+    subject) is folded at 76 columns, which keeps each encoded word within RFC 2047's 75
     characters; at 998 Python would write one encoded word of hundreds of characters.
     """
 

@@ -45,6 +45,7 @@ from worker.constants import (
 )
 from worker.errors import RenderLimitError, TemplateError
 from worker.filters import FILTERS, babel_locale, formatting_locale
+from worker.unsubscribe import NO_LINKS_CONTEXT
 
 PARTS = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -137,7 +138,7 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
         auto_reload=True,
     )
     # A message without unsubscribe links (an internal alert) still renders a shared footer.
-    env.globals = {"range": _bounded_range, "unsubscribe": {"url": "", "mailto": ""}}
+    env.globals = {"range": _bounded_range, "unsubscribe": NO_LINKS_CONTEXT}
     env.filters.update(FILTERS)
     return env
 
