@@ -6,6 +6,7 @@ configuration error, 3 a service (Redis, the CRM data) is unreachable.
 
 from __future__ import annotations
 
+import email.policy
 import json
 import logging
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 from collections import Counter
 from datetime import datetime
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,18 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from worker.errors import ConfigError, CrmWorkerError, SourceError
+from worker.errors import (
+    AddressError,
+    ConfigError,
+    CrmWorkerError,
+    DeliveryError,
+    PreviewError,
+    SourceError,
+    TemplateError,
+)
 from worker.localtime import parse_instant, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
+from worker.preview import Preview, build_previews, send_test_copy
 from worker.rules.loader import rule_json_schema
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
@@ -86,6 +97,7 @@ def cli(verbose: int) -> None:
       crm-worker plan --now 2026-03-14T10:00:00Z        who would get what at that instant
       crm-worker run --once                             one pass now, deliver, print a summary
       crm-worker run                                    scheduler + workers until Ctrl-C
+      crm-worker preview birthday-greeting --customer 42   the real message for customer 42
 
     Settings come from CRM_* environment variables or a .env file (see README).
     """
@@ -325,6 +337,99 @@ def schema(output: Path | None) -> None:
         err.print(f"wrote {output}")
     else:
         click.echo(text)
+
+
+@cli.command()
+@click.argument("rule_id", metavar="RULE")
+@click.option("--customer", "customer_id", required=True, help="Customer id in the CRM data.")
+@NOW_OPTION
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the HTML part to this file (open it in a browser).",
+)
+@click.option("--send-to", "send_to", default=None, help="Send a test copy to this address.")
+@click.pass_context
+def preview(
+    ctx: click.Context,
+    rule_id: str,
+    customer_id: str,
+    now: datetime | None,
+    html_file: Path | None,
+    send_to: str | None,
+) -> None:
+    """Show the real message RULE sends to a customer: headers, subject, text and HTML.
+
+    Same path as a delivery (fresh CRM record, condition, template in the customer's language),
+    but nothing is claimed or sent, except a test copy with --send-to (outside the ledger, with
+    its own Message-ID; its unsubscribe link does not unsubscribe the customer).
+
+    \b
+    Exit 0 when shown, 1 when the customer would not get it or a template fails,
+    2 for an unknown rule or customer.
+    Examples:
+      crm-worker preview birthday-greeting --customer 42
+      crm-worker preview birthday-greeting --customer 42 --html var/preview.html
+      crm-worker preview birthday-greeting --customer 42 --send-to me@example.com
+    """
+    runtime = _runtime(ctx)
+    now = now or utc_now()
+    try:
+        deliverer = runtime.deliverer
+        items = build_previews(deliverer, rule_id, customer_id, now)
+    except redis.RedisError as exc:  # the shared unsubscribe secret lives in Redis
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    except PreviewError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_CONFIG)
+    except TemplateError as exc:
+        err.print(f"[red]template error:[/] {exc}")
+        sys.exit(EXIT_PROBLEMS)
+    shown = [item for item in items if isinstance(item, Preview)]
+    for item in items:
+        if isinstance(item, Skip):
+            err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
+            continue
+        _print_preview(item)
+    if html_file and shown:
+        html_file.parent.mkdir(parents=True, exist_ok=True)
+        html_file.write_text(shown[0].message.html, encoding="utf-8")
+        err.print(f"wrote the HTML part to {html_file}", markup=False)
+    if send_to and shown:
+        try:
+            for item in shown:
+                receipt = send_test_copy(deliverer, item, send_to, utc_now())
+                err.print(f"test copy sent to {send_to}: {receipt.detail}", markup=False)
+        except AddressError as exc:
+            err.print(f"[red]error:[/] --send-to: {exc.reason}")
+            sys.exit(EXIT_CONFIG)
+        except DeliveryError as exc:
+            err.print(f"[red]error:[/] test copy not sent: {exc}")
+            sys.exit(EXIT_PROBLEMS)
+    if len(shown) < len(items):
+        sys.exit(EXIT_PROBLEMS)
+
+
+_PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Message-ID", "List-Unsubscribe")
+
+
+def _print_preview(item: Preview) -> None:
+    planned, message = item.planned, item.message
+    mail = message_from_bytes(item.outgoing.data, policy=email.policy.default)
+    out.print(
+        f"== {planned.rule_id} → {planned.to} · template {message.template}/{message.locale} · "
+        f"due {planned.due_at.isoformat()} · key {planned.key}",
+        markup=False,
+    )
+    if item.note:
+        out.print(f"note: {item.note}", markup=False)
+    for name in _PREVIEW_HEADERS:
+        if mail[name] is not None:
+            out.print(f"{name}: {mail[name]}", markup=False)
+    out.print(f"-- text --\n{message.text}\n-- html --\n{message.html}", markup=False)
 
 
 def main() -> None:

@@ -51,3 +51,16 @@ MAX_SUBJECT_CHARS = 200
 MAX_TEMPLATE_VALUE_LEN = 100_000
 #: Largest range() a template may iterate over.
 MAX_TEMPLATE_RANGE = 10_000
+
+#: The random unsubscribe secret used when CRM_UNSUBSCRIBE_SECRET is unset (never expires:
+#: losing it breaks the unsubscribe link of every mail already sent).
+UNSUBSCRIBE_SECRET_KEY = f"{KEY_PREFIX}:unsubscribe:secret"
+#: Length of the HMAC-SHA256 kept in an unsubscribe token: 128 bits, a short link.
+UNSUBSCRIBE_MAC_BYTES = 16
+
+#: Longest display name put in a To header (longer CRM names are cut): keeps the header line
+#: of even an unbreakable ASCII name far below SMTP's 998-octet limit.
+MAX_DISPLAY_NAME_CHARS = 300
+#: Fold width for headers that need RFC 2047 encoded words: at 78 Python writes words of 76
+#: characters, over RFC 2047's limit of 75; at 76 they stay within it.
+ENCODED_HEADER_FOLD_COLUMNS = 76

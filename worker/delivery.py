@@ -23,10 +23,12 @@ from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
 from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
-from worker.rendering import TemplateRenderer
+from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
+from worker.signature import DkimSigner
 from worker.sources.base import Source
 from worker.triggers import NotApplicable, occurrence_for_tag
+from worker.unsubscribe import NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class Deliverer:
     envelope_sender: str
     sender_domain: str
     company: Mapping[str, str]
+    reply_to: str | None = None
+    unsubscriber: Unsubscriber | None = None
+    dkim: DkimSigner | None = None
 
     def deliver(
         self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
@@ -151,7 +156,22 @@ class Deliverer:
         )
 
     def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
-        message = self.renderer.render(planned.action.template, planned.locale, planned.context)
+        return self.build(planned, now)[1]
+
+    def build(
+        self, planned: PlannedDelivery, now: datetime, *, unsubscribe_channel: str | None = None
+    ) -> tuple[RenderedMessage, Outgoing]:
+        """The rendered parts and the exact bytes that go out for ``planned``.
+
+        ``crm-worker preview`` calls this too, so a preview is the real message.
+        ``unsubscribe_channel`` overrides the channel the unsubscribe token names (test copies).
+        """
+        links = self.unsubscribe_links(planned, unsubscribe_channel)
+        context = {
+            **planned.context,
+            "unsubscribe": links.as_context() if links else NO_LINKS_CONTEXT,
+        }
+        message = self.renderer.render(planned.action.template, planned.locale, context)
         message_id = message_id_for(planned.key, self.sender_domain)
         data = compose(
             message,
@@ -160,8 +180,14 @@ class Deliverer:
             recipient_name=planned.recipient_name,
             message_id=message_id,
             date=now,
+            reply_to=self.reply_to,
+            unsubscribe=links,
+            # SpamAssassin scores List-Unsubscribe without List-Id (LIST_PARTIAL_SHORT_MSG).
+            list_id=f"<{planned.rule_id}.{self.sender_domain}>" if links else None,
         )
-        return Outgoing(
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
+        outgoing = Outgoing(
             key=planned.key,
             channel=planned.action.channel,
             sender=self.envelope_sender,
@@ -169,6 +195,19 @@ class Deliverer:
             message_id=message_id,
             data=data,
         )
+        return message, outgoing
+
+    def unsubscribe_links(
+        self, planned: PlannedDelivery, channel: str | None = None
+    ) -> UnsubscribeLinks | None:
+        """Signed links for a message to a customer; ``None`` for anyone else (an alert to an
+        account manager is not a subscription the customer could leave)."""
+        customer = planned.context.get("customer")
+        if self.unsubscriber is None or not planned.action.to.startswith("customer."):
+            return None
+        if not isinstance(customer, Mapping) or not customer.get("id"):
+            return None
+        return self.unsubscriber.links(str(customer["id"]), channel or planned.action.channel)
 
 
 def retry_delay(attempt: int) -> timedelta:

@@ -9,6 +9,8 @@
     │   └── RenderLimitError   render deadline or output size exceeded
     ├── SourceError            the CRM data cannot be read at all (a bad row is not an error)
     ├── AddressError           a recipient address is unusable (also a ValueError)
+    ├── UnsubscribeTokenError  an unsubscribe link was forged or mangled (also a ValueError)
+    ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, connection lost, timeout)
         └── PermanentDeliveryError   do not retry (5xx for this recipient)
@@ -84,6 +86,18 @@ class AddressError(CrmWorkerError, ValueError):
         self.address = address
         self.reason = reason
         super().__init__(f"invalid recipient {address!r}: {reason}")
+
+
+class UnsubscribeTokenError(CrmWorkerError, ValueError):
+    """An unsubscribe token is not genuine (forged, truncated, signed with another secret)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid unsubscribe token: {reason}")
+
+
+class PreviewError(CrmWorkerError):
+    """A preview cannot be built: the rule or the customer does not exist."""
 
 
 class DeliveryError(CrmWorkerError):

@@ -1,24 +1,52 @@
 """Turning a rendered message into the exact bytes an SMTP server receives.
 
-Serialized with ``policy.SMTP`` (CRLF line ends) and ``max_line_length=998``: Python's default
-78-column folding rewrites a long header without fold points (a ``List-Unsubscribe`` URL) as an
-encoded word that mail clients ignore. The bytes are handed to the channel as they are, so the
-SMTP client cannot re-flatten them with its own policy.
+Serialized like ``policy.SMTP`` (CRLF line ends) but with ``max_line_length=998`` for ASCII
+headers: Python's default 78-column folding rewrites a long header without fold points (a
+``List-Unsubscribe`` URL) as an encoded word that mail clients ignore. Headers that need
+encoding anyway are folded narrowly (see :class:`_WirePolicy`). The bytes are handed to the
+channel as they are, so the SMTP client cannot re-flatten them with its own policy.
+
+Every address header is built from :class:`~email.headerregistry.Address` objects, never by
+pasting strings: a display name like ``Smith, John <x@evil.com>\r\nBcc: y@evil.com`` becomes one
+quoted (or RFC 2047 encoded) phrase of a single mailbox. A recipient whose local part is not
+ASCII (``jürgen@…``) can only be written as UTF-8 (RFC 6532); such a message is serialized with
+``policy.SMTPUTF8`` and needs a relay that offers SMTPUTF8.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.policy import EmailPolicy
+from email.utils import format_datetime, parseaddr
 
+from worker.constants import ENCODED_HEADER_FOLD_COLUMNS, MAX_DISPLAY_NAME_CHARS
 from worker.rendering import RenderedMessage
+from worker.unsubscribe import UnsubscribeLinks
+
+
+class _WirePolicy(EmailPolicy):
+    """``policy.SMTP`` with lines of up to 998 octets, except where RFC 2047 needs short ones.
+
+    A header that is pure ASCII is written unfolded up to 998 octets, so a long token is never
+    turned into an encoded word. A header that must be encoded (a name with ü, an emoji
+    subject) is folded at 76 columns, which keeps each encoded word within RFC 2047's 75
+    characters; at 998 Python would write one encoded word of hundreds of characters.
+    """
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if str(value).isascii():
+            return super().fold_binary(name, value)
+        narrow = self.clone(max_line_length=ENCODED_HEADER_FOLD_COLUMNS)
+        return EmailPolicy.fold_binary(narrow, name, value)
+
 
 #: The serialization policy of every mail we send (see module docstring).
-WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
+WIRE_POLICY = _WirePolicy(linesep="\r\n", max_line_length=998)
+#: The same for a recipient with a non-ASCII local part (raw UTF-8 headers, RFC 6532).
+WIRE_POLICY_UTF8 = WIRE_POLICY.clone(utf8=True)
 
 
 def message_id_for(key: str, domain: str) -> str:
@@ -30,9 +58,28 @@ def message_id_for(key: str, domain: str) -> str:
 
 def display_address(name: str, address: str) -> str:
     """``"José Peña" <jose@example.com>`` with the name quoted/encoded as the header needs."""
+    return str(mailbox(name, address))
+
+
+def mailbox(name: str, address: str) -> Address:
+    """One mailbox: control characters in the name become spaces, the name is one phrase
+    of at most :data:`MAX_DISPLAY_NAME_CHARS` characters."""
     local, _, domain = address.rpartition("@")
-    clean = " ".join(name.replace("\r", " ").replace("\n", " ").replace("\0", " ").split())
-    return str(Address(display_name=clean, username=local, domain=domain))
+    clean = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
+    if len(clean) > MAX_DISPLAY_NAME_CHARS:
+        clean = clean[: MAX_DISPLAY_NAME_CHARS - 1].rstrip() + "…"
+    return Address(display_name=clean, username=local, domain=domain)
+
+
+def parse_mailbox(value: str) -> Address:
+    """An operator-configured ``Name <box@domain>`` (validated by the settings) as a mailbox."""
+    name, address = parseaddr(value)
+    return mailbox(name, address)
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether ``address`` can only travel with SMTPUTF8 (a non-ASCII local part)."""
+    return not address.isascii()
 
 
 def compose(
@@ -43,16 +90,33 @@ def compose(
     recipient_name: str,
     message_id: str,
     date: datetime,
+    reply_to: str | None = None,
+    unsubscribe: UnsubscribeLinks | None = None,
+    list_id: str | None = None,
 ) -> bytes:
-    """The complete RFC 5322 message: headers, a text part and an HTML alternative."""
-    mail = EmailMessage(policy=WIRE_POLICY)
-    mail["From"] = sender
-    mail["To"] = display_address(recipient_name, recipient) if recipient_name else recipient
+    """The complete RFC 5322 message: headers, a text part and an HTML alternative.
+
+    ``sender`` and ``reply_to`` are ``Name <box@domain>`` as configured; ``unsubscribe`` adds
+    ``List-Unsubscribe`` and the RFC 8058 one-click ``List-Unsubscribe-Post``; ``list_id``
+    (RFC 2919, ``<rule.domain>``) lets receivers group and filter the messages of one rule.
+    """
+    wire = WIRE_POLICY_UTF8 if needs_smtputf8(recipient) else WIRE_POLICY
+    mail = EmailMessage(policy=wire)
+    mail["From"] = parse_mailbox(sender)
+    mail["To"] = mailbox(recipient_name, recipient)
+    if reply_to:
+        mail["Reply-To"] = parse_mailbox(reply_to)
     mail["Subject"] = message.subject
     mail["Date"] = format_datetime(date)
     mail["Message-ID"] = message_id
     mail["Auto-Submitted"] = "auto-generated"
-    mail["Content-Language"] = message.locale
+    if unsubscribe is not None:
+        mail["List-Unsubscribe"] = unsubscribe.header()
+        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if list_id:
+        mail["List-Id"] = list_id
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
-    return mail.as_bytes(policy=WIRE_POLICY)
+    # After set_content(), which deletes every Content-* header of the message it fills.
+    mail["Content-Language"] = message.locale
+    return mail.as_bytes(policy=wire)

@@ -44,6 +44,8 @@ from worker.constants import (
     RENDER_DEADLINE_S,
 )
 from worker.errors import RenderLimitError, TemplateError
+from worker.filters import FILTERS, babel_locale, formatting_locale
+from worker.unsubscribe import NO_LINKS_CONTEXT
 
 PARTS = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -135,7 +137,9 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
         auto_reload=True,
     )
-    env.globals = {"range": _bounded_range}
+    # A message without unsubscribe links (an internal alert) still renders a shared footer.
+    env.globals = {"range": _bounded_range, "unsubscribe": NO_LINKS_CONTEXT}
+    env.filters.update(FILTERS)
     return env
 
 
@@ -171,10 +175,15 @@ class TemplateRenderer:
         chosen = self.resolve_locale(name, locale)
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
+        # Money and dates follow the customer's own variant (de-AT) of the template's language.
+        language = chosen.lower().partition("-")[0]
+        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
         try:
-            parts = [
-                self._render_part(f"{name}/{chosen}/{part}", context, deadline) for part in PARTS
-            ]
+            with formatting_locale(babel_locale(variants)):
+                parts = [
+                    self._render_part(f"{name}/{chosen}/{part}", context, deadline)
+                    for part in PARTS
+                ]
         finally:
             _active_deadline.reset(token)
         return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
@@ -193,8 +202,9 @@ class TemplateRenderer:
             raise TemplateError(path, f"{exc.message} (check the spelling of the field)") from None
         except SecurityError as exc:
             raise TemplateError(path, f"refused by the sandbox: {exc}") from None
-        except RenderLimitError:
-            raise
+        except RenderLimitError as exc:
+            # Raised inside range() too, which does not know the file: name it here.
+            raise RenderLimitError(path, exc.reason) from None
         except TemplateError:
             raise
         except Exception as exc:  # any other error inside a template fails this message only

@@ -29,7 +29,9 @@ from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
+from worker.signature import DkimSigner
 from worker.sources import Source, open_source
+from worker.unsubscribe import Unsubscriber, shared_secret
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,22 @@ class Runtime:
             envelope_sender=s.sender_address,
             sender_domain=s.sender_domain,
             company=s.company,
+            reply_to=s.reply_to,
+            unsubscriber=self.unsubscriber,
+            dkim=DkimSigner.from_settings(s),
         )
+
+    @cached_property
+    def unsubscriber(self) -> Unsubscriber:
+        """Signs (and verifies) unsubscribe links with ``CRM_UNSUBSCRIBE_SECRET``, else with a
+        random secret shared through Redis."""
+        s = self.settings
+        secret = (
+            s.unsubscribe_secret.get_secret_value().encode("utf-8")
+            if s.unsubscribe_secret
+            else shared_secret(self.redis)
+        )
+        return Unsubscriber(secret, s.effective_unsubscribe_url, s.effective_unsubscribe_mailbox)
 
     @cached_property
     def actor(self) -> DeliveryActor:

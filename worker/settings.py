@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -80,6 +80,26 @@ class Settings(BaseSettings):
     worker_threads: int = Field(default=8, ge=1, le=256)
     scheduler_interval_s: float = Field(default=60.0, gt=0)
 
+    reply_to: str | None = Field(default=None, description="Reply-To header of every mail.")
+    unsubscribe_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of unsubscribe links. Unset: a random one kept in Redis.",
+    )
+    unsubscribe_url: str | None = Field(
+        default=None,
+        description="HTTPS base of unsubscribe links. Default https://<sender domain>/unsubscribe.",
+    )
+    unsubscribe_mailto: str | None = Field(
+        default=None, description="Mailbox of mailto unsubscribes. Default unsubscribe@<domain>."
+    )
+    dkim_selector: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="DKIM selector."
+    )
+    dkim_private_key_file: Path | None = Field(
+        default=None, description="PEM private key; with dkim_selector, every mail is signed."
+    )
+    dkim_domain: str | None = Field(default=None, description="DKIM d=; default sender domain.")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -111,6 +131,51 @@ class Settings(BaseSettings):
         if "@" not in address or any(c in value for c in "\r\n\0"):
             raise ValueError(f"not an email address: {value!r}; write 'Name <crm@your-domain>'")
         return value
+
+    @field_validator("reply_to", "unsubscribe_mailto")
+    @classmethod
+    def _optional_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _, address = parseaddr(value)
+        if "@" not in address or any(c in value for c in "\r\n\0,"):
+            raise ValueError(f"not one email address: {value!r}; write 'Name <box@your-domain>'")
+        return value
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("https://") or any(c in value for c in ' <>,"\r\n\0?#'):
+            raise ValueError(
+                f"not an HTTPS base URL: {value!r}; write 'https://your-domain/unsubscribe' "
+                "(mail clients only do one-click unsubscribe over HTTPS)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dkim_complete(self) -> Settings:
+        if (self.dkim_selector is None) != (self.dkim_private_key_file is None):
+            raise ValueError(
+                "DKIM needs both CRM_DKIM_SELECTOR and CRM_DKIM_PRIVATE_KEY_FILE (or neither)"
+            )
+        key = self.dkim_private_key_file
+        if key is not None and not key.is_file():
+            raise ValueError(f"CRM_DKIM_PRIVATE_KEY_FILE: no file {key}")
+        return self
+
+    @property
+    def effective_unsubscribe_url(self) -> str:
+        """HTTPS base of unsubscribe links; the signed token is appended as the last segment."""
+        return self.unsubscribe_url or f"https://{self.sender_domain}/unsubscribe"
+
+    @property
+    def effective_unsubscribe_mailbox(self) -> str:
+        """Bare address that receives ``mailto:`` unsubscribes."""
+        if self.unsubscribe_mailto:
+            return parseaddr(self.unsubscribe_mailto)[1]
+        return f"unsubscribe@{self.sender_domain}"
 
     @property
     def effective_outbox_dir(self) -> Path:
@@ -166,6 +231,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             [
                 f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                if err["loc"]
+                else err["msg"]  # a check across settings names its variables itself
                 for err in exc.errors()
             ]
         ) from None

@@ -24,6 +24,11 @@ from worker.triggers import Occurrence
 
 #: Names a condition or template may use besides entities.
 CONTEXT_NAMES = frozenset({"occurrence", "company"})
+#: What templates see as ``unsubscribe`` while ``check`` renders them.
+SAMPLE_UNSUBSCRIBE = {
+    "url": "https://example.invalid/unsubscribe/sample",
+    "mailto": "mailto:unsubscribe@example.invalid?subject=unsubscribe",
+}
 
 
 def check_all(catalog: RuleCatalog, renderer: TemplateRenderer, source: Source) -> list[Problem]:
@@ -93,6 +98,7 @@ def _check_template(
         occurrence=occurrence,
         company={"name": "", "address": ""},
     )
+    context["unsubscribe"] = SAMPLE_UNSUBSCRIBE
     for locale in locales:
         try:
             renderer.render(name, locale, context)

@@ -101,8 +101,16 @@ class SmtpChannel:
 
     async def _send(self, state: _ThreadState, message: Outgoing) -> Receipt:
         client = await self._connected(state)
+        # A non-ASCII local part (jürgen@…) exists only under SMTPUTF8 (RFC 6531).
+        options = [] if message.recipient.isascii() else ["SMTPUTF8"]
         try:
-            _, reply = await client.sendmail(message.sender, [message.recipient], message.data)
+            _, reply = await client.sendmail(
+                message.sender, [message.recipient], message.data, mail_options=options
+            )
+        except aiosmtplib.SMTPNotSupported:
+            raise PermanentDeliveryError(
+                "the SMTP relay does not offer SMTPUTF8, which this non-ASCII address needs"
+            ) from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             raise _classified(refusal.code, refusal.message, "recipient refused") from None

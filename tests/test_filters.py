@@ -1,0 +1,65 @@
+"""Money, numbers and dates in templates are written the customer's way (Babel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import TemplateError
+from worker.rendering import TemplateRenderer
+
+LINE = (
+    '{{ amount | money("EUR") }} | {{ day | date("long") }} | {{ n | number }}'
+    ' | {{ ts | datetime("short", zone) }}'
+)
+CONTEXT = {"amount": "1234.5", "day": "2026-03-14", "n": 12500, "ts": "2026-03-14T08:00:00Z"}
+
+
+def renderer(tmp_path: Path, subject: str = LINE) -> TemplateRenderer:
+    for locale in ("en", "de", "es"):
+        folder = tmp_path / "t" / locale
+        folder.mkdir(parents=True)
+        (folder / "subject.txt.j2").write_text(subject, encoding="utf-8")
+        (folder / "body.txt.j2").write_text(subject, encoding="utf-8")
+        (folder / "body.html.j2").write_text("<p>" + subject + "</p>", encoding="utf-8")
+    return TemplateRenderer(tmp_path, "en")
+
+
+@pytest.mark.parametrize(
+    ("locale", "expected"),
+    [
+        ("de-AT", "€\xa01.234,50 | 14. März 2026 | 12.500 | 14.03.26, 09:00"),
+        ("de", "1.234,50\xa0€ | 14. März 2026 | 12.500 | 14.03.26, 09:00"),
+        ("es", "1.234,50\xa0€ | 14 de marzo de 2026 | 12.500 | 14/3/26, 9:00"),
+        ("en", "€1,234.50 | March 14, 2026 | 12,500 | 3/14/26, 9:00\u202fAM"),
+        # A language without templates falls back to English, and so does its formatting.
+        ("fr-FR", "€1,234.50 | March 14, 2026 | 12,500 | 3/14/26, 9:00\u202fAM"),
+        (None, "€1,234.50 | March 14, 2026 | 12,500 | 3/14/26, 9:00\u202fAM"),
+    ],
+)
+def test_formats_follow_the_customers_locale(tmp_path, locale, expected):
+    message = renderer(tmp_path).render("t", locale, CONTEXT | {"zone": "Europe/Berlin"})
+    assert message.text == expected
+    # The subject is one clean line: non-breaking spaces become plain ones.
+    assert message.subject == " ".join(expected.split())
+
+
+def test_unknown_time_zone_shows_utc(tmp_path):
+    message = renderer(tmp_path).render("t", "de", CONTEXT | {"zone": "Mars/Olympus"})
+    assert message.text.endswith("14.03.26, 08:00")
+
+
+@pytest.mark.parametrize(
+    ("template", "context", "reason"),
+    [
+        ('{{ x | money("EUR") }}', {"x": "12,x"}, "not an amount"),
+        ('{{ x | money("EUR") }}', {"x": None}, "not an amount"),
+        ('{{ x | money("XYZW") }}', {"x": "1"}, "unknown currency"),
+        ("{{ x | date }}", {"x": "0000-00-00"}, "ValueError"),
+        ('{{ x | date("fancy") }}', {"x": "2026-03-14"}, "unknown format 'fancy'"),
+    ],
+)
+def test_bad_values_fail_the_message_with_a_reason(tmp_path, template, context, reason):
+    with pytest.raises(TemplateError, match=reason):
+        renderer(tmp_path, template).render("t", "de", context)

@@ -1,0 +1,100 @@
+"""`crm-worker preview`: what a sales manager sees is what the customer gets; nothing is sent."""
+
+from __future__ import annotations
+
+import re
+
+from tests.test_cli import base_env, crm_worker
+from tests.test_headers import parsed, write_crm
+from worker.mail import message_id_for
+from worker.unsubscribe import verify
+
+NOW = "2026-03-14T10:00:00Z"
+SECRET = "preview secret"
+CUSTOMERS = [
+    {"id": "1", "email": "j@example.de", "first_name": "Jürgen", "locale": "de-AT"},
+    {"id": "2", "email": "o@example.com", "first_name": "Otto", "email_opt_in": "false"},
+]
+
+
+def env_for(tmp_path, smtp_server):
+    crm = write_crm(tmp_path / "crm", CUSTOMERS)
+    return base_env(tmp_path) | {
+        "CRM_SOURCE": str(crm),
+        "CRM_SMTP_HOST": smtp_server.host,
+        "CRM_SMTP_PORT": str(smtp_server.port),
+        "CRM_SMTP_SECURITY": "none",
+        "CRM_MAIL_FROM": "Shop <crm@shop.example.com>",
+        "CRM_UNSUBSCRIBE_SECRET": SECRET,
+    }
+
+
+def test_preview_shows_the_real_message_and_sends_only_a_test_copy(
+    tmp_path, smtp_server, redis_client
+):
+    env = env_for(tmp_path, smtp_server)
+    html_file = tmp_path / "out" / "preview.html"
+    result = crm_worker(
+        "preview", "birthday-greeting", "--customer", "1", "--now", NOW,
+        "--html", str(html_file), "--send-to", "Manager@Example.com",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    key = "birthday-greeting:customer:1:2026/email"
+    assert f"key {key}" in result.stdout
+    assert "Subject: Alles Gute zum Geburtstag, Jürgen!" in result.stdout
+    assert "To: Jürgen <j@example.de>" in result.stdout
+    assert f"Message-ID: {message_id_for(key, 'shop.example.com')}" in result.stdout
+    assert "-- text --\nLiebe(r) Jürgen," in result.stdout
+    assert '<html lang="de">' in result.stdout
+    assert html_file.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+    # Only the test copy reached the server: to the manager, with its own Message-ID and an
+    # unsubscribe link that cannot unsubscribe the customer from email.
+    (copy,) = smtp_server.received
+    assert copy.recipients == ["Manager@example.com"]
+    message = parsed(copy.data)
+    assert message["To"] == "Manager@example.com"
+    assert message["Subject"] == "Alles Gute zum Geburtstag, Jürgen!"
+    assert message["Message-ID"] != message_id_for(key, "shop.example.com")
+    token = re.search(r"/unsubscribe/([\w.-]+)>", message["List-Unsubscribe"])
+    assert token is not None
+    request = verify(SECRET.encode(), token[1])
+    assert (request.customer_id, request.channel) == ("1", "preview")
+    # Nothing was claimed: a real pass afterwards still sends the birthday mail.
+    assert redis_client.keys("crm:delivery:*") == []
+    run = crm_worker("run", "--once", "--now", NOW, env=env, cwd=tmp_path)
+    assert "sent 1," in run.stdout, run.stderr
+    assert smtp_server.received[-1].recipients == ["j@example.de"]
+
+
+def test_preview_says_why_a_customer_would_not_get_it(tmp_path, smtp_server, redis_client):
+    env = env_for(tmp_path, smtp_server)
+    result = crm_worker(
+        "preview", "birthday-greeting", "--customer", "2", "--now", NOW,
+        "--send-to", "manager@example.com", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "not sent to customer 2: condition is false: customer.email_opt_in" in result.stderr
+    assert smtp_server.received == []
+
+
+def test_preview_of_an_unknown_rule_or_customer(tmp_path, smtp_server, redis_client):
+    env = env_for(tmp_path, smtp_server)
+    typo = crm_worker("preview", "birthday-greting", "--customer", "1", env=env, cwd=tmp_path)
+    assert typo.returncode == 2
+    assert "did you mean 'birthday-greeting'?" in typo.stderr
+    nobody = crm_worker("preview", "birthday-greeting", "--customer", "99", env=env, cwd=tmp_path)
+    assert nobody.returncode == 2
+    assert "no customer '99'" in nobody.stderr
+
+
+def test_preview_when_not_due_still_shows_the_message(tmp_path, smtp_server, redis_client):
+    env = env_for(tmp_path, smtp_server)
+    result = crm_worker(
+        "preview", "birthday-greeting", "--customer", "1", "--now", "2026-07-01T10:00:00Z",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "note: not due at 2026-07-01T10:00:00+00:00" in result.stdout
+    assert "Subject: Alles Gute zum Geburtstag, Jürgen!" in result.stdout

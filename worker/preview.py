@@ -1,0 +1,120 @@
+"""``crm-worker preview``: the real message of a rule for a real customer, before anyone gets it.
+
+A sales manager edits a template and wants to see what customer 42 will receive. The preview
+takes the same path as a delivery – the fresh record from the source, the rule's condition and
+recipient (:func:`~worker.planning.prepare_delivery`), rendering and composing
+(:meth:`~worker.delivery.Deliverer.build`) – but claims nothing in the ledger and sends nothing,
+unless a test copy is asked for.
+
+Example::
+
+    previews = build_previews(runtime.deliverer, "birthday-greeting", "42", now)
+    for item in previews:
+        print(item.message.subject)
+    send_test_copy(runtime.deliverer, previews[0], "manager@example.com", now)
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from worker.addresses import normalize_recipient
+from worker.channels.base import Outgoing, Receipt
+from worker.delivery import Deliverer
+from worker.errors import PreviewError
+from worker.planning import PlannedDelivery, Skip, prepare_delivery, subject_records
+from worker.rendering import RenderedMessage
+from worker.rules.models import Rule
+from worker.sources.base import Record
+from worker.triggers import NotApplicable, Occurrence, TriggerWindow, evaluate
+from worker.unsubscribe import PREVIEW_CHANNEL
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One message of the rule as it would go out; ``note`` says if it is not due at ``now``."""
+
+    planned: PlannedDelivery
+    message: RenderedMessage
+    outgoing: Outgoing
+    note: str = ""
+
+
+def build_previews(
+    deliverer: Deliverer, rule_id: str, customer_id: str, now: datetime
+) -> list[Preview | Skip]:
+    """Every message ``rule_id`` would send about ``customer_id`` at ``now`` (one per ``send``
+    entry), or the reason it would not. Raises :class:`PreviewError` for an unknown rule or
+    customer; a broken template raises :class:`~worker.errors.TemplateError`."""
+    deliverer.catalog.refresh()
+    rule = deliverer.catalog.get(rule_id)
+    if rule is None:
+        known = sorted(r.id for r in deliverer.catalog)
+        guess = difflib.get_close_matches(rule_id, known, n=1)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"rules: {', '.join(known) or 'none'}"
+        raise PreviewError(f"no rule {rule_id!r} in {deliverer.catalog.rules_dir}; {hint}")
+    record = _subject_record(deliverer, rule, customer_id)
+    occurrence, note = _occurrence(deliverer, rule, record, now)
+    related = subject_records(rule, record, deliverer.source)
+    results: list[Preview | Skip] = []
+    for action in rule.send:
+        planned = prepare_delivery(rule, action, occurrence, related, deliverer.company)
+        if isinstance(planned, Skip):
+            results.append(planned)
+            continue
+        message, outgoing = deliverer.build(planned, now)
+        results.append(Preview(planned, message, outgoing, note))
+    return results
+
+
+def send_test_copy(deliverer: Deliverer, preview: Preview, address: str, now: datetime) -> Receipt:
+    """Send ``preview`` to ``address`` through the configured channel, outside the ledger.
+
+    The copy gets its own Message-ID (receivers drop a second mail with a known one) and an
+    unsubscribe link for the ``preview`` channel, so clicking it leaves the customer subscribed.
+    """
+    to = normalize_recipient(address)
+    copy = replace(
+        preview.planned,
+        to=to,
+        recipient_name="",
+        key=f"{preview.planned.key}/preview-{time.time_ns()}",
+    )
+    _, outgoing = deliverer.build(copy, now, unsubscribe_channel=PREVIEW_CHANNEL)
+    return deliverer.channel.send(outgoing)
+
+
+def _subject_record(deliverer: Deliverer, rule: Rule, customer_id: str) -> Record:
+    """The record the rule is about: the customer, or the customer's first related record."""
+    entity = rule.trigger.spec.entity
+    source = deliverer.source
+    if entity == "customer":
+        record = source.get("customer", customer_id)
+    else:
+        record = next(
+            (r for r in source.iter_records(entity) if str(r["customer_id"]) == customer_id),
+            None,
+        )
+    if record is None:
+        what = "customer" if entity == "customer" else f"{entity} of customer"
+        raise PreviewError(f"no {what} {customer_id!r} in the CRM data; check the id")
+    return record
+
+
+def _occurrence(
+    deliverer: Deliverer, rule: Rule, record: Record, now: datetime
+) -> tuple[Occurrence, str]:
+    """The occurrence due at ``now``, else a stand-in dated ``now`` with a note saying so."""
+    window = TriggerWindow(now - rule.grace, now)
+    try:
+        due = evaluate(rule, record, window, deliverer.default_zone)
+    except NotApplicable as exc:
+        note = f"the rule would not fire for this record ({exc.reason}); shown as if due now"
+        return Occurrence(rule.id, record.entity, record.id, "preview", now), note
+    if due:
+        return due[-1], ""
+    note = f"not due at {now.isoformat()}; shown as if it were (use --now to pick the day)"
+    return Occurrence(rule.id, record.entity, record.id, "preview", now), note
