@@ -75,7 +75,11 @@ class Runtime:
 
     @cached_property
     def source(self) -> Source:
-        return self._source if self._source is not None else open_source(self.settings.source)
+        return (
+            self._source
+            if self._source is not None
+            else open_source(self.settings.source, self.settings.source_queries)
+        )
 
     @cached_property
     def catalog(self) -> RuleCatalog:
