@@ -18,7 +18,12 @@ from zoneinfo import ZoneInfo
 
 from worker.channels.base import Channel, Outgoing
 from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
-from worker.errors import PermanentDeliveryError, TemplateError, TransientDeliveryError
+from worker.errors import (
+    PermanentDeliveryError,
+    SourceUnavailableError,
+    TemplateError,
+    TransientDeliveryError,
+)
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
@@ -107,12 +112,13 @@ class Deliverer:
             finish("failed", str(exc), exc.reply)
             log.error("failed %s: %s", key, exc)
             return DeliveryResult(key, "failed", str(exc))
-        except TransientDeliveryError as exc:
+        except (TransientDeliveryError, SourceUnavailableError) as exc:
+            # A CRM database outage is not the message's fault: retry it like a flaky relay.
             if begin.attempt >= MAX_DELIVERY_ATTEMPTS:
                 finish("failed", f"gave up after {begin.attempt} attempts: {exc}")
                 return DeliveryResult(key, "failed", str(exc))
             finish("retrying", str(exc))
-            delay = retry_delay(begin.attempt)
+            delay = _asked_delay(exc) or retry_delay(begin.attempt)
             log.warning("will retry %s in %s: %s", key, delay, exc)
             return DeliveryResult(key, "retry", str(exc), delay)
         except Exception as exc:
@@ -214,3 +220,8 @@ def retry_delay(attempt: int) -> timedelta:
     """Exponential backoff: 30 s, 1 min, 2 min … capped at 30 min."""
     delay: timedelta = RETRY_BACKOFF_FIRST * (2 ** max(attempt - 1, 0))
     return min(delay, RETRY_BACKOFF_MAX)
+
+
+def _asked_delay(exc: Exception) -> timedelta | None:
+    """The wait a server asked for (a webhook's ``Retry-After``), else ``None``."""
+    return exc.retry_after if isinstance(exc, TransientDeliveryError) else None

@@ -131,6 +131,7 @@ def _statement(sql: object, params: set[str]) -> str:
         wanted = ", ".join(f":{p}" for p in sorted(params)) or "no parameters"
         written = ", ".join(f":{p}" for p in sorted(found)) or "none"
         raise ValueError(
-            f"must use {wanted} (found {written}); write a literal colon as '\\:' ('10\\:30')"
+            f"must use {wanted} (found {written}); a colon before a name marks a parameter: "
+            "write a literal one as '\\:'"
         )
     return body

@@ -111,9 +111,11 @@ class SqlSource:
         queries = self.mapping.of(entity)
         where = f"{self.mapping.path.name} {entity}"
         with self._connect() as conn:
-            streaming = conn.execution_options(stream_results=True, yield_per=self.chunk_rows)
+            streaming = conn.execution_options(stream_results=True)
             try:
-                result = streaming.execute(text(queries.query))
+                # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
+                # for text() statements and grows its buffer from 1 row instead.
+                result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
                 for n, row in enumerate(result, start=1):
                     record = to_record(entity, _as_text(row._mapping), f"{where} row {n}")
                     if isinstance(record, RowSkip):
