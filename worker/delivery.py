@@ -27,6 +27,7 @@ from worker.errors import (
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
+from worker.payload import webhook_message
 from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
 from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
@@ -162,6 +163,12 @@ class Deliverer:
         )
 
     def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        if planned.action.channel == "webhook":
+            links = self.unsubscribe_links(planned)
+            unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT
+            return webhook_message(
+                self.renderer, planned, {**planned.context, "unsubscribe": unsubscribe}
+            )
         return self.build(planned, now)[1]
 
     def build(

@@ -174,7 +174,7 @@ class SqlSource:
     def _unavailable(self, exc: SQLAlchemyError) -> SourceUnavailableError:
         return SourceUnavailableError(
             f"cannot reach the CRM database {self.display}: {self._reason(exc)}; "
-            "check CRM_SOURCE and that the database is up (it is tried again later)"
+            "check CRM_SOURCE and that the database is up"
         )
 
     def _reason(self, exc: SQLAlchemyError) -> str:
