@@ -293,7 +293,13 @@ def test_check_renders_webhook_templates_and_catches_invalid_json(
     make_runtime: Any, chat_settings: Any
 ) -> None:
     runtime = make_runtime(chat_settings())
-    assert check_all(runtime.catalog, runtime.renderer, runtime.source) == []
+    assert (
+        check_all(runtime.catalog, runtime.renderer, runtime.source, webhooks={"sales-chat"}) == []
+    )
+    unconfigured = check_all(runtime.catalog, runtime.renderer, runtime.source, webhooks=set())
+    assert [p.message for p in unconfigured] == [
+        "webhook 'sales-chat' is not in CRM_WEBHOOKS (configured: none)"
+    ]
     template = runtime.settings.templates_dir / "birthday-chat" / "en" / "webhook.json.j2"
     template.write_text('{"text": {{ customer.first_name }}}')
     problems = check_all(runtime.catalog, runtime.renderer, runtime.source)

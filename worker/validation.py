@@ -8,7 +8,7 @@ compile and use known names, and recipients point at fields the source has.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 
 from worker.conditions import ConditionError, compile_condition, condition_names
@@ -34,11 +34,20 @@ SAMPLE_UNSUBSCRIBE = {
 }
 
 
-def check_all(catalog: RuleCatalog, renderer: TemplateRenderer, source: Source) -> list[Problem]:
-    """Every problem in rules and templates, sorted by file and line."""
+def check_all(
+    catalog: RuleCatalog,
+    renderer: TemplateRenderer,
+    source: Source,
+    *,
+    webhooks: Collection[str] | None = None,
+) -> list[Problem]:
+    """Every problem in rules and templates, sorted by file and line; with ``webhooks`` (the
+    names in CRM_WEBHOOKS), also every rule that posts to a webhook not configured."""
     problems = list(catalog.refresh())
     for rule in catalog:
         problems.extend(_check_rule(rule, catalog, renderer, source))
+        if webhooks is not None:
+            problems.extend(_check_webhooks(rule, catalog, webhooks))
     problems.extend(_check_template_files(renderer))
     return sorted(set(problems))
 
@@ -72,6 +81,21 @@ def _check_rule(
         if target == entity and columns and name not in columns:
             yield Problem(path, 1, 1, f"recipient field {action.to} is not in the {entity} data")
         yield from _check_template(rule, action.template, renderer, source, sample, action.channel)
+
+
+def _check_webhooks(
+    rule: Rule, catalog: RuleCatalog, webhooks: Collection[str]
+) -> Iterator[Problem]:
+    path = catalog.path_of(rule.id) or catalog.rules_dir / f"{rule.id}.yaml"
+    for action in rule.send:
+        if action.webhook is not None and action.webhook not in webhooks:
+            known = ", ".join(sorted(webhooks)) or "none"
+            yield Problem(
+                path,
+                1,
+                1,
+                f"webhook {action.webhook!r} is not in CRM_WEBHOOKS (configured: {known})",
+            )
 
 
 def _sample_record(source: Source, entity: str) -> Record:

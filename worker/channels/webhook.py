@@ -46,7 +46,8 @@ def signature(secret: bytes, timestamp: str, body: bytes) -> str:
 
 
 class WebhookChannel:
-    """Posts messages to named webhook endpoints over one pooled HTTP client (thread-safe)."""
+    """Posts messages to named webhook endpoints over one pooled HTTP client (httpx documents
+    ``Client`` as shareable between threads: all worker threads use this one)."""
 
     def __init__(
         self,

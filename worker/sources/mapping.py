@@ -79,7 +79,9 @@ def load_mapping(path: Path) -> QueryMapping:
     if len(raw) > MAX_QUERIES_FILE_BYTES:
         raise SourceError(f"{path}: larger than {MAX_QUERIES_FILE_BYTES} bytes")
     try:
-        data, positions = parse_yaml(raw.decode("utf-8", "replace"), path)
+        data, positions = parse_yaml(raw.decode("utf-8"), path)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except RuleError as exc:
         raise SourceError(str(exc)) from None
 
