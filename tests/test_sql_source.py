@@ -213,6 +213,21 @@ def test_get_by_id_reads_one_record(sql_source: SqlSource) -> None:
     assert sql_source.columns("customer") == csv.columns("customer")
 
 
+def test_get_by_id_is_an_index_lookup(postgres: Database) -> None:
+    """The default ``get`` (the query wrapped in a WHERE) and a written one both use the key."""
+    mapping = load_mapping(QUERIES)
+    engine = create_engine(postgres.url)
+    try:
+        with engine.connect() as conn:
+            for entity, record_id in [("customer", "42"), ("purchase", "P7"), ("complaint", "C3")]:
+                explained = conn.execute(
+                    text(f"EXPLAIN {mapping.of(entity).get}"), {"id": record_id}
+                ).scalars()
+                assert "Index Scan using" in "\n".join(explained), entity
+    finally:
+        engine.dispose()
+
+
 def test_garbage_values_are_skipped_with_reasons(sql_source: SqlSource) -> None:
     zero_date = sql_source.get("customer", "3")
     assert zero_date is not None and zero_date["birthday"] is None
