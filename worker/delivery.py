@@ -114,8 +114,10 @@ class Deliverer:
             log.error("failed %s: %s", key, exc)
             return DeliveryResult(key, "failed", str(exc))
         except (TransientDeliveryError, SourceUnavailableError) as exc:
-            # A CRM database outage is not the message's fault: retry it like a flaky relay.
-            if begin.attempt >= MAX_DELIVERY_ATTEMPTS:
+            # A CRM database outage is not the message's fault: retry it for as long as it
+            # lasts; once the record can be read again, the re-check's grace decides.
+            outage = isinstance(exc, SourceUnavailableError)
+            if begin.attempt >= MAX_DELIVERY_ATTEMPTS and not outage:
                 finish("failed", f"gave up after {begin.attempt} attempts: {exc}")
                 return DeliveryResult(key, "failed", str(exc))
             finish("retrying", str(exc))
