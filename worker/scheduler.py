@@ -156,7 +156,8 @@ def run_scheduler(
         except redis.RedisError as exc:
             log.error("scheduler pass failed (Redis): %s; retrying next interval", exc)
         except SourceUnavailableError as exc:
-            # Nothing is lost: what this pass did not claim, the next pass finds due again.
+            # Nothing is lost: the next pass plans again within each rule's grace, and a key
+            # claimed but not yet queued is claimable again after CLAIM_STALE_AFTER.
             log.error("scheduler pass failed: %s; retrying next interval", exc)
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
