@@ -120,7 +120,12 @@ def check(ctx: click.Context) -> None:
     runtime = _runtime(ctx)
     logging.getLogger("worker.rules.catalog").setLevel(logging.CRITICAL)  # printed below instead
     try:
-        problems = check_all(runtime.catalog, runtime.renderer, runtime.source)
+        problems = check_all(
+            runtime.catalog,
+            runtime.renderer,
+            runtime.source,
+            webhooks=runtime.settings.webhooks.keys(),
+        )
     except SourceError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_UNAVAILABLE)

@@ -64,3 +64,16 @@ MAX_DISPLAY_NAME_CHARS = 300
 #: Fold width for headers that need RFC 2047 encoded words: at 78 Python writes words of 76
 #: characters, over RFC 2047's limit of 75; at 76 they stay within it.
 ENCODED_HEADER_FOLD_COLUMNS = 76
+
+#: Rows fetched per round trip when a pass streams an entity from a SQL source (server-side
+#: cursor): memory stays bounded by this, whatever the size of the CRM's tables.
+SQL_FETCH_CHUNK_ROWS = 1_000
+#: How long opening a connection to the CRM database may take before the pass gives up.
+SQL_CONNECT_TIMEOUT_S = 10
+#: The SQL mapping file (CRM_SOURCE_QUERIES) is refused above this size.
+MAX_QUERIES_FILE_BYTES = 256 * 1024
+
+#: A webhook's Retry-After is honoured up to this; a larger one waits this long.
+WEBHOOK_MAX_RETRY_AFTER = timedelta(hours=1)
+#: Characters of a webhook's error reply kept in the ledger and logs.
+WEBHOOK_MAX_REPLY_CHARS = 200

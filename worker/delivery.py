@@ -18,10 +18,16 @@ from zoneinfo import ZoneInfo
 
 from worker.channels.base import Channel, Outgoing
 from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
-from worker.errors import PermanentDeliveryError, TemplateError, TransientDeliveryError
+from worker.errors import (
+    PermanentDeliveryError,
+    SourceUnavailableError,
+    TemplateError,
+    TransientDeliveryError,
+)
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
+from worker.payload import webhook_message
 from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
 from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
@@ -107,12 +113,15 @@ class Deliverer:
             finish("failed", str(exc), exc.reply)
             log.error("failed %s: %s", key, exc)
             return DeliveryResult(key, "failed", str(exc))
-        except TransientDeliveryError as exc:
-            if begin.attempt >= MAX_DELIVERY_ATTEMPTS:
+        except (TransientDeliveryError, SourceUnavailableError) as exc:
+            # A CRM database outage is not the message's fault: retry it for as long as it
+            # lasts; once the record can be read again, the re-check's grace decides.
+            outage = isinstance(exc, SourceUnavailableError)
+            if begin.attempt >= MAX_DELIVERY_ATTEMPTS and not outage:
                 finish("failed", f"gave up after {begin.attempt} attempts: {exc}")
                 return DeliveryResult(key, "failed", str(exc))
             finish("retrying", str(exc))
-            delay = retry_delay(begin.attempt)
+            delay = _asked_delay(exc) or retry_delay(begin.attempt)
             log.warning("will retry %s in %s: %s", key, delay, exc)
             return DeliveryResult(key, "retry", str(exc), delay)
         except Exception as exc:
@@ -156,6 +165,12 @@ class Deliverer:
         )
 
     def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        if planned.action.channel == "webhook":
+            links = self.unsubscribe_links(planned)
+            unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT
+            return webhook_message(
+                self.renderer, planned, {**planned.context, "unsubscribe": unsubscribe}
+            )
         return self.build(planned, now)[1]
 
     def build(
@@ -214,3 +229,8 @@ def retry_delay(attempt: int) -> timedelta:
     """Exponential backoff: 30 s, 1 min, 2 min … capped at 30 min."""
     delay: timedelta = RETRY_BACKOFF_FIRST * (2 ** max(attempt - 1, 0))
     return min(delay, RETRY_BACKOFF_MAX)
+
+
+def _asked_delay(exc: Exception) -> timedelta | None:
+    """The wait a server asked for (a webhook's ``Retry-After``), else ``None``."""
+    return exc.retry_after if isinstance(exc, TransientDeliveryError) else None

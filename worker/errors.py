@@ -8,11 +8,12 @@
     ├── TemplateError          a template is missing, does not compile, or fails to render
     │   └── RenderLimitError   render deadline or output size exceeded
     ├── SourceError            the CRM data cannot be read at all (a bad row is not an error)
+    │   └── SourceUnavailableError  the CRM database is unreachable now: retry later
     ├── AddressError           a recipient address is unusable (also a ValueError)
     ├── UnsubscribeTokenError  an unsubscribe link was forged or mangled (also a ValueError)
     ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
     └── DeliveryError          a channel could not deliver
-        ├── TransientDeliveryError   try again later (4xx, connection lost, timeout)
+        ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         └── PermanentDeliveryError   do not retry (5xx for this recipient)
 
 Each carries the fields a caller needs to act on it and a message that says what to do next.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 
@@ -79,6 +81,14 @@ class SourceError(CrmWorkerError):
     """The CRM data source is unreachable or unusable as a whole."""
 
 
+class SourceUnavailableError(SourceError):
+    """The CRM database cannot be reached right now (refused, timed out, connection lost).
+
+    Transient: a scheduler pass logs it and runs again next interval; a delivery is retried
+    with backoff. The message names the database with its password masked.
+    """
+
+
 class AddressError(CrmWorkerError, ValueError):
     """A recipient address is unusable; ``address`` is what was given (repr-safe)."""
 
@@ -114,7 +124,19 @@ class DeliveryError(CrmWorkerError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Delivery may succeed later: retry with backoff."""
+    """Delivery may succeed later: retry with backoff, or after ``retry_after`` when the
+    server said when (HTTP ``Retry-After``)."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: int | None = None,
+        reply: str = "",
+        retry_after: timedelta | None = None,
+    ) -> None:
+        super().__init__(reason, code=code, reply=reply)
+        self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -188,6 +188,22 @@ class TemplateRenderer:
             _active_deadline.reset(token)
         return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
 
+    def render_part(
+        self, name: str, locale: str | None, part: str, context: Mapping[str, Any]
+    ) -> str:
+        """One file of template ``name`` (e.g. ``webhook.json.j2``) in the locale chosen by
+        fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
+        chosen = self.resolve_locale(name, locale)
+        deadline = _Deadline(RENDER_DEADLINE_S)
+        token = _active_deadline.set(deadline)
+        language = chosen.lower().partition("-")[0]
+        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
+        try:
+            with formatting_locale(babel_locale(variants)):
+                return self._render_part(f"{name}/{chosen}/{part}", context, deadline)
+        finally:
+            _active_deadline.reset(token)
+
     def _render_part(self, path: str, context: Mapping[str, Any], deadline: _Deadline) -> str:
         try:
             template = self.env.get_template(path)

@@ -21,7 +21,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from worker.actors import DeliveryActor
-from worker.channels import Channel, email_channel
+from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
 from worker.delivery import Deliverer
 from worker.ledger import Ledger
@@ -75,7 +75,11 @@ class Runtime:
 
     @cached_property
     def source(self) -> Source:
-        return self._source if self._source is not None else open_source(self.settings.source)
+        return (
+            self._source
+            if self._source is not None
+            else open_source(self.settings.source, self.settings.source_queries)
+        )
 
     @cached_property
     def catalog(self) -> RuleCatalog:
@@ -89,7 +93,7 @@ class Runtime:
 
     @cached_property
     def channel(self) -> Channel:
-        return self._channel if self._channel is not None else email_channel(self.settings)
+        return self._channel if self._channel is not None else all_channels(self.settings)
 
     @cached_property
     def ledger(self) -> Ledger:

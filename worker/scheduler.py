@@ -26,6 +26,7 @@ import redis
 
 from worker.actors import DeliveryActor
 from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
+from worker.errors import SourceUnavailableError
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.planning import PlannedDelivery, Skip, plan
@@ -154,6 +155,10 @@ def run_scheduler(
                 leading = False
         except redis.RedisError as exc:
             log.error("scheduler pass failed (Redis): %s; retrying next interval", exc)
+        except SourceUnavailableError as exc:
+            # Nothing is lost: the next pass plans again within each rule's grace, and a key
+            # claimed but not yet queued is claimable again after CLAIM_STALE_AFTER.
+            log.error("scheduler pass failed: %s; retrying next interval", exc)
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
         stop.wait(interval_s)

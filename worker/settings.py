@@ -15,7 +15,9 @@ Example::
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 from collections.abc import Mapping
 from email.utils import parseaddr
 from pathlib import Path
@@ -50,7 +52,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("var"), description="Embedded Redis data and outbox.")
     source: str = Field(
         default="examples/crm",
-        description="Where the CRM data is: a CSV folder (plain path or 'csv:PATH').",
+        description="Where the CRM data is: a CSV folder (plain path or 'csv:PATH') or a "
+        "SQLAlchemy database URL (with CRM_SOURCE_QUERIES).",
     )
     rules_dir: Path = Field(default=Path("rules"), description="Folder of YAML rule files.")
     templates_dir: Path = Field(default=Path("templates"), description="Jinja templates.")
@@ -99,6 +102,19 @@ class Settings(BaseSettings):
         default=None, description="PEM private key; with dkim_selector, every mail is signed."
     )
     dkim_domain: str | None = Field(default=None, description="DKIM d=; default sender domain.")
+
+    source_queries: Path | None = Field(
+        default=None,
+        description="SQL sources: YAML file of one read-only query per entity (see README).",
+    )
+    webhooks: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Named webhook URLs as JSON, e.g. {"sales-chat": "https://hooks…"}.',
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key: set, every webhook request is signed."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
@@ -152,6 +168,29 @@ class Settings(BaseSettings):
                 f"not an HTTPS base URL: {value!r}; write 'https://your-domain/unsubscribe' "
                 "(mail clients only do one-click unsubscribe over HTTPS)"
             )
+        return value
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhooks_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'not JSON ({exc.msg}); write {{"sales-chat": "https://hooks.example.com/…"}}'
+            ) from None
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_urls(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, url in value.items():
+            if not re.match(r"^[a-z0-9][a-z0-9_-]{0,63}$", name):
+                raise ValueError(f"webhook name {name!r}: use a lower-case slug like 'sales-chat'")
+            # The URL itself may hold a token (Slack, Teams): never echo it back.
+            if not re.match(r"^https?://[^\s/?#]+", url.get_secret_value()):
+                raise ValueError(f"webhook {name!r}: the URL must start with https:// or http://")
         return value
 
     @model_validator(mode="after")

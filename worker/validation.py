@@ -8,12 +8,13 @@ compile and use known names, and recipients point at fields the source has.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 
 from worker.conditions import ConditionError, compile_condition, condition_names
 from worker.context import message_context
 from worker.errors import Problem, SourceError, TemplateError
+from worker.payload import WEBHOOK_JSON, WEBHOOK_TEXT, render_payload
 from worker.planning import subject_records
 from worker.rendering import PARTS, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
@@ -24,6 +25,8 @@ from worker.triggers import Occurrence
 
 #: Names a condition or template may use besides entities.
 CONTEXT_NAMES = frozenset({"occurrence", "company"})
+#: What a webhook template provides (the first that exists is posted).
+WEBHOOK_PARTS = (WEBHOOK_JSON, WEBHOOK_TEXT)
 #: What templates see as ``unsubscribe`` while ``check`` renders them.
 SAMPLE_UNSUBSCRIBE = {
     "url": "https://example.invalid/unsubscribe/sample",
@@ -31,11 +34,20 @@ SAMPLE_UNSUBSCRIBE = {
 }
 
 
-def check_all(catalog: RuleCatalog, renderer: TemplateRenderer, source: Source) -> list[Problem]:
-    """Every problem in rules and templates, sorted by file and line."""
+def check_all(
+    catalog: RuleCatalog,
+    renderer: TemplateRenderer,
+    source: Source,
+    *,
+    webhooks: Collection[str] | None = None,
+) -> list[Problem]:
+    """Every problem in rules and templates, sorted by file and line; with ``webhooks`` (the
+    names in CRM_WEBHOOKS), also every rule that posts to a webhook not configured."""
     problems = list(catalog.refresh())
     for rule in catalog:
         problems.extend(_check_rule(rule, catalog, renderer, source))
+        if webhooks is not None:
+            problems.extend(_check_webhooks(rule, catalog, webhooks))
     problems.extend(_check_template_files(renderer))
     return sorted(set(problems))
 
@@ -68,7 +80,22 @@ def _check_rule(
         target, _, name = action.to.partition(".")
         if target == entity and columns and name not in columns:
             yield Problem(path, 1, 1, f"recipient field {action.to} is not in the {entity} data")
-        yield from _check_template(rule, action.template, renderer, source, sample)
+        yield from _check_template(rule, action.template, renderer, source, sample, action.channel)
+
+
+def _check_webhooks(
+    rule: Rule, catalog: RuleCatalog, webhooks: Collection[str]
+) -> Iterator[Problem]:
+    path = catalog.path_of(rule.id) or catalog.rules_dir / f"{rule.id}.yaml"
+    for action in rule.send:
+        if action.webhook is not None and action.webhook not in webhooks:
+            known = ", ".join(sorted(webhooks)) or "none"
+            yield Problem(
+                path,
+                1,
+                1,
+                f"webhook {action.webhook!r} is not in CRM_WEBHOOKS (configured: {known})",
+            )
 
 
 def _sample_record(source: Source, entity: str) -> Record:
@@ -79,7 +106,12 @@ def _sample_record(source: Source, entity: str) -> Record:
 
 
 def _check_template(
-    rule: Rule, name: str, renderer: TemplateRenderer, source: Source, sample: Record
+    rule: Rule,
+    name: str,
+    renderer: TemplateRenderer,
+    source: Source,
+    sample: Record,
+    channel: str = "email",
 ) -> Iterator[Problem]:
     folder = renderer.templates_dir / name
     locales = renderer.locales(name)
@@ -89,7 +121,8 @@ def _check_template(
             0,
             0,
             f"rule {rule.id}: template {name!r} needs a {renderer.default_locale}/ folder "
-            f"with {', '.join(PARTS)} (found: {', '.join(locales) or 'nothing'})",
+            f"with {' or '.join(WEBHOOK_PARTS) if channel == 'webhook' else ', '.join(PARTS)} "
+            f"(found: {', '.join(locales) or 'nothing'})",
         )
         return
     occurrence = Occurrence(rule.id, sample.entity, sample.id, "check", datetime.now(UTC))
@@ -101,7 +134,10 @@ def _check_template(
     context["unsubscribe"] = SAMPLE_UNSUBSCRIBE
     for locale in locales:
         try:
-            renderer.render(name, locale, context)
+            if channel == "webhook":
+                render_payload(renderer, name, locale, context)
+            else:
+                renderer.render(name, locale, context)
         except TemplateError as exc:
             yield Problem(
                 renderer.templates_dir / exc.template, exc.line, 1 if exc.line else 0, exc.reason

@@ -1,20 +1,25 @@
-"""Channels that deliver messages: SMTP, an ``.eml`` outbox, and an in-memory stub."""
+"""Channels that deliver messages: SMTP, an ``.eml`` outbox, webhooks, and an in-memory stub."""
 
 from __future__ import annotations
 
 from worker.channels.base import Channel, Outgoing, Receipt
 from worker.channels.memory import MemoryChannel
 from worker.channels.outbox import OutboxChannel
+from worker.channels.router import ChannelRouter
 from worker.channels.smtp import SmtpChannel
+from worker.channels.webhook import WebhookChannel
 from worker.settings import Settings
 
 __all__ = [
     "Channel",
+    "ChannelRouter",
     "MemoryChannel",
     "OutboxChannel",
     "Outgoing",
     "Receipt",
     "SmtpChannel",
+    "WebhookChannel",
+    "all_channels",
     "email_channel",
 ]
 
@@ -24,3 +29,10 @@ def email_channel(settings: Settings) -> Channel:
     if settings.smtp_host:
         return SmtpChannel(settings)
     return OutboxChannel(settings.effective_outbox_dir)
+
+
+def all_channels(settings: Settings) -> Channel:
+    """Every configured channel behind one router: ``email`` and ``webhook``."""
+    return ChannelRouter(
+        {"email": email_channel(settings), "webhook": WebhookChannel.from_settings(settings)}
+    )

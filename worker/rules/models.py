@@ -150,9 +150,22 @@ class SendAction(_Strict):
         pattern=SLUG_PATTERN,
         description="Names this message within the rule; defaults to the channel name.",
     )
-    channel: Literal["email"]
+    channel: Literal["email", "webhook"]
+    webhook: str | None = Field(
+        default=None,
+        pattern=SLUG_PATTERN,
+        description="channel webhook: a name from CRM_WEBHOOKS (URLs stay out of rule files).",
+    )
     template: str = Field(pattern=SLUG_PATTERN, description="Folder under templates/.")
     to: str = Field(pattern=FIELD_PATH_PATTERN, description="Field holding the address.")
+
+    @model_validator(mode="after")
+    def _webhook_named(self) -> SendAction:
+        if self.channel == "webhook" and self.webhook is None:
+            raise ValueError("a webhook message names its endpoint: add 'webhook: <name>'")
+        if self.channel != "webhook" and self.webhook is not None:
+            raise ValueError("'webhook:' is only for 'channel: webhook'")
+        return self
 
     @property
     def action_id(self) -> str:

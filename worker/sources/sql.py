@@ -1,0 +1,221 @@
+"""CRM data in a SQL database (PostgreSQL, MySQL/MariaDB, SQLite) through SQLAlchemy 2.
+
+``CRM_SOURCE`` is a SQLAlchemy URL (``postgresql+psycopg://crm_reader@db/crm``,
+``mysql+pymysql://…``, ``sqlite:///crm.db``) and ``CRM_SOURCE_QUERIES`` the operator's mapping
+file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our field names.
+
+* Streaming: a pass reads an entity through a server-side cursor (``stream_results``) in chunks
+  of :data:`~worker.constants.SQL_FETCH_CHUNK_ROWS` rows, never the whole table at once.
+  :meth:`SqlSource.get` is one query by id (an indexed lookup when ``id`` is a key column).
+* Typing: every value is turned into the text a CSV export would hold (dates ISO 8601, flags
+  ``true``/``false``, decimals as written) and typed by :func:`~worker.sources.schema.to_record`,
+  so the CSV and SQL sources give identical records and identical plans for the same data.
+* Read-only: every connection is made read-only before first use (PostgreSQL and MySQL:
+  session transaction mode; SQLite: ``PRAGMA query_only``), on top of the mapping file's
+  SELECT-only check. Still, give the worker a database user that can only read.
+* Failures: an unreachable database raises :class:`~worker.errors.SourceUnavailableError`
+  (a pass retries next interval, a delivery is retried later); a broken query raises
+  :class:`~worker.errors.SourceError` naming the mapping file. The URL appears only with its
+  password masked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+
+from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
+from worker.errors import SourceError, SourceUnavailableError
+from worker.sources.base import Record, RowSkip
+from worker.sources.mapping import QueryMapping
+from worker.sources.schema import to_record
+
+log = logging.getLogger(__name__)
+
+#: Makes a new connection read-only for its whole life, per dialect.
+_READ_ONLY: Mapping[str, str] = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+    "sqlite": "PRAGMA query_only = ON",
+}
+#: Drivers whose connect timeout is a ``connect_timeout`` argument (seconds).
+_CONNECT_TIMEOUT_DRIVERS = frozenset({"psycopg", "psycopg2", "pymysql", "mysqldb"})
+
+
+def is_database_url(spec: str) -> bool:
+    """Does ``CRM_SOURCE`` name a database (``dialect[+driver]://…``) rather than a folder?"""
+    scheme = spec.partition("://")[0]
+    return "://" in spec and scheme.split("+")[0] in _READ_ONLY
+
+
+def masked(spec: str | URL) -> str:
+    """The URL with its password replaced by ``***`` (for logs and errors)."""
+    try:
+        url = make_url(spec)
+    except ArgumentError:
+        return f"{str(spec).partition('://')[0]}://…"
+    return url.render_as_string(hide_password=True)
+
+
+class SqlSource:
+    """Records from a SQL database, one read-only mapping query per entity."""
+
+    def __init__(
+        self, url: str, mapping: QueryMapping, *, chunk_rows: int = SQL_FETCH_CHUNK_ROWS
+    ) -> None:
+        self.mapping = mapping
+        self.chunk_rows = chunk_rows
+        self.display = masked(url)
+        try:
+            parsed = make_url(url)
+            self._password = parsed.password
+            connect_args: dict[str, Any] = {}
+            if parsed.get_driver_name() in _CONNECT_TIMEOUT_DRIVERS:
+                connect_args["connect_timeout"] = SQL_CONNECT_TIMEOUT_S
+            # pool_pre_ping: a connection the database dropped (restart, failover) is replaced
+            # before use instead of failing the first query after the outage.
+            self.engine: Engine = create_engine(
+                parsed, pool_pre_ping=True, connect_args=connect_args
+            )
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise SourceError(
+                f"CRM_SOURCE {self.display} is not a usable database URL ({type(exc).__name__}); "
+                "write e.g. postgresql+psycopg://user@host/db"
+            ) from None
+        except ImportError as exc:
+            raise SourceError(
+                f"CRM_SOURCE {self.display}: the database driver is not installed ({exc.name})"
+            ) from None
+        statement = _READ_ONLY.get(self.engine.dialect.name)
+        if statement is not None:
+            event.listen(self.engine, "connect", _read_only_hook(statement))
+
+    def iter_records(self, entity: str) -> Iterator[Record]:
+        """Every usable record, streamed in chunks through a server-side cursor."""
+        queries = self.mapping.of(entity)
+        where = f"{self.mapping.path.name} {entity}"
+        with self._connect() as conn:
+            streaming = conn.execution_options(stream_results=True)
+            try:
+                # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
+                # for text() statements and grows its buffer from 1 row instead.
+                result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
+                for n, row in enumerate(result, start=1):
+                    record = to_record(entity, _as_text(row._mapping), f"{where} row {n}")
+                    if isinstance(record, RowSkip):
+                        log.warning("%s: row skipped: %s", record.where, record.reason)
+                        continue
+                    yield record
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, f"{where} query") from None
+
+    def get(self, entity: str, record_id: str) -> Record | None:
+        """One record by id, read fresh; ``None`` when no row has that id."""
+        queries = self.mapping.of(entity)
+        where = f"{self.mapping.path.name} {entity} id {record_id}"
+        with self._connect() as conn:
+            try:
+                row = conn.execute(text(queries.get), {"id": record_id}).first()
+            except DataError:
+                return None  # an id the column cannot hold (text for an integer key)
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, f"{self.mapping.path.name} {entity}.get") from None
+        if row is None:
+            return None
+        record = to_record(entity, _as_text(row._mapping), where)
+        return None if isinstance(record, RowSkip) else record
+
+    def columns(self, entity: str) -> frozenset[str]:
+        """Field names the entity's query selects (the query runs with no rows)."""
+        queries = self.mapping.of(entity)
+        with self._connect() as conn:
+            try:
+                result = conn.execute(text(f"SELECT * FROM ({queries.query}) AS q WHERE 1 = 0"))
+                return frozenset(result.keys())
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, f"{self.mapping.path.name} {entity} query") from None
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from None
+
+    def _failure(self, exc: SQLAlchemyError, where: str) -> SourceError:
+        if isinstance(exc, (OperationalError, InterfaceError)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            return self._unavailable(exc)
+        return SourceError(
+            f"{where} failed on {self.display}: {self._reason(exc)}; fix the query in "
+            f"{self.mapping.path}"
+        )
+
+    def _unavailable(self, exc: SQLAlchemyError) -> SourceUnavailableError:
+        return SourceUnavailableError(
+            f"cannot reach the CRM database {self.display}: {self._reason(exc)}; "
+            "check CRM_SOURCE and that the database is up"
+        )
+
+    def _reason(self, exc: SQLAlchemyError) -> str:
+        """The driver's first line, never the password (libpq echoes parts of the DSN)."""
+        original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        lines = str(original).strip().splitlines()
+        reason = lines[0] if lines else type(original).__name__
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return reason
+
+
+def _read_only_hook(statement: str) -> Any:
+    def make_read_only(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        # psycopg and pymysql open a transaction for the SET: commit it, or the rollback when
+        # the connection returns to the pool would undo the session setting.
+        dbapi_connection.commit()
+
+    return make_read_only
+
+
+def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
+    return {str(name): _text(value) for name, value in row.items()}
+
+
+def _text(value: object) -> str | None:
+    """A database value as the text a CSV export holds, so both are typed the same way."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        # A datetime without offset is UTC, as in CSV exports (timestamp without time zone).
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
