@@ -165,7 +165,8 @@ def plan_command(
         default_zone=runtime.default_zone,
         company=runtime.settings.company,
         rule_ids=frozenset(rules) if rules else None,
-        record_id=customer,
+        customer_id=customer,
+        events=runtime.events,
     )
     explain = explain or customer is not None
     planned: list[PlannedDelivery] = []

@@ -64,3 +64,17 @@ MAX_DISPLAY_NAME_CHARS = 300
 #: Fold width for headers that need RFC 2047 encoded words: at 78 Python writes words of 76
 #: characters, over RFC 2047's limit of 75; at 76 they stay within it.
 ENCODED_HEADER_FOLD_COLUMNS = 76
+
+#: CRM events (``crm-worker event``, later an HTTP intake): one hash per event, and per event
+#: type a sorted set of event ids by time. Kept only as long as an event rule may still act on
+#: them (longer than any rule's grace), and capped per type so a flood cannot fill Redis.
+EVENT_KEY_PREFIX = f"{KEY_PREFIX}:event:"
+EVENT_INDEX_PREFIX = f"{KEY_PREFIX}:events:"
+EVENT_TTL = timedelta(days=7)
+MAX_EVENTS_PER_TYPE = 100_000
+#: Largest JSON payload an event may carry (templates see it as ``event.data``).
+MAX_EVENT_DATA_BYTES = 16 * 1024
+
+#: Contact cap: one sorted set per customer of the deliveries counted against the cap
+#: (member = delivery key, score = claim time).
+CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"

@@ -254,9 +254,10 @@ def _allowed_keys(loc: Loc) -> list[str]:
             return []
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part)
         model = _model_in(field.annotation) if field else None
-    return sorted(model.model_fields) if model else []
+    return sorted(f.alias or name for name, f in model.model_fields.items()) if model else []
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -41,6 +41,7 @@ from worker.constants import DEFAULT_GRACE
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FIELD_PATH_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$"
+EVENT_TYPE_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_.-]*$"
 
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*$")
@@ -95,6 +96,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _entity_of(path: str) -> str:
+    return path.partition(".")[0]
+
+
 class BirthdayTrigger(_Strict):
     """Yearly on a customer's date field (month and day), at a local hour."""
 
@@ -118,10 +123,112 @@ class BirthdayTrigger(_Strict):
         return "customer"
 
 
+class AnniversaryTrigger(_Strict):
+    """Yearly on the date of a record (``purchase.purchased_at``), at the customer's local hour.
+
+    The occurrence tag is the anniversary number (1 = one year after), so a date corrected
+    after the mail went out never yields a second mail for the same anniversary.
+    """
+
+    field: str = Field(
+        pattern=FIELD_PATH_PATTERN, description="Date of the record, e.g. purchase.purchased_at."
+    )
+    years: list[Annotated[int, Field(ge=1, le=200)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Which anniversaries (1 = one year after); leave out for every year.",
+    )
+    at: LocalTime = time(10, 0)
+    feb29: Literal["feb28", "mar1"] = Field(
+        default="feb28", description="Where Feb 29 dates go in common years."
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class AfterTrigger(_Strict):
+    """Once, a delay after a date field (``7d`` after ``purchase.delivered_at``).
+
+    With ``at`` the message goes at that local hour on the day the delay ends.
+    """
+
+    field: str = Field(
+        pattern=FIELD_PATH_PATTERN, description="Date of the record, e.g. purchase.delivered_at."
+    )
+    delay: Duration = Field(description="How long after the date, e.g. 7d.")
+    at: LocalTime | None = Field(
+        default=None, description="Local hour on the day the delay ends; leave out: exact delay."
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class UnresolvedTrigger(_Strict):
+    """A complaint still open: first ``after`` the open date, then ``every`` …, ``times`` at most.
+
+    Stops as soon as ``resolved`` is set (checked again at send time). The tag is the follow-up
+    number, 1 to ``times``.
+    """
+
+    field: str = Field(
+        default="complaint.opened_at",
+        pattern=FIELD_PATH_PATTERN,
+        description="When the case was opened.",
+    )
+    resolved: str = Field(
+        default="complaint.resolved_at",
+        pattern=FIELD_PATH_PATTERN,
+        description="Set when the case is closed; empty while it is open.",
+    )
+    after: Duration = Field(description="First follow-up this long after opening, e.g. 2d.")
+    every: Duration | None = Field(
+        default=None, description="Then again this often, e.g. 3d (needed when times > 1)."
+    )
+    times: int = Field(default=1, ge=1, le=100, description="At most this many follow-ups.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnresolvedTrigger:
+        if _entity_of(self.resolved) != _entity_of(self.field):
+            raise ValueError(
+                f"resolved ({self.resolved}) must be a field of the same record as {self.field}"
+            )
+        if self.times > 1 and (self.every is None or self.every <= timedelta(0)):
+            raise ValueError("times > 1 needs 'every:' (e.g. every: 3d) between follow-ups")
+        return self
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class EventTrigger(_Strict):
+    """When the CRM reports an event (``purchase.created``); the tag is the event id."""
+
+    type: str = Field(
+        pattern=EVENT_TYPE_PATTERN,
+        description="entity.what, e.g. purchase.created or complaint.opened.",
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.type)
+
+
+TriggerSpec = BirthdayTrigger | AnniversaryTrigger | AfterTrigger | UnresolvedTrigger | EventTrigger
+
+
 class Trigger(_Strict):
     """Exactly one trigger kind, written as its key."""
 
     birthday: BirthdayTrigger | None = None
+    anniversary: AnniversaryTrigger | None = None
+    after: AfterTrigger | None = None
+    unresolved: UnresolvedTrigger | None = None
+    event: EventTrigger | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Trigger:
@@ -136,10 +243,26 @@ class Trigger(_Strict):
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
     @property
-    def spec(self) -> BirthdayTrigger:
+    def spec(self) -> TriggerSpec:
         spec = getattr(self, self.kind)
         assert spec is not None
         return spec  # type: ignore[no-any-return]
+
+
+class SendWindow(_Strict):
+    """Quiet hours, in the customer's local time: a message due outside waits for ``from``.
+
+    ``from`` after ``to`` spans midnight (``from: "22:00", to: "06:00"``).
+    """
+
+    start: LocalTime = Field(alias="from", description="Local time the window opens.")
+    end: LocalTime = Field(alias="to", description="Local time the window closes.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SendWindow:
+        if self.start == self.end:
+            raise ValueError("'from' and 'to' are equal: the window would never open")
+        return self
 
 
 class SendAction(_Strict):
@@ -178,6 +301,14 @@ class Rule(_Strict):
     )
     grace: Duration = Field(
         default=DEFAULT_GRACE, description="How late a due message may still go out."
+    )
+    send_window: SendWindow | None = Field(
+        default=None,
+        description='Quiet hours: only between from and to, customer\'s local time ("08:00").',
+    )
+    exempt_from_cap: bool = Field(
+        default=False,
+        description="Not counted against, nor stopped by, the contact cap (complaint handling).",
     )
     send: list[SendAction] = Field(min_length=1)
 
