@@ -70,7 +70,8 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(days=days, hours=hours, minutes=minutes)
 
 
-def _format_duration(value: timedelta) -> str:
+def format_duration(value: timedelta) -> str:
+    """A duration the way rule files write it: ``timedelta(days=2, hours=12)`` → ``2d 12h``."""
     minutes = int(value.total_seconds()) // 60
     days, minutes = divmod(minutes, 24 * 60)
     hours, minutes = divmod(minutes, 60)
@@ -87,7 +88,7 @@ LocalTime = Annotated[
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
-    PlainSerializer(_format_duration, return_type=str),
+    PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "pattern": r"^(\d+d)?\s*(\d+h)?\s*(\d+m)?$"}),
 ]
 
