@@ -71,7 +71,7 @@ class ContactCap:
 
 def counted(rule: Rule, action: SendAction) -> bool:
     """Does this message count against (and is it stopped by) the cap?"""
-    return not rule.exempt_from_cap and action.to.startswith("customer.")
+    return not rule.exempt_from_cap and action.to_customer
 
 
 def customer_id_of(context: Mapping[str, object]) -> str | None:

@@ -218,7 +218,7 @@ class Deliverer:
         """Signed links for a message to a customer; ``None`` for anyone else (an alert to an
         account manager is not a subscription the customer could leave)."""
         customer = planned.context.get("customer")
-        if self.unsubscriber is None or not planned.action.to.startswith("customer."):
+        if self.unsubscriber is None or not planned.action.to_customer:
             return None
         if not isinstance(customer, Mapping) or not customer.get("id"):
             return None

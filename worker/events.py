@@ -122,7 +122,8 @@ def record_event(
         raise EventError(f"event data over {MAX_EVENT_DATA_BYTES} bytes; send ids, not documents")
     event_id = event_id or default_event_id(event_type, record_id, when)
     ttl_s = int(EVENT_TTL.total_seconds())
-    oldest = (utc_now() - EVENT_TTL).timestamp()
+    # Trimmed relative to this event's time, so a replayed (past) event is kept alongside.
+    oldest = (when - EVENT_TTL).timestamp()
     client.register_script(_RECORD)(
         keys=[EVENT_KEY_PREFIX + event_id, EVENT_INDEX_PREFIX + event_type],
         args=[

@@ -165,7 +165,7 @@ def prepare_delivery(
     customer = context.get("customer")
     name_parts = []
     locale = None
-    if isinstance(customer, Mapping) and entity == "customer":
+    if isinstance(customer, Mapping) and action.to_customer:
         name_parts = [str(customer.get(f) or "") for f in ("first_name", "last_name")]
     if isinstance(customer, Mapping):
         locale = str(customer.get("locale") or "") or None

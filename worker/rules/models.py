@@ -43,6 +43,10 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FIELD_PATH_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$"
 EVENT_TYPE_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_.-]*$"
 
+#: Customer fields that hold a member of staff's address: messages to them are internal alerts
+#: (no unsubscribe link, not counted by the contact cap, not addressed by the customer's name).
+STAFF_ADDRESS_FIELDS = frozenset({"customer.account_manager_email"})
+
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*$")
 
@@ -281,6 +285,11 @@ class SendAction(_Strict):
     @property
     def action_id(self) -> str:
         return self.id or self.channel
+
+    @property
+    def to_customer(self) -> bool:
+        """Is this message for the customer (unsubscribe link, contact cap), not for staff?"""
+        return self.to.startswith("customer.") and self.to not in STAFF_ADDRESS_FIELDS
 
 
 class Rule(_Strict):
