@@ -125,7 +125,7 @@ def _check_rule(
 
 
 def _did_you_mean(name: str, known: frozenset[str]) -> str:
-    guess = difflib.get_close_matches(name, sorted(known), n=1)
+    guess = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
     return f"; did you mean {guess[0]!r}?" if guess else ""
 
 

@@ -229,6 +229,11 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         guess = difflib.get_close_matches(str(value), _literal_options(expected), n=1)
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         return f"{where}: {value!r} is not one of {expected}{hint}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        limit = error.get("ctx", {})
+        bound = limit.get("ge", limit.get("le"))
+        word = "at least" if kind == "greater_than_equal" else "at most"
+        return f"{where}: {value!r} is too {'small' if word == 'at least' else 'large'}; write {word} {bound}"
     if kind == "string_pattern_mismatch":
         return f"{where}: {value!r} is not valid here ({_pattern_hint(loc)})"
     message = error["msg"].removeprefix("Value error, ")
@@ -241,8 +246,10 @@ def _literal_options(expected: str) -> list[str]:
 
 def _pattern_hint(loc: Loc) -> str:
     name = str(loc[-1]) if loc else ""
-    if name in ("field", "to"):
+    if name in ("field", "to", "resolved"):
         return "write entity.field, like customer.email"
+    if name == "type":
+        return "write entity.what, like purchase.created"
     return "use lower-case letters, digits, - and _"
 
 
