@@ -230,10 +230,10 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         return f"{where}: {value!r} is not one of {expected}{hint}"
     if kind in ("greater_than_equal", "less_than_equal"):
-        limit = error.get("ctx", {})
-        bound = limit.get("ge", limit.get("le"))
-        word = "at least" if kind == "greater_than_equal" else "at most"
-        return f"{where}: {value!r} is too {'small' if word == 'at least' else 'large'}; write {word} {bound}"
+        ctx = error.get("ctx", {})
+        if kind == "greater_than_equal":
+            return f"{where}: {value!r} is too small; write at least {ctx.get('ge')}"
+        return f"{where}: {value!r} is too large; write at most {ctx.get('le')}"
     if kind == "string_pattern_mismatch":
         return f"{where}: {value!r} is not valid here ({_pattern_hint(loc)})"
     message = error["msg"].removeprefix("Value error, ")
