@@ -352,3 +352,57 @@ def test_demo_data_gives_every_sample_rule_work(make_runtime, make_settings):
             if isinstance(item, PlannedDelivery):
                 seen[item.rule_id] = seen.get(item.rule_id, 0) + 1
     assert set(seen) == {r.id for r in runtime.catalog}, seen
+
+
+def test_event_command_queues_and_delivers_once(world, tmp_path, smtp_server, redis_client):
+    crm, rules = world
+    env = base_env(tmp_path) | {
+        "CRM_SOURCE": str(crm),
+        "CRM_RULES_DIR": str(rules),
+        "CRM_SMTP_HOST": smtp_server.host,
+        "CRM_SMTP_PORT": str(smtp_server.port),
+        "CRM_SMTP_SECURITY": "none",
+    }
+    args = ["event", "purchase.created", "--id", "P1", "--event-id", "crm-9"]
+    args += ["--at", "2026-03-14T10:00:00Z", "--data", '{"via": "web"}', "--deliver"]
+    first = crm_worker(*args, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "recorded event crm-9: purchase.created P1",
+        "queued 1 message(s)",
+        "sent 1, skipped 0, failed 0",
+    ]
+    again = crm_worker(*args, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "queued 0 message(s)" in again.stdout
+    assert [r.recipients for r in smtp_server.received] == [["ana@example.com"]]
+    bad = crm_worker(
+        "event", "purchase.created", "--id", "P1", "--data", "[1]", env=env, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "--data must be a JSON object" in bad.stderr
+    bad_id = crm_worker("event", "purchase.created", "--id", "P1:x", env=env, cwd=tmp_path)
+    assert bad_id.returncode == 2 and "record id 'P1:x' is not usable" in bad_id.stderr
+
+
+def test_schema_describes_every_trigger_kind_and_the_send_window():
+    from worker.rules.loader import rule_json_schema
+
+    schema = rule_json_schema()
+    trigger = schema["$defs"]["Trigger"]["properties"]
+    assert set(trigger) == {"birthday", "anniversary", "after", "unresolved", "event"}
+    assert set(schema["$defs"]["SendWindow"]["properties"]) == {"from", "to"}
+    assert "exempt_from_cap" in schema["properties"]
+
+
+def test_broken_edit_of_a_new_kind_keeps_the_last_valid_version(tmp_path):
+    from worker.rules import RuleCatalog
+
+    path = tmp_path / "complaint.yaml"
+    path.write_text(RULES["complaint.yaml"], encoding="utf-8")
+    catalog = RuleCatalog(tmp_path)
+    assert catalog.refresh() == []
+    path.write_text(RULES["complaint.yaml"].replace("every: 3d", "evry: 3d"), encoding="utf-8")
+    found = [str(p) for p in catalog.refresh()]
+    assert found == [f"{path}:3:34: unknown key 'evry'; did you mean 'every'?"]
+    rule = catalog.get("complaint")
+    assert rule is not None and rule.trigger.kind == "unresolved"

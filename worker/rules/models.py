@@ -16,6 +16,11 @@ A rule file holds one rule::
         template: birthday
         to: customer.email
 
+Trigger kinds: ``birthday`` (yearly on a customer date), ``anniversary`` (yearly on a record's
+date, e.g. ``purchase.purchased_at``), ``after`` (once, a delay after a date), ``unresolved``
+(follow-ups while a complaint is open) and ``event`` (when the CRM reports one); see
+:mod:`worker.triggers` for their due times and occurrence tags.
+
 Models forbid unknown keys and use strict types, so a typo or a YAML value of the wrong kind is
 an error with a position (see :mod:`worker.rules.loader`) instead of a silent default.
 """
@@ -37,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.constants import DEFAULT_GRACE
+from worker.constants import DEFAULT_GRACE, EVENT_TTL
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FIELD_PATH_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$"
@@ -321,6 +326,15 @@ class Rule(_Strict):
         description="Not counted against, nor stopped by, the contact cap (complaint handling).",
     )
     send: list[SendAction] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _events_kept_long_enough(self) -> Rule:
+        if self.trigger.event is not None and self.grace > EVENT_TTL:
+            raise ValueError(
+                f"grace of an event rule must be at most {format_duration(EVENT_TTL)} "
+                "(events are kept that long)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_action_ids(self) -> Rule:
