@@ -403,6 +403,6 @@ def test_broken_edit_of_a_new_kind_keeps_the_last_valid_version(tmp_path):
     assert catalog.refresh() == []
     path.write_text(RULES["complaint.yaml"].replace("every: 3d", "evry: 3d"), encoding="utf-8")
     found = [str(p) for p in catalog.refresh()]
-    assert found == [f"{path}:3:34: unknown key 'evry'; did you mean 'every'?"]
+    assert found == [f"{path}:3:27: unknown key 'evry'; did you mean 'every'?"]
     rule = catalog.get("complaint")
     assert rule is not None and rule.trigger.kind == "unresolved"
