@@ -144,7 +144,7 @@ def check(ctx: click.Context) -> None:
 @NOW_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
-@click.option("--customer", "customer", help="Only this customer id; shows skips and why.")
+@click.option("--customer", "customer", help="Per rule, why this customer gets a message or not.")
 @click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
 @click.pass_context
 def plan_command(

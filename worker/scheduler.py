@@ -5,6 +5,8 @@ One pass at instant ``now``:
 1. reload rules that changed (a broken edit keeps the last valid version);
 2. plan: every delivery due within each rule's grace (:func:`worker.planning.plan`);
 3. claim each delivery key in the ledger — only the first pass ever to see a key owns it;
+   a claimed message to a customer over the contact cap (:mod:`worker.contact_policy`) is
+   recorded as skipped with the reason instead of being queued;
 4. queue the newly claimed keys in batches, then mark them queued.
 
 Running continuously, the scheduler holds a Redis lock renewed every pass; a second scheduler
