@@ -170,7 +170,7 @@ def test_plan_explains_every_rule_for_a_customer(world, make_runtime, make_setti
     cy = verdicts("3")
     assert cy[("birthday", "customer 3")] == (
         "skipped",
-        "condition is false: customer.email_opt_in",
+        "opted out (email_opt_in is false); condition is false: customer.email_opt_in",
     )
     assert cy[("delivered", "purchase P2")][0] == "skipped"  # due 10:00 CET, but opted out
     assert cy[("complaint", "customer 3")] == ("not due", "the customer has no complaint records")
@@ -406,3 +406,23 @@ def test_broken_edit_of_a_new_kind_keeps_the_last_valid_version(tmp_path):
     assert found == [f"{path}:3:27: unknown key 'evry'; did you mean 'every'?"]
     rule = catalog.get("complaint")
     assert rule is not None and rule.trigger.kind == "unresolved"
+
+
+def test_plan_customer_explain_json_claims_nothing(world, tmp_path, redis_client):
+    crm, rules = world
+    env = base_env(tmp_path) | {"CRM_SOURCE": str(crm), "CRM_RULES_DIR": str(rules)}
+    args = ["plan", "--now", NOW, "--customer", "3", "--explain", "--json", "--rule", "birthday"]
+    result = crm_worker(*args, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(x) for x in result.stdout.splitlines()] == [
+        {
+            "rule_id": "birthday",
+            "subject": "customer 3",
+            "verdict": "skipped",
+            "reason": "opted out (email_opt_in is false); "
+            "condition is false: customer.email_opt_in",
+            "key": "birthday:customer:3:2026/email",
+            "to": "",
+        }
+    ]
+    assert redis_client.keys("crm:delivery:*") == []

@@ -315,3 +315,19 @@ def test_event_occurrence_key_and_due_time():
     assert found.due_at == at("2026-03-15T07:00:00Z")
     again = occurrence_for_tag(r, record("purchase"), "crm-1", UTC_ZONE, event=event)
     assert again is None  # record 7 is not the event's record P17
+
+
+@pytest.mark.parametrize(
+    ("local_time", "bought", "expected"),
+    [
+        # 2026-03-29 is the EU spring-forward day: 02:30 does not exist, sent once at 03:30 CEST.
+        ("02:30", "2025-03-29T12:00:00Z", "2026-03-29T01:30:00+00:00"),
+        # 2026-10-25 has 25 hours: 02:30 happens twice, sent once (the first, CEST).
+        ("02:30", "2025-10-25T12:00:00Z", "2026-10-25T00:30:00+00:00"),
+    ],
+)
+def test_anniversary_on_dst_days_is_due_exactly_once(local_time, bought, expected):
+    r = rule(f"  anniversary:\n    field: purchase.purchased_at\n    at: '{local_time}'\n")
+    purchase = record("purchase", purchased_at=bought)
+    start = (at(expected) - timedelta(days=2)).isoformat()
+    assert scan(r, purchase, start, days=4, zone=BERLIN) == [("r:purchase:7:1", at(expected))]

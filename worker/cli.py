@@ -166,8 +166,9 @@ def plan_command(
     runtime = _runtime(ctx)
     now = now or utc_now()
     runtime.catalog.refresh()
+    rule_ids = frozenset(rules) if rules else None
     if customer is not None:
-        _explain_customer(runtime, customer, now, as_json=as_json)
+        _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
         return
     items = plan(
         runtime.catalog,
@@ -175,22 +176,24 @@ def plan_command(
         now,
         default_zone=runtime.default_zone,
         company=runtime.settings.company,
-        rule_ids=frozenset(rules) if rules else None,
-        customer_id=customer,
+        rule_ids=rule_ids,
         events=runtime.events,
     )
-    explain = explain or customer is not None
     planned: list[PlannedDelivery] = []
     skips: list[Skip] = []
-    for item in items:
-        if isinstance(item, PlannedDelivery):
-            planned.append(item)
-            if as_json:
-                out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
-        elif explain:
-            skips.append(item)
-            if as_json:
-                out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    try:
+        for item in items:
+            if isinstance(item, PlannedDelivery):
+                planned.append(item)
+                if as_json:
+                    out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
+            elif explain:
+                skips.append(item)
+                if as_json:
+                    out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    except redis.RedisError as exc:  # event rules read the event store
+        err.print(f"[red]error:[/] Redis unavailable (CRM events): {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
     if as_json:
         return
     table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
@@ -216,7 +219,14 @@ def plan_command(
         out.print(reasons)
 
 
-def _explain_customer(runtime: Runtime, customer_id: str, now: datetime, *, as_json: bool) -> None:
+def _explain_customer(
+    runtime: Runtime,
+    customer_id: str,
+    now: datetime,
+    rule_ids: frozenset[str] | None,
+    *,
+    as_json: bool,
+) -> None:
     """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
     explainer = Explainer(
         catalog=runtime.catalog,
@@ -228,7 +238,7 @@ def _explain_customer(runtime: Runtime, customer_id: str, now: datetime, *, as_j
         company=runtime.settings.company,
     )
     try:
-        lines = list(explainer.explain(customer_id, now))
+        lines = list(explainer.explain(customer_id, now, rule_ids=rule_ids))
     except redis.RedisError as exc:
         err.print(f"[red]error:[/] Redis unavailable (ledger and cap lookups): {exc}")
         sys.exit(EXIT_UNAVAILABLE)

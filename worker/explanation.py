@@ -61,9 +61,13 @@ class Explainer:
     default_zone: ZoneInfo
     company: Mapping[str, str]
 
-    def explain(self, customer_id: str, now: datetime) -> Iterator[Explanation]:
-        """Every rule's verdict for the customer ``customer_id`` at ``now``."""
+    def explain(
+        self, customer_id: str, now: datetime, *, rule_ids: frozenset[str] | None = None
+    ) -> Iterator[Explanation]:
+        """Every rule's verdict (or only ``rule_ids``') for the customer at ``now``."""
         for rule in self.catalog:
+            if rule_ids is not None and rule.id not in rule_ids:
+                continue
             if not rule.enabled:
                 yield Explanation(rule.id, f"customer {customer_id}", "disabled", "enabled: false")
                 continue
@@ -97,7 +101,14 @@ class Explainer:
             for action in rule.send:
                 item = prepare_delivery(rule, action, occurrence, subject.records(), self.company)
                 if isinstance(item, Skip):
-                    yield Explanation(rule.id, where, "skipped", item.reason, item.key)
+                    reason = item.reason
+                    customer = subject.customer() or subject.record
+                    if (
+                        reason.startswith("condition is false")
+                        and customer["email_opt_in"] is False
+                    ):
+                        reason = f"opted out (email_opt_in is false); {reason}"
+                    yield Explanation(rule.id, where, "skipped", reason, item.key)
                     continue
                 entry = self.ledger.get(item.key)
                 if entry.get("state"):
