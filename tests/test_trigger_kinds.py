@@ -331,3 +331,16 @@ def test_anniversary_on_dst_days_is_due_exactly_once(local_time, bought, expecte
     purchase = record("purchase", purchased_at=bought)
     start = (at(expected) - timedelta(days=2)).isoformat()
     assert scan(r, purchase, start, days=4, zone=BERLIN) == [("r:purchase:7:1", at(expected))]
+
+
+def test_after_on_an_untyped_column_with_an_iso_date():
+    # Extra CSV columns reach the worker as text; an ISO date in one still works.
+    r = rule("  after:\n    field: purchase.warranty_ends\n    delay: 0d\n    at: '09:00'\n")
+    purchase = record("purchase", warranty_ends="2026-05-01")
+    found = scan(r, purchase, "2026-04-29T00:00:00Z", days=4, zone=BERLIN, step_h=6)
+    assert found == [("r:purchase:7:once", at("2026-05-01T07:00:00Z"))]
+    with pytest.raises(NotApplicable, match="'soon' is not a date"):
+        evaluate(r, record("purchase", warranty_ends="soon"), day_window(NOW_ISO), UTC_ZONE)
+
+
+NOW_ISO = "2026-05-01T12:00:00Z"

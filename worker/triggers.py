@@ -44,7 +44,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from worker.events import Event
-from worker.localtime import in_send_window, local_instant, yearly_date, zone_or_default
+from worker.localtime import (
+    in_send_window,
+    local_instant,
+    parse_instant,
+    yearly_date,
+    zone_or_default,
+)
 from worker.rules.models import (
     AfterTrigger,
     AnniversaryTrigger,
@@ -123,10 +129,16 @@ def field_name(path: str) -> str:
 
 def _record_value(record: Record, name: str) -> date | datetime:
     value = record[name]
-    if value is None:
+    if value is None or value == "":
         raise NotApplicable(record.problems.get(name) or f"no {name}")
     if isinstance(value, (date, datetime)):
         return value
+    if isinstance(value, str):
+        # A column the source does not type (an extra CSV column) may still hold ISO dates.
+        try:
+            return date.fromisoformat(value) if len(value) == 10 else parse_instant(value)
+        except ValueError:
+            pass
     raise NotApplicable(f"{name} {value!r} is not a date")
 
 
@@ -254,8 +266,9 @@ def _after(
     rule: Rule, spec: AfterTrigger, record: Record, window: TriggerWindow, zone: _Zone
 ) -> list[Occurrence]:
     value = _record_value(record, field_name(spec.field))
-    if isinstance(value, datetime) and not _near(value + spec.delay, window, _slack(rule)):
-        return []
+    start = value if isinstance(value, datetime) else datetime.combine(value, time(0), UTC)
+    if not _near(start + spec.delay, window, _slack(rule) + timedelta(days=1)):
+        return []  # far from the window in any time zone: no need for the customer's zone
     due = _after_due(rule, spec, record, zone)
     if not window.contains(due):
         return []
