@@ -426,3 +426,38 @@ def test_plan_customer_explain_json_claims_nothing(world, tmp_path, redis_client
         }
     ]
     assert redis_client.keys("crm:delivery:*") == []
+
+
+def test_condition_over_the_record_and_its_customer(world, make_runtime, make_settings):
+    crm, rules = world
+    (crm / "purchases.csv").write_text(
+        "id,customer_id,product,total,purchased_at,delivered_at\n"
+        "P1,1,Road bike,900.00,2025-03-13T20:00:00Z,\n"
+        "P4,1,Socks,9.90,2025-03-13T20:00:00Z,\n"
+        "P5,1,Lamp,lots,2025-03-13T20:00:00Z,\n",
+        encoding="utf-8",
+    )
+    (rules / "anniversary.yaml").write_text(
+        RULES["anniversary.yaml"].replace(
+            "when: customer.email_opt_in", "when: customer.email_opt_in and purchase.total > 100"
+        ),
+        encoding="utf-8",
+    )
+    runtime = make_runtime(make_settings(CRM_SOURCE=str(crm), CRM_RULES_DIR=str(rules)))
+    items = plan(
+        runtime.catalog,
+        runtime.source,
+        parse_instant(NOW),
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+        rule_ids=frozenset({"anniversary"}),
+    )
+    outcome = {item.key: getattr(item, "reason", "due") for item in items}
+    assert outcome == {
+        "anniversary:purchase:P1:1/email": "due",
+        "anniversary:purchase:P4:1/email": "condition is false: "
+        "customer.email_opt_in and purchase.total > 100",
+        "anniversary:purchase:P5:1/email": "condition 'customer.email_opt_in and "
+        "purchase.total > 100': TypeError: '>' not supported between instances of "
+        "'NoneType' and 'int'",
+    }
