@@ -180,6 +180,7 @@ def test_plan_explains_every_rule_for_a_customer(world, make_runtime, make_setti
         "no data",
         "complaint C2 was resolved at 2026-03-12T10:00:00+00:00",
     )
+    assert verdicts("2")[("delivered", "purchase P3")][0] == "no data"  # 0000-00-00
     assert ana[("welcome", "customer 1")] == (
         "not due",
         "no purchase.created event for this customer within 1d",

@@ -244,6 +244,7 @@ def test_resolved_complaint_is_not_due_at_send_time():
         (ANNIVERSARY, "purchase", {"purchased_at": "2025-02-30T10:00:00Z"}, "is not usable"),
         (ANNIVERSARY, "purchase", {"purchased_at": ""}, "no purchased_at"),
         (AFTER, "purchase", {"delivered_at": "soon"}, "'soon' is not usable"),
+        (AFTER, "purchase", {"delivered_at": "2026-02-30T10:00:00Z"}, "is not usable"),
         (UNRESOLVED, "complaint", {"opened_at": ""}, "no opened_at"),
         (
             UNRESOLVED,
@@ -344,3 +345,9 @@ def test_after_on_an_untyped_column_with_an_iso_date():
 
 
 NOW_ISO = "2026-05-01T12:00:00Z"
+
+
+def test_after_an_empty_date_is_simply_not_due():
+    # Not delivered yet: no occurrence, and no reason to report as a problem.
+    window = TriggerWindow(at("2026-01-01T00:00:00Z"), at("2026-12-31T00:00:00Z"))
+    assert evaluate(rule(AFTER), record("purchase", delivered_at=""), window, UTC_ZONE) == []

@@ -150,6 +150,9 @@ class Explainer:
             return exc.reason
         if past:
             return f"not the date: was due {past[-1].due_at.isoformat()}, longer ago than {grace}"
+        field = getattr(rule.trigger.spec, "field", "")
+        if field and subject.record[field.partition(".")[2]] in (None, ""):
+            return f"no {field} yet"
         return f"not the date: nothing due within {grace} before now, nor in the next year"
 
 

@@ -265,7 +265,10 @@ def _after_due(rule: Rule, spec: AfterTrigger, record: Record, zone: _Zone) -> d
 def _after(
     rule: Rule, spec: AfterTrigger, record: Record, window: TriggerWindow, zone: _Zone
 ) -> list[Occurrence]:
-    value = _record_value(record, field_name(spec.field))
+    name = field_name(spec.field)
+    if record[name] in (None, "") and name not in record.problems:
+        return []  # not delivered yet (say): nothing to wait for, and nothing wrong either
+    value = _record_value(record, name)
     start = value if isinstance(value, datetime) else datetime.combine(value, time(0), UTC)
     if not _near(start + spec.delay, window, _slack(rule) + timedelta(days=1)):
         return []  # far from the window in any time zone: no need for the customer's zone
