@@ -141,14 +141,16 @@ def purchases(rng: random.Random, customer_rows: list[dict[str, str]]) -> list[d
 
 def complaints(rng: random.Random, customer_rows: list[dict[str, str]]) -> list[dict[str, str]]:
     rows = []
-    for n in range(1, len(customer_rows) // 8 + 1):
+    # Spread over the same years as the purchases, so that on most days some complaint is
+    # 2, 5 or 8 days old and still open (the complaint-follow-up rule has work).
+    for n in range(1, len(customer_rows) // 2 + 1):
         customer = rng.choice(customer_rows)
         opened = datetime.combine(TODAY, datetime.min.time(), UTC) - timedelta(
-            days=rng.randint(0, 20), minutes=rng.randint(0, 1439)
+            days=rng.randint(0, (TODAY - date(2024, 1, 1)).days), minutes=rng.randint(0, 1439)
         )
         resolved = ""
         if rng.random() < 0.5:
-            resolved = (opened + timedelta(days=rng.randint(0, 6), hours=3)).strftime(
+            resolved = (opened + timedelta(days=rng.randint(0, 10), hours=3)).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             )
         rows.append(

@@ -48,9 +48,17 @@ def test_run_once_delivers_exactly_the_plan_once(make_runtime, make_settings, sm
 
 
 def test_messages_are_in_the_customers_language_with_both_parts(
-    make_runtime, make_settings, smtp_server
+    make_runtime, make_settings, smtp_server, tmp_path
 ):
+    import shutil
+
+    from tests.conftest import REPO
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(REPO / "rules" / "birthday-greeting.yaml", rules)
     settings = make_settings(
+        CRM_RULES_DIR=str(rules),
         CRM_SMTP_HOST=smtp_server.host,
         CRM_SMTP_PORT=str(smtp_server.port),
         CRM_SMTP_SECURITY="none",

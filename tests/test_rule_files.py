@@ -100,3 +100,180 @@ def test_broken_edit_keeps_the_last_valid_rule(tmp_path):
     assert catalog.refresh() == []
     rule = catalog.get("birthday-greeting")
     assert rule is not None and rule.trigger.spec.at.hour == 10
+
+
+ANNIVERSARY = """\
+id: thanks
+trigger:
+  anniversary:
+    field: purchase.purchased_at
+    years: [1]
+    at: "10:00"
+send:
+  - channel: email
+    template: purchase-anniversary
+    to: customer.email
+"""
+UNRESOLVED = """\
+id: complaints
+trigger:
+  unresolved:
+    after: 2d
+    every: 3d
+    times: 3
+send_window: {from: "08:00", to: "20:00"}
+send:
+  - channel: email
+    template: complaint-follow-up
+    to: customer.email
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            ANNIVERSARY.replace("anniversary:", "aniversary:"),
+            "r.yaml:3:3: unknown key 'aniversary'; did you mean 'anniversary'?",
+        ),
+        (
+            ANNIVERSARY.replace("years: [1]", "years: [0]"),
+            "r.yaml:5:13: trigger.anniversary.years.0: 0 is too small; write at least 1",
+        ),
+        (
+            ANNIVERSARY.replace("years: [1]", "yeras: [1]"),
+            "r.yaml:5:5: unknown key 'yeras'; did you mean 'years'?",
+        ),
+        (
+            ANNIVERSARY.replace("purchase.purchased_at", "purchased_at"),
+            "r.yaml:4:12: trigger.anniversary.field: 'purchased_at' is not valid here "
+            "(write entity.field, like customer.email)",
+        ),
+        (
+            UNRESOLVED.replace("after: 2d", "after: 2 days"),
+            "r.yaml:4:12: trigger.unresolved.after: '2 days' is not a duration; "
+            "write e.g. 1d, 36h, 2d 12h or 90m",
+        ),
+        (
+            UNRESOLVED.replace("    every: 3d\n", ""),
+            "r.yaml:4:5: trigger.unresolved: times > 1 needs 'every:' (e.g. every: 3d) "
+            "between follow-ups",
+        ),
+        (
+            UNRESOLVED.replace("times: 3", "times: three"),
+            "r.yaml:6:12: trigger.unresolved.times: expected a whole number, got 'three'",
+        ),
+        (
+            UNRESOLVED.replace('from: "08:00"', "from: 8:00 pm"),
+            "r.yaml:7:21: send_window.from: '8:00 pm' is not a time of day",
+        ),
+        (
+            UNRESOLVED.replace('to: "20:00"', 'til: "20:00"'),
+            "r.yaml:7:30: unknown key 'til'; allowed here: from, to",
+        ),
+        (
+            UNRESOLVED.replace('to: "20:00"', 'to: "08:00"'),
+            "r.yaml:7:14: send_window: 'from' and 'to' are equal",
+        ),
+        (
+            UNRESOLVED + "exempt_from_cap: yes\n",
+            "r.yaml:12:18: exempt_from_cap: expected true or false, got 'yes'",
+        ),
+        (
+            UNRESOLVED + "exempt_from_cpa: true\n",
+            "r.yaml:12:1: unknown key 'exempt_from_cpa'; did you mean 'exempt_from_cap'?",
+        ),
+        (
+            GOOD.replace("birthday:\n    at:", "after:\n    delay: 7d\n    at:"),
+            "r.yaml:4:5: trigger.after.field: required key is missing",
+        ),
+        (
+            GOOD.replace('birthday:\n    at: "09:00"', "event: {type: purchase}"),
+            "r.yaml:3:17: trigger.event.type: 'purchase' is not valid here "
+            "(write entity.what, like purchase.created)",
+        ),
+        (
+            GOOD.replace("birthday:\n", "birthday:\n    at: '10:00'\n", 1),
+            "r.yaml:5:5: duplicate key 'at' (first on line 4)",
+        ),
+        (
+            GOOD.replace(
+                '  birthday:\n    at: "09:00"\n',
+                "  birthday: {}\n  after: {field: purchase.delivered_at, delay: 7d}\n",
+            ),
+            "r.yaml:3:3: trigger: name exactly one trigger kind (birthday, anniversary, after, "
+            "unresolved, event); found 2",
+        ),
+    ],
+)
+def test_new_keys_point_at_their_place(text, expected):
+    found = problems(text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_the_new_trigger_kinds_load():
+    thanks = load_rule_text(ANNIVERSARY, Path("r.yaml"))
+    assert thanks.trigger.kind == "anniversary" and thanks.trigger.spec.entity == "purchase"
+    follow = load_rule_text(UNRESOLVED, Path("r.yaml"))
+    assert follow.trigger.spec.entity == "complaint"
+    assert follow.send_window is not None and follow.send_window.start.hour == 8
+
+
+CHECKED = {
+    "fields.yaml": """\
+id: fields
+trigger:
+  anniversary:
+    field: purchase.bought_at
+when: customer.email_optin and purchase.totl > 100
+send:
+  - channel: email
+    template: purchase-anniversary
+    to: manager.email
+""",
+    "names.yaml": """\
+id: names
+trigger:
+  after: {field: purchase.delivered_at, delay: 7d}
+when: vip
+send:
+  - {channel: email, template: nope, to: customer.emial}
+""",
+    "resolved.yaml": """\
+id: resolved
+trigger:
+  unresolved: {after: 2d, resolved: complaint.closed_at}
+send:
+  - {channel: email, template: complaint-follow-up, to: customer.email}
+""",
+}
+
+
+def test_check_finds_fields_names_templates_of_related_entities(
+    tmp_path, make_runtime, make_settings
+):
+    from worker.validation import check_all
+
+    for name, text in CHECKED.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    runtime = make_runtime(make_settings(CRM_RULES_DIR=str(tmp_path)))
+    found = [str(p) for p in check_all(runtime.catalog, runtime.renderer, runtime.source)]
+    templates = runtime.settings.templates_dir
+    assert found == [
+        f"{tmp_path / 'fields.yaml'}:4:12: trigger.anniversary.field: purchase.bought_at is "
+        "not in the purchase data",
+        f"{tmp_path / 'fields.yaml'}:5:7: condition uses customer.email_optin, which is not in "
+        "the customer data; did you mean 'email_opt_in'?",
+        f"{tmp_path / 'fields.yaml'}:5:7: condition uses purchase.totl, which is not in the "
+        "purchase data; did you mean 'total'?",
+        f"{tmp_path / 'fields.yaml'}:9:9: send[0].to: manager.email is not a field of this "
+        "rule's purchase or its customer; write e.g. customer.email",
+        f"{tmp_path / 'names.yaml'}:4:7: condition uses unknown name 'vip'; it can use "
+        "company, customer, occurrence, purchase",
+        f"{tmp_path / 'names.yaml'}:6:42: recipient field customer.emial is not in the customer "
+        "data; did you mean 'email'?",
+        f"{tmp_path / 'resolved.yaml'}:3:37: trigger.unresolved.resolved: "
+        "complaint.closed_at is not in the complaint data",
+        f"{templates / 'nope'}:0:0: rule names: template 'nope' needs a en/ folder with "
+        "subject.txt.j2, body.txt.j2, body.html.j2 (found: nothing)",
+    ]

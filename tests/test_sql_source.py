@@ -165,7 +165,11 @@ def _catalog() -> RuleCatalog:
 
 
 def _plan(source: Any, instant: str) -> list[tuple[Any, ...]]:
-    """Everything a pass at ``instant`` decides: deliveries with their context, and skips."""
+    """Everything a pass at ``instant`` decides: deliveries with their context, and skips.
+
+    Sorted: a table without ORDER BY comes back in the database's order (MariaDB: by primary
+    key), and the order of a pass is no promise; what is decided is.
+    """
     result: list[tuple[Any, ...]] = []
     for item in plan(
         _catalog(),
@@ -178,7 +182,7 @@ def _plan(source: Any, instant: str) -> list[tuple[Any, ...]]:
             result.append(("send", item.key, item.to, item.due_at, dict(item.context)))
         else:
             result.append(("skip", item.rule_id, item.record_id, item.reason))
-    return result
+    return sorted(result, key=repr)
 
 
 def _write(tmp_path: Path, yaml_text: str) -> Path:
@@ -241,7 +245,8 @@ def test_garbage_values_are_skipped_with_reasons(sql_source: SqlSource) -> None:
             parse_instant(INSTANTS[0]),
             default_zone=ZoneInfo("UTC"),
             company={},
-            record_id="3",
+            customer_id="3",
+            rule_ids=frozenset({"birthday-greeting"}),
         )
         if isinstance(item, Skip)
     ]
@@ -258,7 +263,8 @@ def test_garbage_values_are_skipped_with_reasons(sql_source: SqlSource) -> None:
             parse_instant("2026-05-26T09:30:00Z"),
             default_zone=ZoneInfo("UTC"),
             company={},
-            record_id="5",
+            customer_id="5",
+            rule_ids=frozenset({"birthday-greeting"}),
         )
         if isinstance(item, PlannedDelivery)
     ]

@@ -6,6 +6,7 @@ configuration error, 3 a service (Redis, the CRM data) is unreachable.
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 import click
 import redis
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.errors import (
@@ -28,14 +30,18 @@ from worker.errors import (
     ConfigError,
     CrmWorkerError,
     DeliveryError,
+    EventError,
     PreviewError,
     SourceError,
     TemplateError,
 )
+from worker.events import record_event
+from worker.explanation import Explainer
 from worker.localtime import parse_instant, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.preview import Preview, build_previews, send_test_copy
 from worker.rules.loader import rule_json_schema
+from worker.rules.models import EventTrigger
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
 from worker.validation import check_all
@@ -98,6 +104,8 @@ def cli(verbose: int) -> None:
       crm-worker run --once                             one pass now, deliver, print a summary
       crm-worker run                                    scheduler + workers until Ctrl-C
       crm-worker preview birthday-greeting --customer 42   the real message for customer 42
+      crm-worker plan --customer 42 --explain           per rule: why (not) for customer 42
+      crm-worker event purchase.created --id P17        the CRM reports an event
 
     Settings come from CRM_* environment variables or a .env file (see README).
     """
@@ -141,7 +149,7 @@ def check(ctx: click.Context) -> None:
 @NOW_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
-@click.option("--customer", "customer", help="Only this customer id; shows skips and why.")
+@click.option("--customer", "customer", help="Per rule, why this customer gets a message or not.")
 @click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
 @click.pass_context
 def plan_command(
@@ -163,27 +171,34 @@ def plan_command(
     runtime = _runtime(ctx)
     now = now or utc_now()
     runtime.catalog.refresh()
+    rule_ids = frozenset(rules) if rules else None
+    if customer is not None:
+        _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
+        return
     items = plan(
         runtime.catalog,
         runtime.source,
         now,
         default_zone=runtime.default_zone,
         company=runtime.settings.company,
-        rule_ids=frozenset(rules) if rules else None,
-        record_id=customer,
+        rule_ids=rule_ids,
+        events=runtime.events,
     )
-    explain = explain or customer is not None
     planned: list[PlannedDelivery] = []
     skips: list[Skip] = []
-    for item in items:
-        if isinstance(item, PlannedDelivery):
-            planned.append(item)
-            if as_json:
-                out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
-        elif explain:
-            skips.append(item)
-            if as_json:
-                out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    try:
+        for item in items:
+            if isinstance(item, PlannedDelivery):
+                planned.append(item)
+                if as_json:
+                    out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
+            elif explain:
+                skips.append(item)
+                if as_json:
+                    out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    except redis.RedisError as exc:  # event rules read the event store
+        err.print(f"[red]error:[/] Redis unavailable (CRM events): {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
     if as_json:
         return
     table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
@@ -207,6 +222,41 @@ def plan_command(
         for skip in skips:
             reasons.add_row(skip.rule_id, f"{skip.entity} {skip.record_id}", skip.reason)
         out.print(reasons)
+
+
+def _explain_customer(
+    runtime: Runtime,
+    customer_id: str,
+    now: datetime,
+    rule_ids: frozenset[str] | None,
+    *,
+    as_json: bool,
+) -> None:
+    """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
+    explainer = Explainer(
+        catalog=runtime.catalog,
+        source=runtime.source,
+        ledger=runtime.ledger,
+        contact_policy=runtime.contact_policy,
+        events=runtime.events,
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+    )
+    try:
+        lines = list(explainer.explain(customer_id, now, rule_ids=rule_ids))
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable (ledger and cap lookups): {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        for line in lines:
+            out.print(json.dumps(dataclasses.asdict(line), ensure_ascii=False), markup=False)
+        return
+    table = Table(title=f"Customer {customer_id} at {now.isoformat()}")
+    for column in ("rule", "record", "verdict", "why", "to", "key"):
+        table.add_column(column)
+    for line in lines:
+        table.add_row(line.rule_id, line.subject, line.verdict, line.reason, line.to, line.key)
+    out.print(table)
 
 
 def _plan_json(item: PlannedDelivery) -> dict[str, Any]:
@@ -278,6 +328,79 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
         out.print(f"messages went to {where}", markup=False)
     if states["failed"]:
         sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@click.argument("event_type", metavar="TYPE")
+@click.option("--id", "record_id", required=True, help="Id of the record (e.g. the purchase).")
+@click.option("--data", default=None, help="JSON object; templates see it as event.data.")
+@click.option("--event-id", default=None, help="The CRM's id of the event (repeats send once).")
+@click.option("--at", type=Instant(), default=None, help="When it happened (default: now).")
+@click.option("--deliver", is_flag=True, help="Also deliver the queued messages, then exit.")
+@click.pass_context
+def event(
+    ctx: click.Context,
+    event_type: str,
+    record_id: str,
+    data: str | None,
+    event_id: str | None,
+    at: datetime | None,
+    deliver: bool,
+) -> None:
+    """Record a CRM event and queue what the `event` rules of TYPE send for it.
+
+    The messages are queued at once (a running `crm-worker worker` delivers them; --deliver
+    delivers them here); recording the same --event-id again sends nothing twice.
+
+    \b
+    Examples:
+      crm-worker event purchase.created --id P17
+      crm-worker event complaint.opened --id C9 --event-id crm-8812 --data '{"via": "phone"}'
+      crm-worker event purchase.created --id P17 --at 2026-03-14T10:00:00Z --deliver
+    """
+    runtime = _runtime(ctx)
+    try:
+        payload = json.loads(data) if data else {}
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]error:[/] --data is not JSON: {exc.msg} (column {exc.colno})")
+        sys.exit(EXIT_CONFIG)
+    if not isinstance(payload, dict):
+        err.print('[red]error:[/] --data must be a JSON object, e.g. \'{"via": "phone"}\'')
+        sys.exit(EXIT_CONFIG)
+    try:
+        recorded = record_event(
+            runtime.redis, event_type, record_id, data=payload, event_id=event_id, at=at
+        )
+        runtime.catalog.refresh()
+        rule_ids = frozenset(
+            rule.id
+            for rule in runtime.catalog
+            if isinstance(rule.trigger.spec, EventTrigger) and rule.trigger.spec.type == event_type
+        )
+        out.print(f"recorded event {recorded.id}: {event_type} {record_id}", markup=False)
+        if not rule_ids:
+            err.print(f"note: no rule reacts to {event_type} (trigger: event: type: …)")
+            return
+        worker = runtime.start_worker() if deliver else None
+        try:
+            report = runtime.scheduler.run_pass(recorded.at, rule_ids=rule_ids)
+            out.print(f"queued {len(report.queued)} message(s)", markup=False)
+            if worker is not None:
+                states = Counter(runtime.wait_for(report.queued, timeout_s=600).values())
+                out.print(
+                    f"sent {states['sent']}, skipped {states['skipped']}, "
+                    f"failed {states['failed']}",
+                    markup=False,
+                )
+        finally:
+            if worker is not None:
+                worker.stop()
+    except EventError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(EXIT_CONFIG)
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 @cli.command()

@@ -59,3 +59,16 @@ def condition_names(expression: str) -> set[str]:
     except TemplateSyntaxError as exc:
         raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
     return set(meta.find_undeclared_variables(ast))
+
+
+def condition_fields(expression: str) -> set[tuple[str, str]]:
+    """``(entity, field)`` pairs a condition reads (``customer.email_opt_in``), for validation."""
+    try:
+        ast: nodes.Template = _ENV.parse(f"{{{{ {expression} }}}}")
+    except TemplateSyntaxError as exc:
+        raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
+    return {
+        (node.node.name, node.attr)
+        for node in ast.find_all(nodes.Getattr)
+        if isinstance(node.node, nodes.Name)
+    }

@@ -77,3 +77,16 @@ MAX_QUERIES_FILE_BYTES = 256 * 1024
 WEBHOOK_MAX_RETRY_AFTER = timedelta(hours=1)
 #: Characters of a webhook's error reply kept in the ledger and logs.
 WEBHOOK_MAX_REPLY_CHARS = 200
+#: CRM events (``crm-worker event``, later an HTTP intake): one hash per event, and per event
+#: type a sorted set of event ids by time. Kept only as long as an event rule may still act on
+#: them (longer than any rule's grace), and capped per type so a flood cannot fill Redis.
+EVENT_KEY_PREFIX = f"{KEY_PREFIX}:event:"
+EVENT_INDEX_PREFIX = f"{KEY_PREFIX}:events:"
+EVENT_TTL = timedelta(days=7)
+MAX_EVENTS_PER_TYPE = 100_000
+#: Largest JSON payload an event may carry (templates see it as ``event.data``).
+MAX_EVENT_DATA_BYTES = 16 * 1024
+
+#: Contact cap: one sorted set per customer of the deliveries counted against the cap
+#: (member = delivery key, score = claim time).
+CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"

@@ -24,13 +24,15 @@ from worker.errors import (
     TemplateError,
     TransientDeliveryError,
 )
+from worker.events import EventLog
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
 from worker.payload import webhook_message
-from worker.planning import DeliveryKey, PlannedDelivery, Skip, prepare_delivery, subject_records
+from worker.planning import DeliveryKey, PlannedDelivery, Related, Skip, prepare_delivery
 from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
+from worker.rules.models import EventTrigger
 from worker.signature import DkimSigner
 from worker.sources.base import Source
 from worker.triggers import NotApplicable, occurrence_for_tag
@@ -152,17 +154,30 @@ class Deliverer:
         record = self.source.get(parsed.entity, parsed.record_id)
         if record is None:
             return skip(f"{parsed.entity} {parsed.record_id} no longer exists")
+        event = None
+        if isinstance(rule.trigger.spec, EventTrigger):
+            # The event store shares the ledger's Redis; an expired event cannot be re-checked.
+            event = EventLog(self.ledger.client).get(parsed.tag)
+            if event is None:
+                return skip(f"event {parsed.tag} is no longer in the event store")
+        related = Related(rule, record, self.source, event)
         try:
-            occurrence = occurrence_for_tag(rule, record, parsed.tag, self.default_zone)
+            occurrence = occurrence_for_tag(
+                rule,
+                record,
+                parsed.tag,
+                self.default_zone,
+                now=effective_now,
+                customer=None if record.entity == "customer" else related.customer,
+                event=event,
+            )
         except NotApplicable as exc:
             return skip(exc.reason)
         if occurrence is None or occurrence.due_at > effective_now + DUE_TOLERANCE:
             return skip("no longer due: the record changed since it was planned")
         if effective_now - occurrence.due_at > rule.grace:
             return skip(f"too late: due {occurrence.due_at.isoformat()}, grace {rule.grace}")
-        return prepare_delivery(
-            rule, action, occurrence, subject_records(rule, record, self.source), self.company
-        )
+        return prepare_delivery(rule, action, occurrence, related.records(), self.company)
 
     def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
         if planned.action.channel == "webhook":
@@ -218,7 +233,7 @@ class Deliverer:
         """Signed links for a message to a customer; ``None`` for anyone else (an alert to an
         account manager is not a subscription the customer could leave)."""
         customer = planned.context.get("customer")
-        if self.unsubscriber is None or not planned.action.to.startswith("customer."):
+        if self.unsubscriber is None or not planned.action.to_customer:
             return None
         if not isinstance(customer, Mapping) or not customer.get("id"):
             return None

@@ -12,6 +12,7 @@
     ├── AddressError           a recipient address is unusable (also a ValueError)
     ├── UnsubscribeTokenError  an unsubscribe link was forged or mangled (also a ValueError)
     ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
+    ├── EventError             a reported CRM event is unusable (also a ValueError)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         └── PermanentDeliveryError   do not retry (5xx for this recipient)
@@ -108,6 +109,10 @@ class UnsubscribeTokenError(CrmWorkerError, ValueError):
 
 class PreviewError(CrmWorkerError):
     """A preview cannot be built: the rule or the customer does not exist."""
+
+
+class EventError(CrmWorkerError, ValueError):
+    """A CRM event cannot be recorded; the message names the bad part and the expected form."""
 
 
 class DeliveryError(CrmWorkerError):

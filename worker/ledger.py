@@ -176,3 +176,17 @@ class Ledger:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_SKIP_CLAIMED = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'skipped', 'reason', ARGV[1], 'finished_at', ARGV[2])
+return 1
+"""
+
+
+def skip_claimed(ledger: Ledger, key: str, *, reason: str, now: datetime) -> bool:
+    """Record a delivery the scheduler claimed but will not queue (over the contact cap) as
+    ``skipped`` with ``reason``: visible in the ledger, and never claimed again."""
+    script = ledger.client.register_script(_SKIP_CLAIMED)
+    return bool(script(keys=[ledger.redis_key(key)], args=[reason, _ts(now)]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import calendar
 import logging
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,6 +40,27 @@ def local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     is the first of the two (``fold=0``, PEP 495).
     """
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def in_send_window(instant: datetime, start: time, end: time, zone: ZoneInfo) -> datetime:
+    """``instant`` if its local time in ``zone`` is within ``[start, end)``, else the next
+    local ``start`` (quiet hours). ``start`` after ``end`` is a window across midnight.
+
+    >>> berlin = ZoneInfo("Europe/Berlin")
+    >>> in_send_window(datetime(2026, 3, 14, 21, tzinfo=UTC), time(8), time(20), berlin)
+    datetime.datetime(2026, 3, 15, 7, 0, tzinfo=datetime.timezone.utc)
+    """
+    local = instant.astimezone(zone)
+    wall = local.time().replace(tzinfo=None)
+    if start < end:
+        if start <= wall < end:
+            return instant
+        day = local.date() + timedelta(days=1) if wall >= end else local.date()
+    else:
+        if wall >= start or wall < end:
+            return instant
+        day = local.date()  # between end and start: the window opens later today
+    return local_instant(day, start, zone)
 
 
 @lru_cache(maxsize=1024)

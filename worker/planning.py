@@ -11,16 +11,24 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from worker.addresses import normalize_recipient
 from worker.conditions import ConditionError, compile_condition
 from worker.context import message_context
 from worker.errors import AddressError
+from worker.events import Event, EventLog
 from worker.rules.catalog import RuleCatalog
-from worker.rules.models import Rule, SendAction
+from worker.rules.models import EventTrigger, Rule, SendAction
 from worker.sources.base import Record, Source
-from worker.triggers import NotApplicable, Occurrence, TriggerWindow, evaluate
+from worker.triggers import (
+    NotApplicable,
+    Occurrence,
+    TriggerWindow,
+    evaluate,
+    event_occurrence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,36 @@ def subject_records(rule: Rule, record: Record, source: Source) -> dict[str, Rec
     return records
 
 
+class Related:
+    """The records around one subject record, read from the source once and only when needed:
+    a yearly rule looks at the customer (for the time zone) only near the date."""
+
+    def __init__(self, rule: Rule, record: Record, source: Source, event: Event | None = None):
+        self.rule = rule
+        self.record = record
+        self.source = source
+        self.event = event
+        self._records: dict[str, Record] | None = None
+
+    def records(self) -> dict[str, Record]:
+        """``subject_records`` plus the ``event`` an event rule fires for."""
+        if self._records is None:
+            self._records = subject_records(self.rule, self.record, self.source)
+            if self.event is not None:
+                self._records["event"] = self.event.as_record()
+        return self._records
+
+    def customer(self) -> Record | None:
+        return self.records().get("customer")
+
+
+def belongs_to(record: Record, customer_id: str) -> bool:
+    """Is ``record`` the customer ``customer_id`` or one of that customer's records?"""
+    if record.entity == "customer":
+        return record.id == customer_id
+    return str(record["customer_id"] or "") == customer_id
+
+
 def prepare_delivery(
     rule: Rule,
     action: SendAction,
@@ -127,7 +165,7 @@ def prepare_delivery(
     customer = context.get("customer")
     name_parts = []
     locale = None
-    if isinstance(customer, Mapping) and entity == "customer":
+    if isinstance(customer, Mapping) and action.to_customer:
         name_parts = [str(customer.get(f) or "") for f in ("first_name", "last_name")]
     if isinstance(customer, Mapping):
         locale = str(customer.get("locale") or "") or None
@@ -150,33 +188,95 @@ def plan(
     default_zone: ZoneInfo,
     company: Mapping[str, str],
     rule_ids: frozenset[str] | None = None,
-    record_id: str | None = None,
+    customer_id: str | None = None,
+    events: EventLog | None = None,
 ) -> Iterator[PlannedDelivery | Skip]:
     """Every delivery due at ``now`` (and every skip, with its reason), rule by rule.
 
     A rule's window is ``(now - grace, now]``: what fell due within its catch-up grace. Whether
     it was already sent is the ledger's business, not the plan's.
-    ``rule_ids`` and ``record_id`` narrow the pass (``plan --rule``, ``plan --customer``).
+    ``rule_ids`` and ``customer_id`` narrow the pass (``plan --rule``, ``plan --customer``);
+    ``events`` is where ``event`` rules find what the CRM reported (none: they are idle).
     """
     for rule in catalog:
         if not rule.enabled or (rule_ids is not None and rule.id not in rule_ids):
             continue
-        window = TriggerWindow(now - rule.grace, now)
-        month_days = window.month_days()
-        entity = rule.trigger.spec.entity
-        records: Iterator[Record]
-        if record_id is not None:
-            one = source.get(entity, record_id)
-            records = iter([one] if one else [])
-        else:
-            records = source.iter_records(entity)
-        for record in records:
-            try:
-                occurrences = evaluate(rule, record, window, default_zone, month_days)
-            except NotApplicable as exc:
-                yield Skip(rule.id, entity, record.id, exc.reason)
+        for subject in subjects(rule, source, now, customer_id=customer_id, events=events):
+            if isinstance(subject, Skip):
+                yield subject
                 continue
-            for occurrence in occurrences:
-                related = subject_records(rule, record, source)
-                for action in rule.send:
-                    yield prepare_delivery(rule, action, occurrence, related, company)
+            yield from plan_subject(rule, subject, now, default_zone=default_zone, company=company)
+
+
+def subjects(
+    rule: Rule,
+    source: Source,
+    now: datetime,
+    *,
+    customer_id: str | None = None,
+    events: EventLog | None = None,
+) -> Iterator[Related | Skip]:
+    """The records ``rule`` is evaluated for at ``now`` (for ``event`` rules: the records of
+    the events reported within its grace), each with its related records."""
+    spec = rule.trigger.spec
+    entity = spec.entity
+    if isinstance(spec, EventTrigger):
+        if events is None:
+            return
+        for event in events.between(spec.type, now - rule.grace, now):
+            record = source.get(entity, event.record_id)
+            if record is None:
+                reason = f"event {event.id}: {entity} {event.record_id} is not in the CRM data"
+                yield Skip(rule.id, entity, event.record_id, reason)
+            elif customer_id is None or belongs_to(record, customer_id):
+                yield Related(rule, record, source, event)
+        return
+    records: Iterator[Record]
+    if customer_id is not None and entity == "customer":
+        one = source.get(entity, customer_id)
+        records = iter([one] if one else [])
+    elif customer_id is not None:
+        records = (r for r in source.iter_records(entity) if belongs_to(r, customer_id))
+    else:
+        records = source.iter_records(entity)
+    for record in records:
+        yield Related(rule, record, source)
+
+
+def occurrences(
+    rule: Rule, subject: Related, window: TriggerWindow, default_zone: ZoneInfo
+) -> list[Occurrence]:
+    """Occurrences of ``rule`` for ``subject`` in ``window``; raises :class:`NotApplicable`."""
+    if subject.event is not None:
+        occurrence = event_occurrence(rule, subject.event, default_zone, customer=subject.customer)
+        return [occurrence] if window.contains(occurrence.due_at) else []
+    customer = None if subject.record.entity == "customer" else subject.customer
+    return evaluate(
+        rule, subject.record, window, default_zone, _month_days(window), customer=customer
+    )
+
+
+@lru_cache(maxsize=32)
+def _month_days(window: TriggerWindow) -> frozenset[tuple[int, int]] | None:
+    return window.month_days()
+
+
+def plan_subject(
+    rule: Rule,
+    subject: Related,
+    now: datetime,
+    *,
+    default_zone: ZoneInfo,
+    company: Mapping[str, str],
+) -> Iterator[PlannedDelivery | Skip]:
+    """The deliveries (or skips) of ``rule`` for one subject record at ``now``."""
+    record = subject.record
+    window = TriggerWindow(now - rule.grace, now)
+    try:
+        found = occurrences(rule, subject, window, default_zone)
+    except NotApplicable as exc:
+        yield Skip(rule.id, record.entity, record.id, exc.reason)
+        return
+    for occurrence in found:
+        for action in rule.send:
+            yield prepare_delivery(rule, action, occurrence, subject.records(), company)

@@ -25,11 +25,18 @@ from worker.addresses import normalize_recipient
 from worker.channels.base import Outgoing, Receipt
 from worker.delivery import Deliverer
 from worker.errors import PreviewError
-from worker.planning import PlannedDelivery, Skip, prepare_delivery, subject_records
+from worker.planning import (
+    PlannedDelivery,
+    Related,
+    Skip,
+    occurrences,
+    prepare_delivery,
+    subject_records,
+)
 from worker.rendering import RenderedMessage
 from worker.rules.models import Rule
 from worker.sources.base import Record
-from worker.triggers import NotApplicable, Occurrence, TriggerWindow, evaluate
+from worker.triggers import NotApplicable, Occurrence, TriggerWindow
 from worker.unsubscribe import PREVIEW_CHANNEL
 
 
@@ -110,7 +117,9 @@ def _occurrence(
     """The occurrence due at ``now``, else a stand-in dated ``now`` with a note saying so."""
     window = TriggerWindow(now - rule.grace, now)
     try:
-        due = evaluate(rule, record, window, deliverer.default_zone)
+        due = occurrences(
+            rule, Related(rule, record, deliverer.source), window, deliverer.default_zone
+        )
     except NotApplicable as exc:
         note = f"the rule would not fire for this record ({exc.reason}); shown as if due now"
         return Occurrence(rule.id, record.entity, record.id, "preview", now), note

@@ -23,7 +23,9 @@ from dramatiq.brokers.redis import RedisBroker
 from worker.actors import DeliveryActor
 from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
+from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
+from worker.events import EventLog
 from worker.ledger import Ledger
 from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
@@ -152,7 +154,17 @@ class Runtime:
             actor=self.actor,
             default_zone=self.default_zone,
             company=self.settings.company,
+            contact_policy=self.contact_policy,
+            events=self.events,
         )
+
+    @cached_property
+    def contact_policy(self) -> ContactPolicy:
+        return ContactPolicy(self.redis, self.settings.effective_contact_cap)
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.redis)
 
     def start_worker(self, threads: int | None = None) -> dramatiq.Worker:
         """Start Dramatiq worker threads consuming our queue in this process."""

@@ -5,6 +5,8 @@ One pass at instant ``now``:
 1. reload rules that changed (a broken edit keeps the last valid version);
 2. plan: every delivery due within each rule's grace (:func:`worker.planning.plan`);
 3. claim each delivery key in the ledger — only the first pass ever to see a key owns it;
+   a claimed message to a customer over the contact cap (:mod:`worker.contact_policy`) is
+   recorded as skipped with the reason instead of being queued;
 4. queue the newly claimed keys in batches, then mark them queued.
 
 Running continuously, the scheduler holds a Redis lock renewed every pass; a second scheduler
@@ -26,8 +28,10 @@ import redis
 
 from worker.actors import DeliveryActor
 from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
+from worker.contact_policy import ContactPolicy, counted, customer_id_of
 from worker.errors import SourceUnavailableError
-from worker.ledger import Ledger
+from worker.events import EventLog
+from worker.ledger import Ledger, skip_claimed
 from worker.localtime import utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.rules.catalog import RuleCatalog
@@ -60,20 +64,34 @@ class Scheduler:
     actor: DeliveryActor
     default_zone: ZoneInfo
     company: Mapping[str, str]
+    contact_policy: ContactPolicy | None = None
+    events: EventLog | None = None
 
-    def run_pass(self, now: datetime) -> PassReport:
-        """One pass at ``now``: claim and queue every delivery due and not yet claimed."""
+    def run_pass(self, now: datetime, *, rule_ids: frozenset[str] | None = None) -> PassReport:
+        """One pass at ``now``: claim and queue every delivery due and not yet claimed.
+
+        ``rule_ids`` limits the pass to those rules (``crm-worker event`` runs its event rules).
+        """
         self.catalog.refresh()
         report = PassReport(now)
         batch: list[str] = []
         for item in plan(
-            self.catalog, self.source, now, default_zone=self.default_zone, company=self.company
+            self.catalog,
+            self.source,
+            now,
+            default_zone=self.default_zone,
+            company=self.company,
+            rule_ids=rule_ids,
+            events=self.events,
         ):
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue
             if not self._claim(item, now):
                 report.already_claimed += 1
+                continue
+            if not self._within_cap(item, now):
+                report.skipped[f"{item.rule_id}: contact cap"] += 1
                 continue
             batch.append(item.key)
             if len(batch) >= DELIVERY_BATCH_SIZE:
@@ -92,6 +110,19 @@ class Scheduler:
 
     def _claim(self, item: PlannedDelivery, now: datetime) -> bool:
         return self.ledger.claim(item.key, rule_id=item.rule_id, due_at=item.due_at, now=now)
+
+    def _within_cap(self, item: PlannedDelivery, now: datetime) -> bool:
+        """Count a claimed delivery against the contact cap; over it, record it as skipped."""
+        policy = self.contact_policy
+        customer_id = customer_id_of(item.context)
+        rule = self.catalog.get(item.rule_id)
+        if policy is None or customer_id is None or rule is None:
+            return True
+        if not counted(rule, item.action) or policy.admit(customer_id, item.key, now):
+            return True
+        skip_claimed(self.ledger, item.key, reason=policy.reason(), now=now)
+        log.info("skipped %s: %s", item.key, policy.reason())
+        return False
 
     def _enqueue(self, keys: list[str], now: datetime, report: PassReport) -> None:
         self.actor.send(keys, as_of=now)

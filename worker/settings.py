@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
 
 ENV_PREFIX = "CRM_"
@@ -102,6 +103,10 @@ class Settings(BaseSettings):
         default=None, description="PEM private key; with dkim_selector, every mail is signed."
     )
     dkim_domain: str | None = Field(default=None, description="DKIM d=; default sender domain.")
+    contact_cap: str | None = Field(
+        default=None,
+        description="At most K messages per customer per period, e.g. '3/7d'. Unset: no cap.",
+    )
 
     source_queries: Path | None = Field(
         default=None,
@@ -192,6 +197,18 @@ class Settings(BaseSettings):
             if not re.match(r"^https?://[^\s/?#]+", url.get_secret_value()):
                 raise ValueError(f"webhook {name!r}: the URL must start with https:// or http://")
         return value
+
+    @field_validator("contact_cap")
+    @classmethod
+    def _contact_cap(cls, value: str | None) -> str | None:
+        if value is not None:
+            ContactCap.parse(value)
+        return value
+
+    @property
+    def effective_contact_cap(self) -> ContactCap | None:
+        """The parsed ``contact_cap`` (None: no cap)."""
+        return ContactCap.parse(self.contact_cap) if self.contact_cap else None
 
     @model_validator(mode="after")
     def _dkim_complete(self) -> Settings:

@@ -1,8 +1,23 @@
 """Pure trigger logic: which occurrences of a rule a record has in a time window.
 
-No clock and no I/O here: callers pass the window and the records, and get
+No clock and no I/O here: callers pass the window and the records (and, for records that are
+not customers, a way to get the related customer, whose time zone sets the local hour), and get
 :class:`Occurrence` values whose keys are stable, so evaluating a rule any number of times
 yields the same keys (the unit of idempotency in the ledger).
+
+Occurrence tags, per trigger kind:
+
+==============  ==========================================  ==================================
+kind            due at                                      tag
+==============  ==========================================  ==================================
+birthday        month/day of the date each year, ``at``     the year (``2026``)
+anniversary     month/day of the record's date, ``at``      the anniversary number (``1``)
+after           date + ``delay`` (on that day at ``at``)    ``once``
+unresolved      opened + ``after`` + (n-1) × ``every``      the follow-up number (``1``..``times``)
+event           when the CRM event happened                 the event id
+==============  ==========================================  ==================================
+
+A rule's ``send_window`` then moves a due time outside the window to the next opening.
 
 Example::
 
@@ -23,13 +38,31 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from worker.localtime import local_instant, yearly_date, zone_or_default
-from worker.rules.models import BirthdayTrigger, Rule
+from worker.events import Event
+from worker.localtime import (
+    in_send_window,
+    local_instant,
+    parse_instant,
+    yearly_date,
+    zone_or_default,
+)
+from worker.rules.models import (
+    AfterTrigger,
+    AnniversaryTrigger,
+    BirthdayTrigger,
+    Rule,
+    UnresolvedTrigger,
+)
 from worker.sources.base import Record
+
+#: Gives the customer a record belongs to (for its time zone); called only when needed.
+CustomerLookup = Callable[[], Record | None]
+ONCE_TAG = "once"
 
 # Local dates differ from UTC dates by at most 14 hours (Pacific/Kiritimati, UTC+14 / UTC-12):
 # a day of slack on each side keeps every zone's candidate dates in the fast filter.
@@ -94,25 +127,32 @@ def field_name(path: str) -> str:
     return path.partition(".")[2]
 
 
-def _record_date(record: Record, name: str) -> date:
+def _record_value(record: Record, name: str) -> date | datetime:
     value = record[name]
-    if value is None:
+    if value is None or value == "":
         raise NotApplicable(record.problems.get(name) or f"no {name}")
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
+    if isinstance(value, (date, datetime)):
         return value
+    if isinstance(value, str):
+        # A column the source does not type (an extra CSV column) may still hold ISO dates.
+        try:
+            return date.fromisoformat(value) if len(value) == 10 else parse_instant(value)
+        except ValueError:
+            pass
     raise NotApplicable(f"{name} {value!r} is not a date")
 
 
-def _birthday_occurrence(
-    rule: Rule, spec: BirthdayTrigger, record: Record, born: date, year: int, zone: ZoneInfo
-) -> Occurrence | None:
-    if year <= born.year:
-        return None  # no greeting on (or before) the day of birth
-    day = yearly_date(born.month, born.day, year, spec.feb29)
-    due = local_instant(day, spec.at, zone)
-    return Occurrence(rule.id, "customer", record.id, str(year), due)
+def _record_date(record: Record, name: str) -> date:
+    value = _record_value(record, name)
+    return value.date() if isinstance(value, datetime) else value
+
+
+def _record_instant(record: Record, name: str, zone: Callable[[], ZoneInfo]) -> datetime:
+    """A datetime field as is; a bare date is the start of that day in the customer's zone."""
+    value = _record_value(record, name)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return local_instant(value, time(0), zone())
 
 
 def record_zone(record: Record, default: ZoneInfo) -> ZoneInfo:
@@ -121,48 +161,252 @@ def record_zone(record: Record, default: ZoneInfo) -> ZoneInfo:
     return zone_or_default(zone if isinstance(zone, str) else None, default)
 
 
+class _Zone:
+    """The time zone of the customer a record belongs to, looked up once and only if needed."""
+
+    def __init__(self, record: Record, default: ZoneInfo, customer: CustomerLookup | None):
+        self.record = record
+        self.default = default
+        self.customer = customer
+        self.zone: ZoneInfo | None = None
+
+    def __call__(self) -> ZoneInfo:
+        if self.zone is None:
+            owner = self.record if self.customer is None else self.customer()
+            self.zone = record_zone(owner, self.default) if owner is not None else self.default
+        return self.zone
+
+
+def _windowed(rule: Rule, due: datetime, zone: Callable[[], ZoneInfo]) -> datetime:
+    window = rule.send_window
+    return in_send_window(due, window.start, window.end, zone()) if window else due
+
+
+def _near(instant: datetime, window: TriggerWindow, slack: timedelta) -> bool:
+    return window.start - slack <= instant <= window.end + slack
+
+
+def _slack(rule: Rule) -> timedelta:
+    # A local hour moves a due time by at most a day; a send window by at most a day more.
+    return _ZONE_SLACK + (timedelta(days=1) if rule.send_window else timedelta(0))
+
+
+# -- birthday and anniversary: yearly --------------------------------------------------------
+
+
+def _yearly_occurrence(
+    rule: Rule,
+    spec: BirthdayTrigger | AnniversaryTrigger,
+    record: Record,
+    origin: date,
+    year: int,
+    zone: Callable[[], ZoneInfo],
+) -> Occurrence | None:
+    number = year - origin.year
+    if number < 1:
+        return None  # no greeting on (or before) the day itself
+    if isinstance(spec, AnniversaryTrigger):
+        if spec.years is not None and number not in spec.years:
+            return None
+        tag = str(number)
+    else:
+        tag = str(year)
+    day = yearly_date(origin.month, origin.day, year, spec.feb29)
+    due = _windowed(rule, local_instant(day, spec.at, zone()), zone)
+    return Occurrence(rule.id, record.entity, record.id, tag, due)
+
+
+def _local_origin(
+    record: Record, spec: BirthdayTrigger | AnniversaryTrigger, zone: Callable[[], ZoneInfo]
+) -> date:
+    """The date a yearly trigger repeats: a datetime (a purchase) counts on the customer's
+    local calendar, a date (a birthday) as written."""
+    value = _record_value(record, field_name(spec.field))
+    return value.astimezone(zone()).date() if isinstance(value, datetime) else value
+
+
+def _yearly(
+    rule: Rule,
+    spec: BirthdayTrigger | AnniversaryTrigger,
+    record: Record,
+    window: TriggerWindow,
+    zone: _Zone,
+    month_days: frozenset[tuple[int, int]] | None,
+) -> list[Occurrence]:
+    raw = _record_date(record, field_name(spec.field))
+    if month_days is not None and not any(
+        ((raw + timedelta(days=d)).month, (raw + timedelta(days=d)).day) in month_days
+        for d in (-1, 0, 1)  # a datetime's local date may be a day off its UTC date
+    ):
+        return []
+    origin = _local_origin(record, spec, zone)
+    first_year = window.start.astimezone(zone()).year - 1
+    last_year = window.end.astimezone(zone()).year
+    if isinstance(spec, BirthdayTrigger) and origin.year >= last_year:
+        raise NotApplicable(f"{field_name(spec.field)} {origin.isoformat()} is in the future")
+    found = []
+    for year in range(first_year, last_year + 1):
+        occurrence = _yearly_occurrence(rule, spec, record, origin, year, zone)
+        if occurrence is not None and window.contains(occurrence.due_at):
+            found.append(occurrence)
+    return found
+
+
+# -- after: once -----------------------------------------------------------------------------
+
+
+def _after_due(rule: Rule, spec: AfterTrigger, record: Record, zone: _Zone) -> datetime:
+    due = _record_instant(record, field_name(spec.field), zone) + spec.delay
+    if spec.at is not None:
+        due = local_instant(due.astimezone(zone()).date(), spec.at, zone())
+    return _windowed(rule, due, zone)
+
+
+def _after(
+    rule: Rule, spec: AfterTrigger, record: Record, window: TriggerWindow, zone: _Zone
+) -> list[Occurrence]:
+    name = field_name(spec.field)
+    if record[name] in (None, "") and name not in record.problems:
+        return []  # not delivered yet (say): nothing to wait for, and nothing wrong either
+    value = _record_value(record, name)
+    start = value if isinstance(value, datetime) else datetime.combine(value, time(0), UTC)
+    if not _near(start + spec.delay, window, _slack(rule) + timedelta(days=1)):
+        return []  # far from the window in any time zone: no need for the customer's zone
+    due = _after_due(rule, spec, record, zone)
+    if not window.contains(due):
+        return []
+    return [Occurrence(rule.id, record.entity, record.id, ONCE_TAG, due)]
+
+
+# -- unresolved: follow-ups while a case is open ---------------------------------------------
+
+
+def _resolved_at(record: Record, spec: UnresolvedTrigger) -> datetime | None:
+    name = field_name(spec.resolved)
+    if record.problems.get(name):
+        # Unknown whether the case is closed: do not chase a customer who may be satisfied.
+        raise NotApplicable(record.problems[name])
+    value = record[name]
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, time(0), UTC)
+    raise NotApplicable(f"{name} {value!r} is not a date")
+
+
+def _follow_up(
+    rule: Rule, spec: UnresolvedTrigger, record: Record, number: int, zone: _Zone
+) -> Occurrence:
+    opened = _record_instant(record, field_name(spec.field), zone)
+    due = opened + spec.after + (number - 1) * (spec.every or timedelta(0))
+    return Occurrence(rule.id, record.entity, record.id, str(number), _windowed(rule, due, zone))
+
+
+def _check_open(record: Record, spec: UnresolvedTrigger, now: datetime) -> None:
+    resolved = _resolved_at(record, spec)
+    if resolved is not None and resolved <= now:
+        raise NotApplicable(f"{record.entity} {record.id} was resolved at {resolved.isoformat()}")
+
+
+def _unresolved(
+    rule: Rule, spec: UnresolvedTrigger, record: Record, window: TriggerWindow, zone: _Zone
+) -> list[Occurrence]:
+    _record_value(record, field_name(spec.field))  # a missing open date is a reason to skip
+    found = [
+        occurrence
+        for number in range(1, spec.times + 1)
+        if window.contains((occurrence := _follow_up(rule, spec, record, number, zone)).due_at)
+    ]
+    if found:
+        _check_open(record, spec, window.end)
+    return found
+
+
+# -- the entry points ------------------------------------------------------------------------
+
+
 def evaluate(
     rule: Rule,
     record: Record,
     window: TriggerWindow,
     default_zone: ZoneInfo,
     month_days: frozenset[tuple[int, int]] | None = None,
+    *,
+    customer: CustomerLookup | None = None,
 ) -> list[Occurrence]:
     """Occurrences of ``rule`` for ``record`` due within ``window``.
 
     ``month_days`` (from :meth:`TriggerWindow.month_days`, computed once per pass) lets yearly
-    triggers skip most records without any time-zone arithmetic.
+    triggers skip most records without any time-zone arithmetic. ``customer`` gives the
+    customer of a record that is not one (its time zone sets local hours); without it the
+    record's own ``timezone`` (else ``default_zone``) applies.
+    ``event`` rules have no occurrences here: see :func:`event_occurrence`.
     Raises :class:`NotApplicable` with a reason when the record's data makes the rule unusable.
     """
     spec = rule.trigger.spec
-    born = _record_date(record, field_name(spec.field))
-    if month_days is not None and (born.month, born.day) not in month_days:
-        return []
-    zone = record_zone(record, default_zone)
-    first_year = window.start.astimezone(zone).year - 1
-    last_year = window.end.astimezone(zone).year
-    if born.year >= last_year:
-        raise NotApplicable(f"{field_name(spec.field)} {born.isoformat()} is in the future")
-    found = []
-    for year in range(first_year, last_year + 1):
-        occurrence = _birthday_occurrence(rule, spec, record, born, year, zone)
-        if occurrence is not None and window.contains(occurrence.due_at):
-            found.append(occurrence)
-    return found
+    zone = _Zone(record, default_zone, customer)
+    if isinstance(spec, (BirthdayTrigger, AnniversaryTrigger)):
+        return _yearly(rule, spec, record, window, zone, month_days)
+    if isinstance(spec, AfterTrigger):
+        return _after(rule, spec, record, window, zone)
+    if isinstance(spec, UnresolvedTrigger):
+        return _unresolved(rule, spec, record, window, zone)
+    return []
+
+
+def event_occurrence(
+    rule: Rule,
+    event: Event,
+    default_zone: ZoneInfo,
+    *,
+    customer: CustomerLookup | None = None,
+) -> Occurrence:
+    """The occurrence of an ``event`` rule for one reported event: due when it happened
+    (moved into the rule's send window, in the customer's time zone)."""
+    zone = _Zone(event.as_record(), default_zone, customer)
+    due = _windowed(rule, event.at, zone)
+    return Occurrence(rule.id, event.entity, event.record_id, event.id, due)
 
 
 def occurrence_for_tag(
-    rule: Rule, record: Record, tag: str, default_zone: ZoneInfo
+    rule: Rule,
+    record: Record,
+    tag: str,
+    default_zone: ZoneInfo,
+    *,
+    now: datetime | None = None,
+    customer: CustomerLookup | None = None,
+    event: Event | None = None,
 ) -> Occurrence | None:
     """The occurrence of ``rule`` for ``record`` with ``tag``, recomputed from current data.
 
     Used at send time: ``None`` (or a different ``due_at``) means the data changed since the
-    occurrence was planned. Raises :class:`NotApplicable` like :func:`evaluate`.
+    occurrence was planned. With ``now``, a case that is resolved by then raises
+    :class:`NotApplicable` (``unresolved`` rules). ``event`` rules need the ``event`` the tag
+    names. Raises :class:`NotApplicable` like :func:`evaluate`.
     """
     spec = rule.trigger.spec
-    born = _record_date(record, field_name(spec.field))
-    if not tag.isdigit():
+    zone = _Zone(record, default_zone, customer)
+    if isinstance(spec, (BirthdayTrigger, AnniversaryTrigger)):
+        if not tag.isdigit():
+            return None
+        origin = _local_origin(record, spec, zone)
+        year = int(tag) if isinstance(spec, BirthdayTrigger) else origin.year + int(tag)
+        return _yearly_occurrence(rule, spec, record, origin, year, zone)
+    if isinstance(spec, AfterTrigger):
+        if tag != ONCE_TAG:
+            return None
+        return Occurrence(
+            rule.id, record.entity, record.id, tag, _after_due(rule, spec, record, zone)
+        )
+    if isinstance(spec, UnresolvedTrigger):
+        if not tag.isdigit() or not 1 <= int(tag) <= spec.times:
+            return None
+        occurrence = _follow_up(rule, spec, record, int(tag), zone)
+        _check_open(record, spec, now or occurrence.due_at)
+        return occurrence
+    if event is None or event.id != tag or event.record_id != record.id:
         return None
-    return _birthday_occurrence(
-        rule, spec, record, born, int(tag), record_zone(record, default_zone)
-    )
+    return event_occurrence(rule, event, default_zone, customer=customer)

@@ -8,17 +8,21 @@ compile and use known names, and recipients point at fields the source has.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from worker.conditions import ConditionError, compile_condition, condition_names
+from worker.conditions import ConditionError, compile_condition, condition_fields, condition_names
 from worker.context import message_context
-from worker.errors import Problem, SourceError, TemplateError
+from worker.errors import Problem, RuleError, SourceError, TemplateError
 from worker.payload import WEBHOOK_JSON, WEBHOOK_TEXT, render_payload
 from worker.planning import subject_records
 from worker.rendering import PARTS, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
-from worker.rules.models import Rule
+from worker.rules.loader import parse_yaml
+from worker.rules.models import EventTrigger, Rule
 from worker.sources.base import Record, Source
 from worker.sources.schema import REQUIRED_COLUMNS
 from worker.triggers import Occurrence
@@ -56,30 +60,79 @@ def _check_rule(
     rule: Rule, catalog: RuleCatalog, renderer: TemplateRenderer, source: Source
 ) -> Iterator[Problem]:
     path = catalog.path_of(rule.id) or catalog.rules_dir / f"{rule.id}.yaml"
-    entity = rule.trigger.spec.entity
-    try:
-        columns = source.columns(entity) | {"id"}
-    except SourceError as exc:
-        yield Problem(path, 1, 1, f"cannot read {entity} data to check this rule: {exc}")
-        return
-    field = rule.trigger.spec.field.partition(".")[2]
-    if columns and field not in columns:
-        yield Problem(
-            path, 1, 1, f"trigger field {rule.trigger.spec.field} is not in the {entity} data"
-        )
+    where = _Where(path)
+    spec = rule.trigger.spec
+    entity = spec.entity
+    kind = rule.trigger.kind
+    # The entities a message about this record sees: the record, its customer, an event.
+    names = {entity, "customer"} | ({"event"} if isinstance(spec, EventTrigger) else set())
+    columns: dict[str, frozenset[str]] = {}
+    for name in sorted(names - {"event"}):
+        try:
+            columns[name] = source.columns(name) | {"id"}
+        except SourceError as exc:
+            line, col = where(("trigger", kind))
+            yield Problem(path, line, col, f"cannot read {name} data to check this rule: {exc}")
+            return
+    for key in ("field", "resolved"):
+        value = getattr(spec, key, None)
+        if not isinstance(value, str):
+            continue
+        target, _, name = value.partition(".")
+        known = columns.get(target, frozenset())
+        if known and name not in known:
+            line, col = where(("trigger", kind, key))
+            yield Problem(
+                path,
+                line,
+                col,
+                f"trigger.{kind}.{key}: {value} is not in the {target} data"
+                f"{_did_you_mean(name, known)}",
+            )
     if rule.when:
+        line, col = where(("when",))
         try:
             compile_condition(rule.when)
-            unknown = condition_names(rule.when) - set(REQUIRED_COLUMNS) - CONTEXT_NAMES
-            for name in sorted(unknown):
-                yield Problem(path, 1, 1, f"condition uses unknown name {name!r}")
+            for name in sorted(condition_names(rule.when) - names - CONTEXT_NAMES):
+                yield Problem(
+                    path,
+                    line,
+                    col,
+                    f"condition uses unknown name {name!r}; it can use "
+                    f"{', '.join(sorted(names | CONTEXT_NAMES))}",
+                )
+            for target, name in sorted(condition_fields(rule.when)):
+                known = columns.get(target, frozenset())
+                if known and name not in known:
+                    yield Problem(
+                        path,
+                        line,
+                        col,
+                        f"condition uses {target}.{name}, which is not in the {target} data"
+                        f"{_did_you_mean(name, known)}",
+                    )
         except ConditionError as exc:
-            yield Problem(path, 1, 1, str(exc))
+            yield Problem(path, line, col, str(exc))
     sample = _sample_record(source, entity)
-    for action in rule.send:
+    for n, action in enumerate(rule.send):
         target, _, name = action.to.partition(".")
-        if target == entity and columns and name not in columns:
-            yield Problem(path, 1, 1, f"recipient field {action.to} is not in the {entity} data")
+        line, col = where(("send", n, "to"))
+        if target not in names - {"event"}:
+            yield Problem(
+                path,
+                line,
+                col,
+                f"send[{n}].to: {action.to} is not a field of this rule's {entity} or its "
+                f"customer; write e.g. customer.email",
+            )
+        elif columns.get(target) and name not in columns[target]:
+            yield Problem(
+                path,
+                line,
+                col,
+                f"recipient field {action.to} is not in the {target} data"
+                f"{_did_you_mean(name, columns[target])}",
+            )
         yield from _check_template(rule, action.template, renderer, source, sample, action.channel)
 
 
@@ -87,15 +140,39 @@ def _check_webhooks(
     rule: Rule, catalog: RuleCatalog, webhooks: Collection[str]
 ) -> Iterator[Problem]:
     path = catalog.path_of(rule.id) or catalog.rules_dir / f"{rule.id}.yaml"
-    for action in rule.send:
+    where = _Where(path)
+    for n, action in enumerate(rule.send):
         if action.webhook is not None and action.webhook not in webhooks:
             known = ", ".join(sorted(webhooks)) or "none"
+            line, col = where(("send", n, "webhook"))
             yield Problem(
                 path,
-                1,
-                1,
+                line,
+                col,
                 f"webhook {action.webhook!r} is not in CRM_WEBHOOKS (configured: {known})",
             )
+
+
+def _did_you_mean(name: str, known: frozenset[str]) -> str:
+    guess = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {guess[0]!r}?" if guess else ""
+
+
+class _Where:
+    """Line and column of a key in a rule file (1, 1 when the file cannot be read again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._positions: Any = None
+
+    def __call__(self, loc: tuple[str | int, ...]) -> tuple[int, int]:
+        if self._positions is None:
+            try:
+                self._positions = parse_yaml(self.path.read_text(encoding="utf-8"), self.path)[1]
+            except (OSError, UnicodeDecodeError, RuleError):
+                return (1, 1)
+        position: tuple[int, int] = self._positions.nearest(loc, prefer_key=False)
+        return position
 
 
 def _sample_record(source: Source, entity: str) -> Record:
@@ -126,8 +203,12 @@ def _check_template(
         )
         return
     occurrence = Occurrence(rule.id, sample.entity, sample.id, "check", datetime.now(UTC))
+    records = subject_records(rule, sample, source)
+    spec = rule.trigger.spec
+    if isinstance(spec, EventTrigger):
+        records["event"] = Record("event", "sample", {"type": spec.type, "at": None, "data": {}})
     context = message_context(
-        subject_records(rule, sample, source),
+        records,
         occurrence=occurrence,
         company={"name": "", "address": ""},
     )

@@ -229,6 +229,11 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         guess = difflib.get_close_matches(str(value), _literal_options(expected), n=1)
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         return f"{where}: {value!r} is not one of {expected}{hint}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        ctx = error.get("ctx", {})
+        if kind == "greater_than_equal":
+            return f"{where}: {value!r} is too small; write at least {ctx.get('ge')}"
+        return f"{where}: {value!r} is too large; write at most {ctx.get('le')}"
     if kind == "string_pattern_mismatch":
         return f"{where}: {value!r} is not valid here ({_pattern_hint(loc)})"
     message = error["msg"].removeprefix("Value error, ")
@@ -241,8 +246,10 @@ def _literal_options(expected: str) -> list[str]:
 
 def _pattern_hint(loc: Loc) -> str:
     name = str(loc[-1]) if loc else ""
-    if name in ("field", "to"):
+    if name in ("field", "to", "resolved"):
         return "write entity.field, like customer.email"
+    if name == "type":
+        return "write entity.what, like purchase.created"
     return "use lower-case letters, digits, - and _"
 
 
@@ -254,9 +261,10 @@ def _allowed_keys(loc: Loc) -> list[str]:
             return []
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part)
         model = _model_in(field.annotation) if field else None
-    return sorted(model.model_fields) if model else []
+    return sorted(f.alias or name for name, f in model.model_fields.items()) if model else []
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -16,6 +16,11 @@ A rule file holds one rule::
         template: birthday
         to: customer.email
 
+Trigger kinds: ``birthday`` (yearly on a customer date), ``anniversary`` (yearly on a record's
+date, e.g. ``purchase.purchased_at``), ``after`` (once, a delay after a date), ``unresolved``
+(follow-ups while a complaint is open) and ``event`` (when the CRM reports one); see
+:mod:`worker.triggers` for their due times and occurrence tags.
+
 Models forbid unknown keys and use strict types, so a typo or a YAML value of the wrong kind is
 an error with a position (see :mod:`worker.rules.loader`) instead of a silent default.
 """
@@ -37,10 +42,15 @@ from pydantic import (
     model_validator,
 )
 
-from worker.constants import DEFAULT_GRACE
+from worker.constants import DEFAULT_GRACE, EVENT_TTL
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FIELD_PATH_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$"
+EVENT_TYPE_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_.-]*$"
+
+#: Customer fields that hold a member of staff's address: messages to them are internal alerts
+#: (no unsubscribe link, not counted by the contact cap, not addressed by the customer's name).
+STAFF_ADDRESS_FIELDS = frozenset({"customer.account_manager_email"})
 
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*$")
@@ -69,7 +79,8 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(days=days, hours=hours, minutes=minutes)
 
 
-def _format_duration(value: timedelta) -> str:
+def format_duration(value: timedelta) -> str:
+    """A duration the way rule files write it: ``timedelta(days=2, hours=12)`` → ``2d 12h``."""
     minutes = int(value.total_seconds()) // 60
     days, minutes = divmod(minutes, 24 * 60)
     hours, minutes = divmod(minutes, 60)
@@ -86,13 +97,17 @@ LocalTime = Annotated[
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
-    PlainSerializer(_format_duration, return_type=str),
+    PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "pattern": r"^(\d+d)?\s*(\d+h)?\s*(\d+m)?$"}),
 ]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _entity_of(path: str) -> str:
+    return path.partition(".")[0]
 
 
 class BirthdayTrigger(_Strict):
@@ -118,10 +133,112 @@ class BirthdayTrigger(_Strict):
         return "customer"
 
 
+class AnniversaryTrigger(_Strict):
+    """Yearly on the date of a record (``purchase.purchased_at``), at the customer's local hour.
+
+    The occurrence tag is the anniversary number (1 = one year after), so a date corrected
+    after the mail went out never yields a second mail for the same anniversary.
+    """
+
+    field: str = Field(
+        pattern=FIELD_PATH_PATTERN, description="Date of the record, e.g. purchase.purchased_at."
+    )
+    years: list[Annotated[int, Field(ge=1, le=200)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Which anniversaries (1 = one year after); leave out for every year.",
+    )
+    at: LocalTime = time(10, 0)
+    feb29: Literal["feb28", "mar1"] = Field(
+        default="feb28", description="Where Feb 29 dates go in common years."
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class AfterTrigger(_Strict):
+    """Once, a delay after a date field (``7d`` after ``purchase.delivered_at``).
+
+    With ``at`` the message goes at that local hour on the day the delay ends.
+    """
+
+    field: str = Field(
+        pattern=FIELD_PATH_PATTERN, description="Date of the record, e.g. purchase.delivered_at."
+    )
+    delay: Duration = Field(description="How long after the date, e.g. 7d.")
+    at: LocalTime | None = Field(
+        default=None, description="Local hour on the day the delay ends; leave out: exact delay."
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class UnresolvedTrigger(_Strict):
+    """A complaint still open: first ``after`` the open date, then ``every`` …, ``times`` at most.
+
+    Stops as soon as ``resolved`` is set (checked again at send time). The tag is the follow-up
+    number, 1 to ``times``.
+    """
+
+    field: str = Field(
+        default="complaint.opened_at",
+        pattern=FIELD_PATH_PATTERN,
+        description="When the case was opened.",
+    )
+    resolved: str = Field(
+        default="complaint.resolved_at",
+        pattern=FIELD_PATH_PATTERN,
+        description="Set when the case is closed; empty while it is open.",
+    )
+    after: Duration = Field(description="First follow-up this long after opening, e.g. 2d.")
+    every: Duration | None = Field(
+        default=None, description="Then again this often, e.g. 3d (needed when times > 1)."
+    )
+    times: int = Field(default=1, ge=1, le=100, description="At most this many follow-ups.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnresolvedTrigger:
+        if _entity_of(self.resolved) != _entity_of(self.field):
+            raise ValueError(
+                f"resolved ({self.resolved}) must be a field of the same record as {self.field}"
+            )
+        if self.times > 1 and (self.every is None or self.every <= timedelta(0)):
+            raise ValueError("times > 1 needs 'every:' (e.g. every: 3d) between follow-ups")
+        return self
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.field)
+
+
+class EventTrigger(_Strict):
+    """When the CRM reports an event (``purchase.created``); the tag is the event id."""
+
+    type: str = Field(
+        pattern=EVENT_TYPE_PATTERN,
+        description="entity.what, e.g. purchase.created or complaint.opened.",
+    )
+
+    @property
+    def entity(self) -> str:
+        return _entity_of(self.type)
+
+
+TriggerSpec = BirthdayTrigger | AnniversaryTrigger | AfterTrigger | UnresolvedTrigger | EventTrigger
+
+
 class Trigger(_Strict):
     """Exactly one trigger kind, written as its key."""
 
     birthday: BirthdayTrigger | None = None
+    anniversary: AnniversaryTrigger | None = None
+    after: AfterTrigger | None = None
+    unresolved: UnresolvedTrigger | None = None
+    event: EventTrigger | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Trigger:
@@ -136,10 +253,26 @@ class Trigger(_Strict):
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
     @property
-    def spec(self) -> BirthdayTrigger:
+    def spec(self) -> TriggerSpec:
         spec = getattr(self, self.kind)
         assert spec is not None
         return spec  # type: ignore[no-any-return]
+
+
+class SendWindow(_Strict):
+    """Quiet hours, in the customer's local time: a message due outside waits for ``from``.
+
+    ``from`` after ``to`` spans midnight (``from: "22:00", to: "06:00"``).
+    """
+
+    start: LocalTime = Field(alias="from", description="Local time the window opens.")
+    end: LocalTime = Field(alias="to", description="Local time the window closes.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SendWindow:
+        if self.start == self.end:
+            raise ValueError("'from' and 'to' are equal: the window would never open")
+        return self
 
 
 class SendAction(_Strict):
@@ -171,6 +304,11 @@ class SendAction(_Strict):
     def action_id(self) -> str:
         return self.id or self.channel
 
+    @property
+    def to_customer(self) -> bool:
+        """Is this message for the customer (unsubscribe link, contact cap), not for staff?"""
+        return self.to.startswith("customer.") and self.to not in STAFF_ADDRESS_FIELDS
+
 
 class Rule(_Strict):
     """One automation: when to send what to whom."""
@@ -192,7 +330,24 @@ class Rule(_Strict):
     grace: Duration = Field(
         default=DEFAULT_GRACE, description="How late a due message may still go out."
     )
+    send_window: SendWindow | None = Field(
+        default=None,
+        description='Quiet hours: only between from and to, customer\'s local time ("08:00").',
+    )
+    exempt_from_cap: bool = Field(
+        default=False,
+        description="Not counted against, nor stopped by, the contact cap (complaint handling).",
+    )
     send: list[SendAction] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _events_kept_long_enough(self) -> Rule:
+        if self.trigger.event is not None and self.grace > EVENT_TTL:
+            raise ValueError(
+                f"grace of an event rule must be at most {format_duration(EVENT_TTL)} "
+                "(events are kept that long)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_action_ids(self) -> Rule:

@@ -51,6 +51,13 @@ def _parse_flag(text: str) -> bool:
     raise ValueError("expected true/false")
 
 
+def _parse_number(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return value
+
+
 def _parse_zone(text: str) -> str:
     if not is_known_zone(text):
         raise ValueError("unknown time zone")
@@ -67,6 +74,8 @@ FIELD_TYPES: Mapping[str, Mapping[str, Parser]] = {
         "timezone": _parse_zone,
     },
     "purchase": {
+        # A number, so that conditions like `purchase.total > 100` compare amounts, not text.
+        "total": _parse_number,
         "purchased_at": _parse_datetime,
         "delivered_at": _parse_datetime,
     },

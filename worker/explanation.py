@@ -1,0 +1,163 @@
+"""``crm-worker plan --customer ID --explain``: per rule, why a customer gets a message or not.
+
+Read-only from end to end: the plan itself (pure), plus lookups of the ledger (already sent?)
+and of the contact cap (would the cap stop it?). Nothing is claimed, counted or sent.
+
+Verdicts, in the order they are decided:
+
+* ``disabled`` – the rule has ``enabled: false``;
+* ``no data`` – the record cannot have occurrences (garbage date, unknown event record …);
+* ``not due`` – not the date (with the next due time when there is one within a year);
+* ``skipped`` – due, but the condition is false (opted out), the address is unusable …;
+* ``already`` – due, and the ledger already has it (sent, skipped, failed, queued …);
+* ``capped`` – due, but the customer reached the contact cap;
+* ``due`` – a pass now would queue it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from worker.contact_policy import ContactPolicy, counted
+from worker.events import EventLog
+from worker.ledger import Ledger
+from worker.planning import Related, Skip, occurrences, prepare_delivery, subjects
+from worker.rules.catalog import RuleCatalog
+from worker.rules.models import EventTrigger, Rule, format_duration
+from worker.sources.base import Source
+from worker.triggers import NotApplicable, TriggerWindow
+
+Verdict = Literal["disabled", "no data", "not due", "skipped", "already", "capped", "due"]
+
+#: How far ahead ``not due`` looks for the next occurrence (yearly rules: a full year).
+LOOKAHEAD = timedelta(days=400)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One line of the explanation: a rule, the record it is about, the verdict and why."""
+
+    rule_id: str
+    subject: str
+    verdict: Verdict
+    reason: str
+    key: str = ""
+    to: str = ""
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """What the explanation reads: rules, CRM data, events, ledger and contact cap."""
+
+    catalog: RuleCatalog
+    source: Source
+    ledger: Ledger
+    contact_policy: ContactPolicy
+    events: EventLog
+    default_zone: ZoneInfo
+    company: Mapping[str, str]
+
+    def explain(
+        self, customer_id: str, now: datetime, *, rule_ids: frozenset[str] | None = None
+    ) -> Iterator[Explanation]:
+        """Every rule's verdict (or only ``rule_ids``') for the customer at ``now``."""
+        for rule in self.catalog:
+            if rule_ids is not None and rule.id not in rule_ids:
+                continue
+            if not rule.enabled:
+                yield Explanation(rule.id, f"customer {customer_id}", "disabled", "enabled: false")
+                continue
+            found = False
+            for subject in subjects(
+                rule, self.source, now, customer_id=customer_id, events=self.events
+            ):
+                found = True
+                if isinstance(subject, Skip):
+                    where = f"{subject.entity} {subject.record_id}"
+                    yield Explanation(rule.id, where, "no data", subject.reason)
+                else:
+                    yield from self._subject(rule, subject, customer_id, now)
+            if not found:
+                yield Explanation(rule.id, f"customer {customer_id}", "not due", _nothing(rule))
+
+    def _subject(
+        self, rule: Rule, subject: Related, customer_id: str, now: datetime
+    ) -> Iterator[Explanation]:
+        where = f"{subject.record.entity} {subject.record.id}"
+        window = TriggerWindow(now - rule.grace, now)
+        try:
+            due = occurrences(rule, subject, window, self.default_zone)
+        except NotApplicable as exc:
+            yield Explanation(rule.id, where, "no data", exc.reason)
+            return
+        if not due:
+            yield Explanation(rule.id, where, "not due", self._not_due(rule, subject, now))
+            return
+        for occurrence in due:
+            for action in rule.send:
+                item = prepare_delivery(rule, action, occurrence, subject.records(), self.company)
+                if isinstance(item, Skip):
+                    reason = item.reason
+                    customer = subject.customer() or subject.record
+                    if (
+                        reason.startswith("condition is false")
+                        and customer["email_opt_in"] is False
+                    ):
+                        reason = f"opted out (email_opt_in is false); {reason}"
+                    yield Explanation(rule.id, where, "skipped", reason, item.key)
+                    continue
+                entry = self.ledger.get(item.key)
+                if entry.get("state"):
+                    reason = f"ledger state {entry['state']}"
+                    if entry.get("reason"):
+                        reason += f": {entry['reason']}"
+                    yield Explanation(rule.id, where, "already", reason, item.key, item.to)
+                    continue
+                cap = self.contact_policy.cap
+                if (
+                    cap is not None
+                    and counted(rule, action)
+                    and self.contact_policy.count(customer_id, now) >= cap.limit
+                ):
+                    yield Explanation(
+                        rule.id, where, "capped", self.contact_policy.reason(), item.key, item.to
+                    )
+                    continue
+                reason = f"due {occurrence.due_at.isoformat()}"
+                yield Explanation(rule.id, where, "due", reason, item.key, item.to)
+
+    def _not_due(self, rule: Rule, subject: Related, now: datetime) -> str:
+        if subject.event is not None:
+            return f"event {subject.event.id} is older than {format_duration(rule.grace)}"
+        try:
+            ahead = occurrences(
+                rule, subject, TriggerWindow(now, now + LOOKAHEAD), self.default_zone
+            )
+        except NotApplicable as exc:
+            return exc.reason
+        if ahead:
+            return f"not the date: next due {ahead[0].due_at.isoformat()}"
+        grace = format_duration(rule.grace)
+        try:
+            past = occurrences(
+                rule, subject, TriggerWindow(now - LOOKAHEAD, now - rule.grace), self.default_zone
+            )
+        except NotApplicable as exc:
+            return exc.reason
+        if past:
+            return f"not the date: was due {past[-1].due_at.isoformat()}, longer ago than {grace}"
+        field = getattr(rule.trigger.spec, "field", "")
+        if field and subject.record[field.partition(".")[2]] in (None, ""):
+            return f"no {field} yet"
+        return f"not the date: nothing due within {grace} before now, nor in the next year"
+
+
+def _nothing(rule: Rule) -> str:
+    spec = rule.trigger.spec
+    if isinstance(spec, EventTrigger):
+        return f"no {spec.type} event for this customer within {format_duration(rule.grace)}"
+    return f"the customer has no {spec.entity} records"
