@@ -64,22 +64,19 @@ class Scheduler:
         """One pass at ``now``: claim and queue every delivery due and not yet claimed."""
         self.catalog.refresh()
         report = PassReport(now)
-        batch: list[str] = []
+        due: list[PlannedDelivery] = []
         for item in plan(
             self.catalog, self.source, now, default_zone=self.default_zone, company=self.company
         ):
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue
-            if not self._claim(item, now):
-                report.already_claimed += 1
-                continue
-            batch.append(item.key)
-            if len(batch) >= DELIVERY_BATCH_SIZE:
-                self._enqueue(batch, now, report)
-                batch = []
-        if batch:
-            self._enqueue(batch, now, report)
+            due.append(item)
+            if len(due) >= DELIVERY_BATCH_SIZE:
+                self._claim_and_enqueue(due, now, report)
+                due = []
+        if due:
+            self._claim_and_enqueue(due, now, report)
         log.info(
             "pass at %s: %d queued, %d already claimed, %d skipped",
             now.isoformat(),
@@ -89,13 +86,17 @@ class Scheduler:
         )
         return report
 
-    def _claim(self, item: PlannedDelivery, now: datetime) -> bool:
-        return self.ledger.claim(item.key, rule_id=item.rule_id, due_at=item.due_at, now=now)
-
-    def _enqueue(self, keys: list[str], now: datetime, report: PassReport) -> None:
-        self.actor.send(keys, as_of=now)
-        self.ledger.mark_queued(keys)
-        report.queued.extend(keys)
+    def _claim_and_enqueue(
+        self, due: list[PlannedDelivery], now: datetime, report: PassReport
+    ) -> None:
+        # One round trip claims the whole batch: a pass may find thousands of deliveries due.
+        claimed = self.ledger.claim_many([(i.key, i.rule_id, i.due_at) for i in due], now=now)
+        keys = [item.key for item, ok in zip(due, claimed, strict=True) if ok]
+        report.already_claimed += len(due) - len(keys)
+        if keys:
+            self.actor.send(keys, as_of=now)
+            self.ledger.mark_queued(keys)
+            report.queued.extend(keys)
 
 
 def _reason_kind(reason: str) -> str:
