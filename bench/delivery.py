@@ -72,11 +72,15 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
 # ---------------------------------------------------------------- services
 
 
-def start_sink(port: int, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Postfix's smtp-sink if installed, else aiosmtpd in a subprocess."""
+def start_sink(
+    port: int, logs: Path, *, aiosmtpd: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Postfix's smtp-sink if installed (and not ``aiosmtpd``), else aiosmtpd in a subprocess."""
     binary = shutil.which("smtp-sink") or (
         "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
     )
+    if aiosmtpd:
+        binary = None
     if binary:
         args = [binary, "-m", "1000", f"127.0.0.1:{port}", "1000"]
         if os.geteuid() == 0:
@@ -84,7 +88,9 @@ def start_sink(port: int, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
         name = "Postfix smtp-sink"
     else:
         args = [sys.executable, __file__, "--aiosmtpd-sink", str(port)]
-        name = "aiosmtpd (smtp-sink not found: apt-get install postfix for the faster sink)"
+        name = "aiosmtpd in a subprocess" + (
+            "" if aiosmtpd else " (smtp-sink not found: apt-get install postfix for a faster sink)"
+        )
     proc = subprocess.Popen(args, stdout=(logs / "sink.log").open("wb"), stderr=subprocess.STDOUT)
     wait_port(port)
     return proc, name
@@ -175,6 +181,27 @@ def stop_all(procs: list) -> None:  # type: ignore[type-arg]
             proc.kill()
 
 
+class CpuMeter:
+    """CPU seconds (user + system) spent by named processes between start() and stop()."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        import psutil
+
+        self.procs = {name: [psutil.Process(pid) for pid in group] for name, group in pids.items()}
+        self.started: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {
+            name: sum(sum(p.cpu_times()[:2]) for p in group) for name, group in self.procs.items()
+        }
+
+    def start(self) -> None:
+        self.started = self._now()
+
+    def stop(self) -> dict[str, float]:
+        return {name: cpu - self.started[name] for name, cpu in self._now().items()}
+
+
 # ---------------------------------------------------------------- (a) the limit
 
 
@@ -228,7 +255,7 @@ def run_limit(port: int, messages: list[tuple[str, str, bytes]]) -> float:
 
 
 def run_product(
-    env: dict[str, str], processes: int, threads: int, logs: Path
+    env: dict[str, str], processes: int, threads: int, logs: Path, services: dict[str, int]
 ) -> tuple[float, Counter[str], int]:
     runtime = runtime_for(env)
     runtime.redis.flushdb()
@@ -241,16 +268,31 @@ def run_product(
     )
     try:
         wait_consumers(runtime.redis, DRAMATIQ_NAMESPACE, processes)
+        meter = CpuMeter(
+            {
+                "workers": [w.pid for w in workers],
+                "scheduler pass (this process)": [os.getpid()],
+                **{name: [pid] for name, pid in services.items()},
+            }
+        )
+        meter.start()
         started = time.perf_counter()
         report = runtime.scheduler.run_pass(NOW)
         pass_s = time.perf_counter() - started
         states = runtime.wait_for(report.queued, timeout_s=1800, poll_s=0.2)
         elapsed = time.perf_counter() - started
+        cpu = meter.stop()
     finally:
         stop_all(workers)
         runtime.close()
     counts = Counter(states.values())
     print(f"    pass (plan + claim + queue) took {pass_s:.2f} s of the {elapsed:.2f} s")
+    sent = max(counts["sent"], 1)
+    shares = ", ".join(f"{name} {1000 * s / sent:.2f}" for name, s in cpu.items())
+    print(
+        f"    CPU ms per message: {shares}; total {1000 * sum(cpu.values()) / sent:.2f} "
+        f"(wall {1000 * elapsed / sent:.2f} ms × {os.cpu_count()} cores available)"
+    )
     return counts["sent"] / elapsed, counts, len(report.queued)
 
 
@@ -365,6 +407,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="threads per process (b, c)")
     parser.add_argument("--redis-url", help="use this Redis (its database is FLUSHED)")
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only …")
+    parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
     parser.add_argument("--keep", type=Path, help="keep the CRM and logs in this folder")
     parser.add_argument("--aiosmtpd-sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--naive-worker", type=int, help=argparse.SUPPRESS)
@@ -381,13 +424,15 @@ def main() -> None:
     services = []
     try:
         smtp_port = free_port()
-        sink, sink_name = start_sink(smtp_port, tmp)
+        sink, sink_name = start_sink(smtp_port, tmp, aiosmtpd=args.aiosmtpd)
         services.append(sink)
+        service_pids = {"smtp sink": sink.pid}
         if args.redis_url:
             redis_url = args.redis_url
         else:
             redis_proc, redis_url = start_redis(tmp)
             services.append(redis_proc)
+            service_pids["redis"] = redis_proc.pid
         crm = tmp / "crm"
         write_due_crm(crm, args.messages, DAY)
         env = product_env(crm, redis_url, smtp_port, args.threads)
@@ -406,7 +451,9 @@ def main() -> None:
                 f"of {size:,.0f} bytes, aiosmtplib, {LIMIT_CONNECTIONS} kept-open connections)"
             )
         if "b" in parts:
-            rates["b"], counts, queued = run_product(env, args.processes, args.threads, tmp)
+            rates["b"], counts, queued = run_product(
+                env, args.processes, args.threads, tmp, service_pids
+            )
             print(
                 f"(b) product {rates['b']:8.0f} msg/s  ({queued:,} queued by the pass; "
                 f"ledger: {dict(counts)})"
