@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from datetime import UTC, datetime
 
 import pytest
 
-from worker import mail
+from worker import mail, wire
 from worker.rendering import RenderedMessage, clean_subject
 from worker.unsubscribe import UnsubscribeLinks
 
@@ -74,3 +75,23 @@ def test_same_bytes_as_the_email_package(name: str, subject: str, body: tuple[st
             list_id="<birthday-greeting.example.com>" if name else None,
         )
         assert fast == reference
+
+
+#: Anything that may appear in a name or subject; and mostly letters, so that many values
+#: take the encoded-word path rather than the email package.
+ALPHABETS = ["ab XY1-'.,!()\"<>;:@ üéñßÖ¡—🎂\u200d", "abcXYZ üéñßÖ¡—🎂-'!,"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_names_and_subjects_give_the_same_header_lines(seed: int) -> None:
+    rng = random.Random(seed)
+    policy = mail.WIRE_POLICY
+    for _ in range(200):
+        alphabet = ALPHABETS[seed % 2]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 50)))
+        for name, value in (
+            ("To", mail.mailbox(text, "someone@example.com")),
+            ("Subject", clean_subject(text) or "x"),
+        ):
+            reference = policy.fold_binary(*policy.header_store_parse(name, value))
+            assert wire.header_line(policy, name, value) == reference, (name, text)
