@@ -202,6 +202,15 @@ class CpuMeter:
         return {name: cpu - self.started[name] for name, cpu in self._now().items()}
 
 
+def print_cpu(cpu: dict[str, float], messages: int, elapsed: float) -> None:
+    sent = max(messages, 1)
+    shares = ", ".join(f"{name} {1000 * s / sent:.2f}" for name, s in cpu.items())
+    print(
+        f"    CPU ms per message: {shares}; total {1000 * sum(cpu.values()) / sent:.2f} "
+        f"(wall {1000 * elapsed / sent:.2f} ms × {os.cpu_count()} cores available)"
+    )
+
+
 # ---------------------------------------------------------------- (a) the limit
 
 
@@ -287,12 +296,7 @@ def run_product(
         runtime.close()
     counts = Counter(states.values())
     print(f"    pass (plan + claim + queue) took {pass_s:.2f} s of the {elapsed:.2f} s")
-    sent = max(counts["sent"], 1)
-    shares = ", ".join(f"{name} {1000 * s / sent:.2f}" for name, s in cpu.items())
-    print(
-        f"    CPU ms per message: {shares}; total {1000 * sum(cpu.values()) / sent:.2f} "
-        f"(wall {1000 * elapsed / sent:.2f} ms × {os.cpu_count()} cores available)"
-    )
+    print_cpu(cpu, counts["sent"], elapsed)
     return counts["sent"] / elapsed, counts, len(report.queued)
 
 
@@ -362,7 +366,9 @@ def naive_worker(threads: int) -> None:
     worker.stop()
 
 
-def run_naive(env: dict[str, str], processes: int, threads: int, logs: Path) -> tuple[float, int]:
+def run_naive(
+    env: dict[str, str], processes: int, threads: int, logs: Path, services: dict[str, int]
+) -> tuple[float, int]:
     import redis
 
     from worker.context import record_data
@@ -377,6 +383,14 @@ def run_naive(env: dict[str, str], processes: int, threads: int, logs: Path) -> 
     runtime = runtime_for(env)
     try:
         wait_consumers(client, NAIVE_NAMESPACE, processes)
+        meter = CpuMeter(
+            {
+                "workers": [w.pid for w in workers],
+                "enqueueing (this process)": [os.getpid()],
+                **{name: [pid] for name, pid in services.items()},
+            }
+        )
+        meter.start()
         started = time.perf_counter()
         # The naive scheduler: every customer whose birthday it is, one message each.
         sent = 0
@@ -390,10 +404,12 @@ def run_naive(env: dict[str, str], processes: int, threads: int, logs: Path) -> 
         while int(client.get(NAIVE_DONE_KEY) or 0) < sent and time.monotonic() < deadline:
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
+        cpu = meter.stop()
         done = int(client.get(NAIVE_DONE_KEY) or 0)
     finally:
         stop_all(workers)
         broker.close()
+    print_cpu(cpu, done, elapsed)
     return done / elapsed, done
 
 
@@ -459,7 +475,7 @@ def main() -> None:
                 f"ledger: {dict(counts)})"
             )
         if "c" in parts:
-            rates["c"], done = run_naive(env, args.processes, args.threads, tmp)
+            rates["c"], done = run_naive(env, args.processes, args.threads, tmp, service_pids)
             print(
                 f"(c) naive   {rates['c']:8.0f} msg/s  ({done:,} sent, actor per message, "
                 "new SMTP connection each)"
