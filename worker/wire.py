@@ -35,8 +35,6 @@ _PLAIN_NAME = re.compile(rf"(?:{_ATEXT}(?: {_ATEXT})*)?")
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 #: Printable ASCII words separated by single spaces: written unchanged when short enough.
 _PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
-#: Header lines the policy leaves unfolded (see worker.mail: max_line_length=998).
-_MAX_LINE = 998
 #: A word of a display name that the email package reads as one atom (non-ASCII allowed).
 _PHRASE_WORD = re.compile(r"[^\x00-\x20()<>@,;:\\\".\[\]\x7f]+")
 #: The email package's RFC 2047 encoder (q or b, whichever is shorter, biased to q).
@@ -95,7 +93,11 @@ def _encoded_line(name: str, value: str | Address) -> str | None:
 def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
     """``Name: value`` with CRLF, as ``policy`` writes it in a flattened message."""
     text = _plain_address(value) if isinstance(value, Address) else value
-    if text is not None and _plain(text) and len(name) + 2 + len(text) <= _MAX_LINE:
+    # The policy leaves an ASCII line unfolded up to its max_line_length (998, see worker.mail).
+    fits = policy.max_line_length is not None and len(name) + 2 + len(text or "") <= (
+        policy.max_line_length
+    )
+    if text is not None and fits and _plain(text):
         return f"{name}: {text}\r\n".encode("ascii")
     if _encode_word is not None:
         line = _encoded_line(name, value)
@@ -125,8 +127,10 @@ def message_bytes(
     language: str,
 ) -> bytes | None:
     """A multipart/alternative message (text, then HTML) with ``headers`` first, exactly as
-    ``EmailMessage.set_content(text); add_alternative(html, subtype="html")`` flattens; ``None``
-    when the email package must write it."""
+    ``EmailMessage.set_content(text); add_alternative(html, subtype="html")`` flattens under
+    ``policy`` (:data:`worker.mail.WIRE_POLICY`: lines up to 998 octets, encoded words folded at
+    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`); ``None`` when the email package
+    must write it."""
     if _encode_text is None or policy.utf8 or policy.linesep != "\r\n":
         return None
     # The email package's boundary: 15 "=", 19 random digits, "=="; it must not occur inside.
