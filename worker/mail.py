@@ -21,10 +21,12 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 
 from worker.constants import ENCODED_HEADER_FOLD_COLUMNS, MAX_DISPLAY_NAME_CHARS
 from worker.rendering import RenderedMessage
 from worker.unsubscribe import UnsubscribeLinks
+from worker.wire import message_bytes
 
 
 class _WirePolicy(EmailPolicy):
@@ -71,6 +73,7 @@ def mailbox(name: str, address: str) -> Address:
     return Address(display_name=clean, username=local, domain=domain)
 
 
+@lru_cache(maxsize=64)  # the configured sender: the same few values for every message
 def parse_mailbox(value: str) -> Address:
     """An operator-configured ``Name <box@domain>`` (validated by the settings) as a mailbox."""
     name, address = parseaddr(value)
@@ -101,20 +104,39 @@ def compose(
     (RFC 2919, ``<rule.domain>``) lets receivers group and filter the messages of one rule.
     """
     wire = WIRE_POLICY_UTF8 if needs_smtputf8(recipient) else WIRE_POLICY
-    mail = EmailMessage(policy=wire)
-    mail["From"] = parse_mailbox(sender)
-    mail["To"] = mailbox(recipient_name, recipient)
+    headers: list[tuple[str, str | Address]] = [
+        ("From", parse_mailbox(sender)),
+        ("To", mailbox(recipient_name, recipient)),
+    ]
     if reply_to:
-        mail["Reply-To"] = parse_mailbox(reply_to)
-    mail["Subject"] = message.subject
-    mail["Date"] = format_datetime(date)
-    mail["Message-ID"] = message_id
-    mail["Auto-Submitted"] = "auto-generated"
+        headers.append(("Reply-To", parse_mailbox(reply_to)))
+    headers += [
+        ("Subject", message.subject),
+        ("Date", format_datetime(date)),
+        ("Message-ID", message_id),
+        ("Auto-Submitted", "auto-generated"),
+    ]
     if unsubscribe is not None:
-        mail["List-Unsubscribe"] = unsubscribe.header()
-        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        headers.append(("List-Unsubscribe", unsubscribe.header()))
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     if list_id:
-        mail["List-Id"] = list_id
+        headers.append(("List-Id", list_id))
+    fast = message_bytes(
+        wire, headers, text=message.text, html=message.html, language=message.locale
+    )
+    if fast is not None:
+        return fast
+    return _through_email_package(wire, headers, message)
+
+
+def _through_email_package(
+    wire: EmailPolicy, headers: list[tuple[str, str | Address]], message: RenderedMessage
+) -> bytes:
+    """What :func:`worker.wire.message_bytes` writes, built by the email package itself (the
+    reference for the fast path, and the path for anything unusual)."""
+    mail = EmailMessage(policy=wire)
+    for name, value in headers:
+        mail[name] = value
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     # After set_content(), which deletes every Content-* header of the message it fills.

@@ -74,7 +74,7 @@ class Scheduler:
         """
         self.catalog.refresh()
         report = PassReport(now)
-        batch: list[str] = []
+        due: list[PlannedDelivery] = []
         for item in plan(
             self.catalog,
             self.source,
@@ -87,18 +87,12 @@ class Scheduler:
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue
-            if not self._claim(item, now):
-                report.already_claimed += 1
-                continue
-            if not self._within_cap(item, now):
-                report.skipped[f"{item.rule_id}: contact cap"] += 1
-                continue
-            batch.append(item.key)
-            if len(batch) >= DELIVERY_BATCH_SIZE:
-                self._enqueue(batch, now, report)
-                batch = []
-        if batch:
-            self._enqueue(batch, now, report)
+            due.append(item)
+            if len(due) >= DELIVERY_BATCH_SIZE:
+                self._claim_and_enqueue(due, now, report)
+                due = []
+        if due:
+            self._claim_and_enqueue(due, now, report)
         log.info(
             "pass at %s: %d queued, %d already claimed, %d skipped",
             now.isoformat(),
@@ -107,9 +101,6 @@ class Scheduler:
             report.skipped_total,
         )
         return report
-
-    def _claim(self, item: PlannedDelivery, now: datetime) -> bool:
-        return self.ledger.claim(item.key, rule_id=item.rule_id, due_at=item.due_at, now=now)
 
     def _within_cap(self, item: PlannedDelivery, now: datetime) -> bool:
         """Count a claimed delivery against the contact cap; over it, record it as skipped."""
@@ -124,10 +115,23 @@ class Scheduler:
         log.info("skipped %s: %s", item.key, policy.reason())
         return False
 
-    def _enqueue(self, keys: list[str], now: datetime, report: PassReport) -> None:
-        self.actor.send(keys, as_of=now)
-        self.ledger.mark_queued(keys)
-        report.queued.extend(keys)
+    def _claim_and_enqueue(
+        self, due: list[PlannedDelivery], now: datetime, report: PassReport
+    ) -> None:
+        # One round trip claims the whole batch: a pass may find thousands of deliveries due.
+        claimed = self.ledger.claim_many([(i.key, i.rule_id, i.due_at) for i in due], now=now)
+        keys = []
+        for item, ok in zip(due, claimed, strict=True):
+            if not ok:
+                report.already_claimed += 1
+            elif not self._within_cap(item, now):
+                report.skipped[f"{item.rule_id}: contact cap"] += 1
+            else:
+                keys.append(item.key)
+        if keys:
+            self.actor.send(keys, as_of=now)
+            self.ledger.mark_queued(keys)
+            report.queued.extend(keys)
 
 
 def _reason_kind(reason: str) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -248,11 +249,12 @@ class Trigger(_Strict):
             raise ValueError(f"name exactly one trigger kind ({allowed}); found {len(kinds)}")
         return self
 
-    @property
+    # Cached: read for every record of a pass (millions of times), and the model is frozen.
+    @cached_property
     def kind(self) -> str:
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
-    @property
+    @cached_property
     def spec(self) -> TriggerSpec:
         spec = getattr(self, self.kind)
         assert spec is not None

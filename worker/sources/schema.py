@@ -105,10 +105,30 @@ REQUIRED_COLUMNS: Mapping[str, frozenset[str]] = {
 }
 
 
+def usable_id(record_id: str) -> bool:
+    """Whether ``record_id`` (stripped) can be part of an occurrence key."""
+    if record_id.isascii() and record_id.isalnum() and len(record_id) <= 128:
+        return True  # the common case (numeric ids), without the regular expression
+    return bool(_ID_RE.match(record_id))
+
+
+def parse_field(name: str, text: str, parser: Parser | None) -> tuple[Any, str | None]:
+    """One stripped cell as ``(value, problem)``: text for untyped columns, ``None`` for an
+    empty typed one, and ``(None, why)`` when the text is not usable."""
+    if parser is None:
+        return text, None
+    if not text:
+        return None, None
+    try:
+        return parser(text), None
+    except ValueError as exc:
+        return None, f"{name} {text[:40]!r} is not usable ({exc})"
+
+
 def to_record(entity: str, raw: Mapping[str, str | None], where: str) -> Record | RowSkip:
     """Type one raw row; ``where`` (e.g. ``customers.csv:17``) goes into skip reasons."""
     record_id = (raw.get("id") or "").strip()
-    if not _ID_RE.match(record_id):
+    if not usable_id(record_id):
         return RowSkip(entity, where, f"id {record_id!r} is missing or has unusable characters")
     types = FIELD_TYPES.get(entity, {})
     fields: dict[str, Any] = {}
@@ -116,16 +136,7 @@ def to_record(entity: str, raw: Mapping[str, str | None], where: str) -> Record 
     for name, value in raw.items():
         if name is None:  # surplus cells of a ragged CSV row
             continue
-        text = (value or "").strip()
-        parser = types.get(name)
-        if parser is None:
-            fields[name] = text
-        elif not text:
-            fields[name] = None
-        else:
-            try:
-                fields[name] = parser(text)
-            except ValueError as exc:
-                fields[name] = None
-                problems[name] = f"{name} {text[:40]!r} is not usable ({exc})"
+        fields[name], problem = parse_field(name, (value or "").strip(), types.get(name))
+        if problem:
+            problems[name] = problem
     return Record(entity, record_id, fields, problems)

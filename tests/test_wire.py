@@ -1,0 +1,97 @@
+"""The fast message writer produces exactly the bytes the email package produces."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from worker import mail, wire
+from worker.rendering import RenderedMessage, clean_subject
+from worker.unsubscribe import UnsubscribeLinks
+
+NAMES = [
+    "",
+    "Ann Smith",
+    "Jürgen Müller",
+    "Smith, John <x@evil.com>\r\nBcc: y@evil.com",
+    'Ann "The Boss" Smith',
+    "J. R. R. Tolkien",
+    "=?utf-8?q?J=C3=BCrgen?=",
+    "O'Brien-Smith",
+    "🎂 Party",
+    "x" * 2000,
+]
+SUBJECTS = [
+    "Happy birthday",
+    "Alles Gute, Jürgen!",
+    "Tom & Jerry <3",
+    "🎉 " * 40,
+    "=?utf-8?q?not?= encoded",
+    "a" * 199,
+]
+BODIES = [
+    ("Hi Ann,\nhappy birthday.\n", "<p>Hi</p>"),
+    ("Hallo Jürgen,\r\nalles Gute!\n\n", "<p>Grüße &amp; mehr</p>\n"),
+    ("", ""),
+    ("long " * 400, "<p>" + "ü" * 1500 + "</p>"),
+    ("lone\rcarriage", "x\n\n\n"),
+]
+SENDERS = [("CRM <crm@example.com>", None), ("Bäckerei Groß <shop@example.com>", "Help <h@x.org>")]
+RECIPIENTS = ["customer1@example.com", "first.last+tag@xn--mller-kva.de"]
+BOUNDARY = re.compile(rb"={15}\d+==")
+
+
+def _both(**kwargs: object) -> tuple[bytes, bytes]:
+    fast = mail.compose(**kwargs)  # type: ignore[arg-type]
+    original = mail.message_bytes
+    try:
+        mail.message_bytes = lambda *a, **k: None  # type: ignore[assignment]
+        reference = mail.compose(**kwargs)  # type: ignore[arg-type]
+    finally:
+        mail.message_bytes = original
+    return BOUNDARY.sub(b"B", fast), BOUNDARY.sub(b"B", reference)
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "body"), list(itertools.product(NAMES, SUBJECTS, BODIES))
+)
+def test_same_bytes_as_the_email_package(name: str, subject: str, body: tuple[str, str]) -> None:
+    rendered = RenderedMessage("t", "de-AT", clean_subject(subject), body[0], body[1])
+    links = UnsubscribeLinks("https://example.com/unsubscribe/" + "t" * 120, "mailto:u@x.org")
+    for (sender, reply_to), recipient in itertools.product(SENDERS, RECIPIENTS):
+        fast, reference = _both(
+            message=rendered,
+            sender=sender,
+            recipient=recipient,
+            recipient_name=name,
+            message_id="<0123abcd@example.com>",
+            date=datetime(2026, 6, 15, 7, 0, tzinfo=UTC),
+            reply_to=reply_to,
+            unsubscribe=links if name else None,
+            list_id="<birthday-greeting.example.com>" if name else None,
+        )
+        assert fast == reference
+
+
+#: Anything that may appear in a name or subject; and mostly letters, so that many values
+#: take the encoded-word path rather than the email package.
+ALPHABETS = ["ab XY1-'.,!()\"<>;:@ üéñßÖ¡—🎂\u200d", "abcXYZ üéñßÖ¡—🎂-'!,"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_names_and_subjects_give_the_same_header_lines(seed: int) -> None:
+    rng = random.Random(seed)
+    policy = mail.WIRE_POLICY
+    for _ in range(200):
+        alphabet = ALPHABETS[seed % 2]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 50)))
+        for name, value in (
+            ("To", mail.mailbox(text, "someone@example.com")),
+            ("Subject", clean_subject(text) or "x"),
+        ):
+            reference = policy.fold_binary(*policy.header_store_parse(name, value))
+            assert wire.header_line(policy, name, value) == reference, (name, text)

@@ -1,0 +1,100 @@
+"""Records whose fields are typed on first access: what makes a pass over a large CRM cheap.
+
+A planning pass looks at one field of most rows (the birthday, the purchase date) and drops the
+row when that date is far from the window; typing every column of every row (dates, flags, time
+zone lookups) was most of the cost of a pass. :class:`RowLayout` turns a row's text cells into a
+:class:`Record` at once and types a field only when someone reads it, with exactly the rules of
+:func:`worker.sources.schema.to_record` (same values, same ``problems``).
+
+Example::
+
+    >>> layout = RowLayout("customer", ["id", "birthday"])
+    >>> layout.record(["42", "1990-03-14"], str)["birthday"]
+    datetime.date(1990, 3, 14)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from worker.sources.base import Record, RowSkip
+from worker.sources.schema import FIELD_TYPES, parse_field, usable_id
+
+
+class RowLayout:
+    """The columns of one file (or query) of an entity: shared by all its rows."""
+
+    def __init__(self, entity: str, header: list[str]) -> None:
+        self.entity = entity
+        # Like dict(zip(header, cells)): a repeated column name means its last cell.
+        self.columns = {name: n for n, name in enumerate(header)}
+        self.id_column = self.columns.get("id")
+        self.types = FIELD_TYPES.get(entity, {})
+
+    def record(self, cells: list[str], where: Callable[[], str]) -> Record | RowSkip:
+        """A record over ``cells``; a row without a usable id is skipped, as by ``to_record``.
+        ``where`` names the row for the skip reason (called only then: most rows are fine)."""
+        index = self.id_column
+        record_id = cells[index].strip() if index is not None and index < len(cells) else ""
+        if not usable_id(record_id):
+            reason = f"id {record_id!r} is missing or has unusable characters"
+            return RowSkip(self.entity, where(), reason)
+        fields = LazyFields(self, cells)
+        return Record(self.entity, record_id, fields, LazyProblems(fields))
+
+
+class LazyFields(Mapping[str, Any]):
+    """The fields of one row; each typed (and cached) on first access."""
+
+    __slots__ = ("_cells", "_layout", "_problems", "_typed")
+
+    def __init__(self, layout: RowLayout, cells: list[str]) -> None:
+        self._layout = layout
+        self._cells = cells
+        self._typed: dict[str, Any] = {}
+        self._problems: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._typed[name]
+        except KeyError:
+            index = self._layout.columns[name]  # KeyError for a column the row does not have
+        # A ragged row's missing cells are empty, as in to_record.
+        text = self._cells[index].strip() if index < len(self._cells) else ""
+        value, problem = parse_field(name, text, self._layout.types.get(name))
+        if problem:
+            self._problems[name] = problem
+        self._typed[name] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layout.columns)
+
+    def __len__(self) -> int:
+        return len(self._layout.columns)
+
+    def problems(self) -> dict[str, str]:
+        """Why typed fields are ``None``: types every typed column first."""
+        for name in self._layout.types:
+            if name in self._layout.columns:
+                self[name]
+        return self._problems
+
+
+class LazyProblems(Mapping[str, str]):
+    """``Record.problems`` of a lazy record: computed when first read."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: LazyFields) -> None:
+        self._fields = fields
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields.problems()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields.problems())
+
+    def __len__(self) -> int:
+        return len(self._fields.problems())

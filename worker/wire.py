@@ -1,0 +1,148 @@
+"""The bytes of a message, written directly: the fast path of :func:`worker.mail.compose`.
+
+Building an ``EmailMessage`` and flattening it parses every header value back into a token tree
+and refolds it; for a birthday card that is about 1.8 ms, more than rendering the templates and
+sending over SMTP together, and the largest cost of a delivery. Most header values are plain
+ASCII that the email package writes unchanged, and most of the rest are short names and subjects
+with a few non-ASCII words (Jürgen Müller, ¡Feliz cumpleaños!) that it writes as one line with
+one encoded word; this module writes both kinds itself (with the email package's own RFC 2047
+encoder) and hands anything else (a quoted name, a header that needs folding) to the same
+policy, header by header. The output is byte for byte what :func:`worker.mail.compose` writes
+through the email package (the MIME boundary aside, which is random in both);
+``tests/test_wire.py`` checks that over many kinds of names, subjects and bodies, fixed and
+random.
+
+Anything unusual (a recipient that needs SMTPUTF8, a boundary that occurs in a body) returns
+``None`` and the caller takes the email package path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import re
+from collections.abc import Iterable
+from email import contentmanager
+from email.headerregistry import Address
+from email.policy import EmailPolicy
+from typing import Any
+
+from worker.constants import ENCODED_HEADER_FOLD_COLUMNS
+
+#: RFC 5322 atext words separated by single spaces: a display name written without quotes.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_NAME = re.compile(rf"(?:{_ATEXT}(?: {_ATEXT})*)?")
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+#: Printable ASCII words separated by single spaces: written unchanged when short enough.
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+#: A word of a display name that the email package reads as one atom (non-ASCII allowed).
+_PHRASE_WORD = re.compile(r"[^\x00-\x20()<>@,;:\\\".\[\]\x7f]+")
+#: The email package's RFC 2047 encoder (q or b, whichever is shorter, biased to q).
+_encode_word: Any = getattr(importlib.import_module("email._encoded_words"), "encode", None)
+#: contentmanager's choice of transfer encoding (7bit, 8bit, quoted-printable, base64) for a
+#: text part under a policy; used as is so the bodies match the email package's exactly.
+_encode_text: Any = getattr(contentmanager, "_encode_text", None)
+
+
+def _plain(value: str) -> bool:
+    # "=?" could be read back as an RFC 2047 encoded word: leave that to the email package.
+    return _PLAIN_TEXT.fullmatch(value) is not None and "=?" not in value
+
+
+def _plain_address(address: Address) -> str | None:
+    if not (_DOT_ATOM.fullmatch(address.username) and _DOT_ATOM.fullmatch(address.domain)):
+        return None
+    name = address.display_name
+    if "=?" in name or not _PLAIN_NAME.fullmatch(name):
+        return None
+    spec = f"{address.username}@{address.domain}"
+    return f"{name} <{spec}>" if name else spec
+
+
+def _encoded_run(text: str, *, phrase: bool) -> str | None:
+    """``text`` with the span from its first to its last non-ASCII word as one RFC 2047
+    encoded word, as the email package folds a short header (it merges every word between
+    two encoded ones into one); ``None`` when the text is not that simple case."""
+    words = text.split(" ")
+    for word in words:
+        if not word or not word.isprintable() or "=?" in word:
+            return None
+        if phrase and not _PHRASE_WORD.fullmatch(word):
+            return None
+    wide = [n for n, word in enumerate(words) if not word.isascii()]
+    if not wide:
+        return None
+    first, last = wide[0], wide[-1] + 1
+    run = _encode_word(" ".join(words[first:last]), charset="utf-8")
+    return " ".join([*words[:first], run, *words[last:]])
+
+
+def _encoded_line(name: str, value: str | Address) -> str | None:
+    """The one-line form of a header that needs encoded words, or ``None``."""
+    if isinstance(value, Address):
+        if not (_DOT_ATOM.fullmatch(value.username) and _DOT_ATOM.fullmatch(value.domain)):
+            return None
+        phrase = _encoded_run(value.display_name, phrase=True)
+        text = phrase and f"{phrase} <{value.username}@{value.domain}>"
+    else:
+        text = _encoded_run(value, phrase=False)
+    line = text and f"{name}: {text}"
+    return line if line and len(line) <= ENCODED_HEADER_FOLD_COLUMNS else None
+
+
+def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
+    """``Name: value`` with CRLF, as ``policy`` writes it in a flattened message."""
+    text = _plain_address(value) if isinstance(value, Address) else value
+    # The policy leaves an ASCII line unfolded up to its max_line_length (998, see worker.mail).
+    fits = policy.max_line_length is not None and len(name) + 2 + len(text or "") <= (
+        policy.max_line_length
+    )
+    if text is not None and fits and _plain(text):
+        return f"{name}: {text}\r\n".encode("ascii")
+    if _encode_word is not None:
+        line = _encoded_line(name, value)
+        if line is not None:
+            return f"{line}\r\n".encode("ascii")
+    return policy.fold_binary(*policy.header_store_parse(name, value))
+
+
+def _text_part(policy: EmailPolicy, subtype: str, text: str, *, mime_version: bool) -> bytes:
+    cte, payload = _encode_text(text, "utf-8", None, policy)
+    body = payload.encode("ascii", "surrogateescape") if isinstance(payload, str) else payload
+    lines = [
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n',
+        f"Content-Transfer-Encoding: {cte}\r\n",
+        "MIME-Version: 1.0\r\n" if mime_version else "",
+        "\r\n",
+    ]
+    return "".join(lines).encode("ascii") + b"\r\n".join(body.splitlines()) + b"\r\n"
+
+
+def message_bytes(
+    policy: EmailPolicy,
+    headers: Iterable[tuple[str, str | Address]],
+    *,
+    text: str,
+    html: str,
+    language: str,
+) -> bytes | None:
+    """A multipart/alternative message (text, then HTML) with ``headers`` first, exactly as
+    ``EmailMessage.set_content(text); add_alternative(html, subtype="html")`` flattens under
+    ``policy`` (:data:`worker.mail.WIRE_POLICY`: lines up to 998 octets, encoded words folded at
+    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`); ``None`` when the email package
+    must write it."""
+    if _encode_text is None or policy.utf8 or policy.linesep != "\r\n":
+        return None
+    # The email package's boundary: 15 "=", 19 random digits, "=="; it must not occur inside.
+    boundary = f"{'=' * 15}{random.randrange(10**19):019d}=="
+    if boundary in text or boundary in html:
+        return None
+    out = [header_line(policy, name, value) for name, value in headers]
+    out.append(b"MIME-Version: 1.0\r\n")
+    out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode())
+    out.append(header_line(policy, "Content-Language", language))
+    marker = f"--{boundary}\r\n".encode()
+    out += [b"\r\n", marker, _text_part(policy, "plain", text, mime_version=False)]
+    out += [b"\r\n", marker, _text_part(policy, "html", html, mime_version=True)]
+    out.append(f"\r\n--{boundary}--\r\n".encode())
+    return b"".join(out)
