@@ -16,8 +16,9 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.delivery import Deliverer, DeliveryResult
+from worker.delivery import Deliverer
 from worker.localtime import utc_now
+from worker.outcome import DeliveryResult
 
 log = logging.getLogger(__name__)
 

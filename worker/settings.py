@@ -25,6 +25,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.constants import (
+    BROKER_HEARTBEAT_TIMEOUT,
+    BROKER_MAINTENANCE_CHANCE,
+    RETRY_BACKOFF_FIRST,
+    SEND_LEASE,
+    SMTP_IDLE_CHECK,
+    SMTP_IDLE_TIMEOUT,
+)
 from worker.errors import ConfigError
 
 ENV_PREFIX = "CRM_"
@@ -99,6 +107,41 @@ class Settings(BaseSettings):
         default=None, description="PEM private key; with dkim_selector, every mail is signed."
     )
     dkim_domain: str | None = Field(default=None, description="DKIM d=; default sender domain.")
+
+    smtp_idle_check_s: float = Field(
+        default=SMTP_IDLE_CHECK.total_seconds(),
+        gt=0,
+        description="A kept-open SMTP connection idle this long is probed.",
+    )
+    smtp_idle_timeout_s: float = Field(
+        default=SMTP_IDLE_TIMEOUT.total_seconds(),
+        gt=0,
+        description="A connection idle this long is replaced without asking.",
+    )
+    send_lease_s: float = Field(
+        default=SEND_LEASE.total_seconds(),
+        gt=0,
+        description="After a worker died mid-send, another resends after this.",
+    )
+    retry_backoff_s: float = Field(
+        default=RETRY_BACKOFF_FIRST.total_seconds(),
+        gt=0,
+        description="First retry delay after a transient failure; doubles.",
+    )
+    broker_heartbeat_timeout_s: float = Field(
+        default=BROKER_HEARTBEAT_TIMEOUT.total_seconds(),
+        gt=0,
+        description="A worker silent this long is dead; its messages requeue.",
+    )
+    broker_maintenance_chance: int = Field(
+        default=BROKER_MAINTENANCE_CHANCE,
+        ge=1,
+        le=1_000_000,
+        description="Per million commands: requeue dead work.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics here; unset: off."
+    )
 
     @classmethod
     def settings_customise_sources(
