@@ -226,13 +226,16 @@ class Runtime:
     def wait_for(
         self, keys: Iterable[str], *, timeout_s: float, poll_s: float = 0.05
     ) -> dict[str, str]:
-        """Block until none of ``keys`` is in flight (or ``timeout_s``); return their states."""
+        """Block until none of ``keys`` is in flight, ``timeout_s`` passed or sending is paused;
+        return their states."""
         keys = list(keys)
         deadline = time.monotonic() + timeout_s
         while True:
             states = self.ledger.states(keys)
             if time.monotonic() > deadline or not any(s in IN_FLIGHT for s in states.values()):
                 return states
+            if self.pause.remaining(utc_now()) is not None:
+                return states  # the relay refused us: nothing moves until the pause ends
             time.sleep(poll_s)
 
     def run_forever(self, stop: threading.Event, *, scheduler: bool, worker: bool) -> None:
