@@ -3,6 +3,7 @@ customers with a birthday on one day, worker processes to SIGKILL, and waiting o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -45,9 +46,11 @@ def redis_executable() -> str:
 
 @dataclass
 class RedisProcess:
-    """A persisting Redis (AOF, fsync every second) in ``folder`` that tests may kill."""
+    """A persisting Redis (AOF) in ``folder`` that tests may stop or kill. ``fsync``:
+    ``everysec`` (what docker-compose runs) or ``always``."""
 
     folder: Path
+    fsync: str = "everysec"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -69,7 +72,7 @@ class RedisProcess:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.fsync,
                 "--save",
                 "",
             ],
@@ -88,6 +91,15 @@ class RedisProcess:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def stop(self) -> None:
+        """A clean restart's first half: SHUTDOWN flushes the AOF, then the process exits."""
+        client = redis.Redis(port=self.port)
+        with contextlib.suppress(redis.ConnectionError):  # it hangs up as it exits
+            client.shutdown()
+        if self.process is not None:
+            self.process.wait(timeout=20)
+        self.process = None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final save; only what the AOF already holds survives."""
