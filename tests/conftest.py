@@ -80,6 +80,17 @@ class SmtpSink:
     rcpt_attempts: Counter[str] = field(default_factory=Counter)
     data_attempts: int = 0
 
+    #: EHLO commands seen: one per new connection (two with STARTTLS).
+    ehlo_count: int = 0
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.ehlo_count += 1
+        return responses
+
     async def handle_RCPT(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
     ) -> str:

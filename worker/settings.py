@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     )
     dkim_domain: str | None = Field(default=None, description="DKIM d=; default sender domain.")
 
+    smtp_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle for the relay's certificate; default: system."
+    )
     smtp_idle_check_s: float = Field(
         default=SMTP_IDLE_CHECK.total_seconds(),
         gt=0,
@@ -206,6 +209,8 @@ class Settings(BaseSettings):
         key = self.dkim_private_key_file
         if key is not None and not key.is_file():
             raise ValueError(f"CRM_DKIM_PRIVATE_KEY_FILE: no file {key}")
+        if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
+            raise ValueError(f"CRM_SMTP_CA_FILE: no file {self.smtp_ca_file}")
         return self
 
     @property

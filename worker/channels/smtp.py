@@ -70,6 +70,7 @@ class SmtpChannel:
             use_tls=s.smtp_security == "tls",
             start_tls=s.smtp_security == "starttls",
             timeout=s.smtp_timeout_s,
+            cert_bundle=str(s.smtp_ca_file) if s.smtp_ca_file else None,
         )
 
     async def _connected(self, state: _ThreadState) -> aiosmtplib.SMTP:
@@ -98,7 +99,7 @@ class SmtpChannel:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TransientDeliveryError(
-                f"cannot connect to {self._where()}: {type(exc).__name__}"
+                f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}"
             ) from None
         state.client = client
         return client
