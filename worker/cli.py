@@ -265,7 +265,10 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
     out.print(
         f"sent {states['sent']}, skipped {states['skipped']}, failed {states['failed']}, "
         f"retrying later {states['retrying']}"
+        + (f", unknown {states['unknown']}" if states["unknown"] else "")
     )
+    if runtime.pause.remaining(utc_now()) is not None:
+        err.print("[red]sending is paused:[/] the mail relay refused us; see the log for why")
     settings = runtime.settings
     if states["sent"]:
         where = (
@@ -274,7 +277,7 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
             else f"outbox {settings.effective_outbox_dir}/"
         )
         out.print(f"messages went to {where}", markup=False)
-    if states["failed"]:
+    if states["failed"] or states["unknown"]:
         sys.exit(EXIT_PROBLEMS)
 
 
