@@ -78,7 +78,8 @@ class DeliveryLog:
             chunk: Any = self.client.xrange(DELIVERY_LOG_KEY, start, "+", count=_READ_CHUNK)
             for _, raw in chunk:
                 entry = _entry(raw)
-                if rule is None or entry.rule == rule:
+                # The stream id (time of writing) narrows the range; ``at`` decides.
+                if (rule is None or entry.rule == rule) and (since is None or entry.at >= since):
                     yield entry
             if len(chunk) < _READ_CHUNK:
                 return

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DELIVERIES = Counter(
     "crm_deliveries_total",
-    "Delivery outcomes (sent, skipped, failed, unknown, retrying, paused).",
+    "Delivery outcomes (sent, skipped, failed, unknown, retrying).",
     ["rule", "channel", "outcome"],
 )
 SMTP_SEND_SECONDS = Histogram(
