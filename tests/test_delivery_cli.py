@@ -9,6 +9,7 @@ import os
 from tests.faultkit import NOW, write_crm
 from tests.test_cli import crm_worker
 from tests.test_faults import settings_env
+from worker.localtime import utc_now
 from worker.runtime import Runtime
 from worker.settings import load_settings
 
@@ -72,3 +73,18 @@ def test_report_retry_failed_and_suppress(tmp_path, smtp_server, redis_client):
     )
     assert added.returncode == 0
     assert "asked" in crm_worker("suppress", "list", env=env, cwd=tmp_path).stdout
+
+
+def test_resume_ends_a_send_pause(tmp_path, smtp_server, redis_client):
+    write_crm(tmp_path / "crm", 1)
+    env = settings_env(tmp_path, smtp_server)
+    if os.environ.get("REDIS_URL"):
+        env["CRM_REDIS_URL"] = os.environ["REDIS_URL"]
+    runtime = Runtime(load_settings(env))
+    try:
+        runtime.pause.pause(utc_now(), "535 test")
+        resumed = crm_worker("resume", env=env, cwd=tmp_path)
+        assert resumed.returncode == 0 and "sending resumed" in resumed.stdout
+        assert runtime.pause.remaining(utc_now()) is None
+    finally:
+        runtime.close()

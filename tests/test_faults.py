@@ -177,6 +177,8 @@ def test_relay_refusing_connections_then_recovering_delivers_all_once(tmp_path, 
         controller.stop()
     assert Counter(final.values()) == Counter({"sent": total})
     assert set(counts(sink).values()) == {1} and len(counts(sink)) == total
+    # The outage cost no attempts: workers held off together instead of burning retries.
+    assert {runtime.ledger.get(key)["attempts"] for key in queued} == {"1"}
 
 
 def test_unknown_recipients_fail_once_are_suppressed_and_the_rest_is_delivered(

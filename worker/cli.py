@@ -268,7 +268,10 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
         + (f", unknown {states['unknown']}" if states["unknown"] else "")
     )
     if runtime.pause.remaining(utc_now()) is not None:
-        err.print("[red]sending is paused:[/] the mail relay refused us; see the log for why")
+        err.print(
+            "[red]sending is paused:[/] the mail relay refused us or cannot be reached; the log "
+            "says why (`crm-worker resume` ends the pause once it is fixed)"
+        )
     settings = runtime.settings
     if states["sent"]:
         where = (
@@ -593,6 +596,19 @@ def suppress_remove(ctx: click.Context, address: str) -> None:
         err.print(f"{address} was not suppressed", markup=False)
         sys.exit(EXIT_PROBLEMS)
     out.print(f"removed {address} from the suppression list", markup=False)
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """End a send pause now (after fixing SMTP credentials or the relay's policy).
+
+    \b
+    Example:
+      crm-worker resume
+    """
+    _runtime(ctx).pause.clear()
+    out.print("sending resumed", markup=False)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from worker.delivery_log import DeliveryLog
 from worker.errors import (
     PermanentDeliveryError,
     RecipientRejectedError,
+    RelayUnavailableError,
     SenderRejectedError,
     TemplateError,
     TransientDeliveryError,
@@ -110,6 +111,11 @@ class Deliverer:
             return attempt.finish("failed", str(exc), exc.reply)
         except UncertainDeliveryError as exc:
             return attempt.finish("unknown", str(exc), exc.reply)
+        except RelayUnavailableError as exc:
+            if self.pause is None:
+                return self._retry_or_give_up(attempt, exc, effective_now)
+            delay = self.pause.pause(utc_now(), str(exc), length=self.retry_backoff, alert=False)
+            return attempt.retry(str(exc), delay, refund=True)
         except SenderRejectedError as exc:
             if self.pause is None:
                 return self._retry_or_give_up(attempt, exc, effective_now)

@@ -13,7 +13,8 @@
     ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, connection lost, timeout)
-        │   └── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
+        │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
+        │   └── RelayUnavailableError    relay unreachable (refused, TLS, 421 greeting): hold off
         ├── PermanentDeliveryError   do not retry (5xx for this message)
         │   └── RecipientRejectedError   the address itself is bad (5.1.x, 5.2.1): suppress it
         └── UncertainDeliveryError   connection lost after the message was handed over: unknown
@@ -141,3 +142,9 @@ class UncertainDeliveryError(DeliveryError):
     """The connection was lost after the message was handed to the server, so it may have been
     delivered: recorded as ``unknown``, not resent automatically (``crm-worker retry-failed``
     resends on an operator's request)."""
+
+
+class RelayUnavailableError(TransientDeliveryError):
+    """No session with the relay could be opened (connection refused, TLS failure, timeout, 421
+    at the greeting): nothing was handed over, so the message is not to blame. Every worker
+    holds off briefly and the attempt does not count; the rule's grace still ends the wait."""

@@ -4,7 +4,9 @@ When the relay rejects our credentials or our policy (535, 5.7.x; see :mod:`work
 every further message would fail the same way. Instead of burning each message's retries, the
 worker that sees it pauses sending for every worker process (a timestamp in Redis,
 ``SEND_PAUSE_KEY``), logs an alert, and puts the message back for after the pause. Deliveries
-that find the pause wait it out without counting an attempt.
+that find the pause wait it out without counting an attempt. When the relay cannot be reached
+at all, a short pause of one backoff step does the same without an alert: every worker holds
+off together instead of each hammering a relay that is down.
 """
 
 from __future__ import annotations
@@ -35,20 +37,28 @@ class SendPause:
         until = datetime.fromtimestamp(float(raw), UTC)
         return until - now if until > now else None
 
-    def pause(self, now: datetime, reason: str) -> timedelta:
-        """Pause all sending for ``length`` from ``now`` (extending a shorter pause) and alert."""
-        until = now + self.length
-        ttl_ms = int(self.length.total_seconds() * 1000) + 1000
+    def pause(
+        self, now: datetime, reason: str, *, length: timedelta | None = None, alert: bool = True
+    ) -> timedelta:
+        """Pause all sending for ``length`` (default: the configured one) from ``now``,
+        extending a shorter pause. ``alert``: the relay refused us, an operator must act; else
+        the relay is unreachable and the pause only spares it (and us) a retry storm."""
+        length = length or self.length
+        until = now + length
+        ttl_ms = int(length.total_seconds() * 1000) + 1000
         current: Any = self.client.get(SEND_PAUSE_KEY)
         if current is None or float(current) < until.timestamp():
             self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
+        if not alert:
+            log.warning("sending held off for %s: %s", length, reason)
+            return length
         log.critical(
             "ALERT sending paused until %s: the mail relay refused us (%s); check the SMTP "
             "credentials, the sender domain's SPF/DKIM/DMARC and the relay's policy",
             until.isoformat(timespec="seconds"),
             reason,
         )
-        return self.length
+        return length
 
     def clear(self) -> None:
         """Resume sending now (an operator fixed the cause)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from worker.channels.base import Outgoing, Receipt
-from worker.errors import PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, RelayUnavailableError
 from worker.metrics import SMTP_SEND_SECONDS
 from worker.replies import Phase, classify, delivery_error
 from worker.settings import Settings
@@ -94,11 +94,12 @@ class SmtpChannel:
         except aiosmtplib.SMTPResponseException as exc:
             # 535 bad credentials, 554 at the greeting: our problem, never the recipient's.
             verdict = classify(exc.code, exc.message, phase="connect")
-            raise delivery_error(
-                verdict, f"{self._where()} refused the session", code=exc.code, reply=exc.message
-            ) from None
+            what = f"{self._where()} refused the session"
+            if verdict == "transient":  # 421 at the greeting: the relay is busy or going down
+                raise RelayUnavailableError(what, code=exc.code, reply=exc.message) from None
+            raise delivery_error(verdict, what, code=exc.code, reply=exc.message) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientDeliveryError(
+            raise RelayUnavailableError(
                 f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}"
             ) from None
         state.client = client
