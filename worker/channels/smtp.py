@@ -92,6 +92,7 @@ class SmtpChannel:
             if client.is_ehlo_or_helo_needed:  # without TLS or login, connect() sends no EHLO
                 await client.ehlo()
         except aiosmtplib.SMTPResponseException as exc:
+            client.close()  # a session refused after connecting (535) would stay half-open
             # 535 bad credentials, 554 at the greeting: our problem, never the recipient's.
             verdict = classify(exc.code, exc.message, phase="connect")
             what = f"{self._where()} refused the session"
@@ -99,6 +100,7 @@ class SmtpChannel:
                 raise RelayUnavailableError(what, code=exc.code, reply=exc.message) from None
             raise delivery_error(verdict, what, code=exc.code, reply=exc.message) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
             raise RelayUnavailableError(
                 f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}"
             ) from None
