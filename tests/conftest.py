@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -68,14 +69,52 @@ class SmtpSink:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Set to a reply like "451 4.7.1 try later" to refuse the next messages (tests of faults).
     reply: str | None = None
+    #: Replies to the next DATA commands, one each, before ``reply`` applies (scripted faults).
+    data_replies: list[str] = field(default_factory=list)
+    #: Lower-cased address -> reply refusing it at RCPT (e.g. "550 5.1.1 user unknown").
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)
+    #: The next this many messages are kept, then the connection drops before the reply to the
+    #: final "." (the crash window of a relay).
+    drop_after_data: int = 0
+    #: Every RCPT TO seen (lower-cased), refused or not, and every DATA command.
+    rcpt_attempts: Counter[str] = field(default_factory=Counter)
+    data_attempts: int = 0
+
+    #: EHLO commands seen: one per new connection (two with STARTTLS).
+    ehlo_count: int = 0
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.ehlo_count += 1
+        return responses
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        with self.lock:
+            self.rcpt_attempts[address.lower()] += 1
+        refusal = self.refuse_rcpt.get(address.lower())
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if self.reply:
-            return self.reply
+        with self.lock:
+            self.data_attempts += 1
+            scripted = self.data_replies.pop(0) if self.data_replies else None
+        if scripted or self.reply:
+            return scripted or self.reply or ""
         with self.lock:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+            drop, self.drop_after_data = self.drop_after_data > 0, max(self.drop_after_data - 1, 0)
+        if drop:
+            server.transport.abort()
         return "250 2.0.0 OK queued"
 
     def message_ids(self) -> list[str]:

@@ -223,6 +223,9 @@ def test_contact_cap_records_the_skip_and_spares_exempt_rules(world, make_runtim
     for key, state in states.items():
         if state == "skipped":
             assert runtime.ledger.get(key)["reason"].startswith("contact cap reached: 1 per")
+    logged = {e.key: e for e in runtime.delivery_log.read() if e.status == "skipped"}
+    assert {k for k, s in states.items() if s == "skipped"} <= set(logged)
+    assert all(e.reason.startswith("contact cap reached") for e in logged.values())
     # Bob: a birthday (counted) plus the exempt complaint follow-up: nothing capped.
     assert {
         "birthday:customer:2:2026/email",

@@ -9,6 +9,7 @@ own retries are off, so a poison message is dead-lettered after its first failur
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.delivery import Deliverer, DeliveryResult
+from worker.delivery import Deliverer
 from worker.localtime import utc_now
+from worker.outcome import DeliveryResult
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class DeliveryActor:
             if self._on_result:
                 self._on_result(result)
             if result.retry_after is not None:
-                later.setdefault(max(result.retry_after, timedelta(seconds=1)), []).append(key)
+                # Whole seconds: keys of one batch waiting out the same pause or backoff step
+                # travel together instead of one queue message each.
+                delay = timedelta(seconds=max(1, math.ceil(result.retry_after.total_seconds())))
+                later.setdefault(delay, []).append(key)
         for delay, retry_keys in later.items():
             self.send(retry_keys, as_of=planned_for + (utc_now() - queued), delay=delay)

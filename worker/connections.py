@@ -9,7 +9,11 @@ from urllib.parse import urlsplit
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.constants import DRAMATIQ_NAMESPACE
+from worker.constants import (
+    BROKER_HEARTBEAT_TIMEOUT,
+    BROKER_MAINTENANCE_CHANCE,
+    DRAMATIQ_NAMESPACE,
+)
 from worker.errors import ConfigError
 from worker.settings import Settings
 
@@ -43,9 +47,24 @@ def close_redis(client: redis.Redis) -> None:
         stop_embedded()
 
 
-def make_broker(client: redis.Redis) -> RedisBroker:
-    """Dramatiq's Redis broker on ``client``, with its keys under our namespace."""
-    return RedisBroker(client=client, namespace=DRAMATIQ_NAMESPACE)  # type: ignore[no-untyped-call]
+def make_broker(
+    client: redis.Redis,
+    *,
+    heartbeat_timeout_s: float = BROKER_HEARTBEAT_TIMEOUT.total_seconds(),
+    maintenance_chance: int = BROKER_MAINTENANCE_CHANCE,
+) -> RedisBroker:
+    """Dramatiq's Redis broker on ``client``, with its keys under our namespace.
+
+    A worker silent for ``heartbeat_timeout_s`` counts as dead; its unacknowledged messages are
+    requeued by the broker's maintenance, which runs on ``maintenance_chance`` in a million
+    broker commands (FACTS.md: Dramatiq's defaults, 60 s and 1,000, can leave a killed worker's
+    batch waiting for minutes on a quiet queue)."""
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        client=client,
+        namespace=DRAMATIQ_NAMESPACE,
+        heartbeat_timeout=int(heartbeat_timeout_s * 1000),
+        maintenance_chance=maintenance_chance,
+    )
 
 
 def describe_redis(settings: Settings) -> str:

@@ -90,3 +90,27 @@ MAX_EVENT_DATA_BYTES = 16 * 1024
 #: Contact cap: one sorted set per customer of the deliveries counted against the cap
 #: (member = delivery key, score = claim time).
 CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"
+#: Addresses that must never get mail again (hard bounces, complaints): a hash of
+#: address -> JSON {reason, at, key}. Never expires.
+SUPPRESSION_KEY = f"{KEY_PREFIX}:suppression"
+#: While this key holds a future timestamp, no worker sends: the relay refused *us*
+#: (authentication, 5.7.x policy). Shared in Redis so every worker process pauses at once.
+SEND_PAUSE_KEY = f"{KEY_PREFIX}:smtp:paused_until"
+#: How long sending pauses after the relay refused us; long enough for an operator alert,
+#: short enough that a passing policy block (rate limit, reputation) clears by itself.
+SEND_PAUSE = timedelta(minutes=5)
+#: Every delivery outcome, newest last: a capped Redis stream (trimmed approximately, which
+#: is cheap) read by `crm-worker report` and `retry-failed`.
+DELIVERY_LOG_KEY = f"{KEY_PREFIX}:delivery-log"
+DELIVERY_LOG_MAXLEN = 200_000
+#: Longest SMTP reply / reason kept per log entry.
+DELIVERY_LOG_TEXT_CHARS = 500
+#: Dramatiq's own defaults for its Redis broker (dramatiq/brokers/redis.py): a worker silent
+#: this long is dead, and dead workers' messages are requeued on this many commands in a million.
+BROKER_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+BROKER_MAINTENANCE_CHANCE = 1000
+#: A kept-open SMTP connection idle this long is probed with NOOP before use (servers drop idle
+#: clients after 30-300 s; RFC 5321 asks them to wait at least 5 minutes); one idle longer
+#: than the timeout is replaced without asking.
+SMTP_IDLE_CHECK = timedelta(seconds=20)
+SMTP_IDLE_TIMEOUT = timedelta(seconds=240)

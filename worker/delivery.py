@@ -13,21 +13,27 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 from worker.channels.base import Channel, Outgoing
 from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
+from worker.delivery_log import DeliveryLog
 from worker.errors import (
     PermanentDeliveryError,
+    RecipientRejectedError,
+    RelayUnavailableError,
+    SenderRejectedError,
     SourceUnavailableError,
     TemplateError,
     TransientDeliveryError,
+    UncertainDeliveryError,
 )
 from worker.events import EventLog
 from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
+from worker.outcome import Attempt, DeliveryResult
+from worker.pause import SendPause
 from worker.payload import webhook_message
 from worker.planning import DeliveryKey, PlannedDelivery, Related, Skip, prepare_delivery
 from worker.rendering import RenderedMessage, TemplateRenderer
@@ -35,25 +41,14 @@ from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger
 from worker.signature import DkimSigner
 from worker.sources.base import Source
+from worker.suppression import SuppressionList
 from worker.triggers import NotApplicable, occurrence_for_tag
 from worker.unsubscribe import NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["sent", "skipped", "failed", "retry", "duplicate", "busy"]
-
 #: A due time this far after the pass instant still counts as "due" (clock skew between hosts).
 DUE_TOLERANCE = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """What happened to one delivery key; ``retry_after`` is set for ``retry`` and ``busy``."""
-
-    key: str
-    outcome: Outcome
-    reason: str = ""
-    retry_after: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +68,10 @@ class Deliverer:
     reply_to: str | None = None
     unsubscriber: Unsubscriber | None = None
     dkim: DkimSigner | None = None
+    suppression: SuppressionList | None = None
+    pause: SendPause | None = None
+    delivery_log: DeliveryLog | None = None
+    retry_backoff: timedelta = RETRY_BACKOFF_FIRST
 
     def deliver(
         self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
@@ -80,6 +79,10 @@ class Deliverer:
         """Deliver ``key`` once. ``as_of`` is the instant the scheduler planned it for;
         ``enqueued_at`` when it was queued (wall clock), to measure how late it is now."""
         now = now or utc_now()
+        paused = self.pause.remaining(now) if self.pause is not None else None
+        if paused is not None:
+            # Waiting out a pause is no attempt: the relay refused us, not this message.
+            return DeliveryResult(key, "paused", "sending is paused", paused)
         owner = f"{os.getpid()}:{threading.get_ident()}"
         begin = self.ledger.begin(key, now=now, owner=owner)
         if begin.verdict == "done":
@@ -90,50 +93,77 @@ class Deliverer:
         if begin.verdict == "busy":
             wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
             return DeliveryResult(key, "busy", "another worker is sending", wait)
-
-        def finish(
-            state: Literal["sent", "skipped", "failed", "retrying"], reason: str, detail: str = ""
-        ) -> None:
-            if not self.ledger.finish(
-                key, state, owner=owner, reason=reason, detail=detail, now=utc_now()
-            ):
-                log.warning("lost the lease on %s before recording %s", key, state)
-
+        attempt = Attempt(self.ledger, self.delivery_log, key, owner, begin.attempt)
+        effective_now = as_of + (now - enqueued_at)
         try:
-            planned = self._recheck(key, as_of + (now - enqueued_at))
+            planned = self._recheck(key, effective_now)
             if isinstance(planned, Skip):
-                finish("skipped", planned.reason)
-                log.info("skipped %s: %s", key, planned.reason)
-                return DeliveryResult(key, "skipped", planned.reason)
+                return attempt.finish("skipped", planned.reason)
+            attempt.planned = planned
+            suppressed = self._suppressed(planned.to)
+            if suppressed is not None:
+                return attempt.finish("skipped", suppressed)
             outgoing = self._render(planned, now)
             receipt = self.channel.send(outgoing)
         except TemplateError as exc:
-            finish("failed", str(exc))
-            log.error("failed %s: %s", key, exc)
-            return DeliveryResult(key, "failed", str(exc))
+            return attempt.finish("failed", str(exc))
+        except RecipientRejectedError as exc:
+            if self.suppression is not None and attempt.planned is not None:
+                self.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=key)
+            return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
         except PermanentDeliveryError as exc:
-            finish("failed", str(exc), exc.reply)
-            log.error("failed %s: %s", key, exc)
-            return DeliveryResult(key, "failed", str(exc))
-        except (TransientDeliveryError, SourceUnavailableError) as exc:
-            # A CRM database outage is not the message's fault: retry it for as long as it
-            # lasts; once the record can be read again, the re-check's grace decides.
-            outage = isinstance(exc, SourceUnavailableError)
-            if begin.attempt >= MAX_DELIVERY_ATTEMPTS and not outage:
-                finish("failed", f"gave up after {begin.attempt} attempts: {exc}")
-                return DeliveryResult(key, "failed", str(exc))
-            finish("retrying", str(exc))
-            delay = _asked_delay(exc) or retry_delay(begin.attempt)
-            log.warning("will retry %s in %s: %s", key, delay, exc)
-            return DeliveryResult(key, "retry", str(exc), delay)
+            return attempt.finish("failed", str(exc), exc.reply)
+        except UncertainDeliveryError as exc:
+            return attempt.finish("unknown", str(exc), exc.reply)
+        except RelayUnavailableError as exc:
+            if self.pause is None:
+                return self._retry_or_give_up(attempt, exc, effective_now)
+            delay = self.pause.pause(utc_now(), str(exc), length=self.retry_backoff, alert=False)
+            return attempt.retry(str(exc), delay, refund=True)
+        except SenderRejectedError as exc:
+            if self.pause is None:
+                return self._retry_or_give_up(attempt, exc, effective_now)
+            delay = self.pause.pause(utc_now(), str(exc))
+            return attempt.retry(str(exc), delay, refund=True)
+        except TransientDeliveryError as exc:
+            return self._retry_or_give_up(attempt, exc, effective_now)
+        except SourceUnavailableError as exc:
+            # A CRM database outage is not the message's fault: retry for as long as it lasts
+            # without using up attempts; once the record can be read, the re-check's grace decides.
+            delay = retry_delay(attempt.number, first=self.retry_backoff)
+            return attempt.retry(str(exc), delay, refund=True)
         except Exception as exc:
             # Unknown failure (bug, source outage): record it, never leave the lease dangling.
-            finish("failed", f"{type(exc).__name__}: {exc}")
             log.exception("failed %s", key)
-            return DeliveryResult(key, "failed", f"{type(exc).__name__}: {exc}")
-        finish("sent", "", receipt.detail)
-        log.info("sent %s to %s", key, planned.to)
-        return DeliveryResult(key, "sent")
+            return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
+        return attempt.finish("sent", "", receipt.detail)
+
+    def _retry_or_give_up(
+        self, attempt: Attempt, exc: TransientDeliveryError, effective_now: datetime
+    ) -> DeliveryResult:
+        """Retry with backoff, unless the attempts are used up or the retry would go out after
+        the rule's grace (a birthday mail three days late is worse than none)."""
+        if attempt.number >= MAX_DELIVERY_ATTEMPTS:
+            return attempt.finish("failed", f"gave up after {attempt.number} attempts: {exc}")
+        delay = _asked_delay(exc) or retry_delay(attempt.number, first=self.retry_backoff)
+        planned = attempt.planned
+        rule = self.catalog.get(planned.rule_id) if planned is not None else None
+        if planned is not None and rule is not None:
+            deadline = planned.due_at + rule.grace
+            if effective_now + delay > deadline:
+                return attempt.finish(
+                    "failed",
+                    f"gave up: a retry would be later than the rule's grace "
+                    f"(due {planned.due_at.isoformat()}, grace {rule.grace}): {exc}",
+                    exc.reply,
+                )
+        return attempt.retry(str(exc), delay)
+
+    def _suppressed(self, address: str) -> str | None:
+        if self.suppression is None:
+            return None
+        reason = self.suppression.reason(address)
+        return None if reason is None else f"address is suppressed: {reason}"
 
     def _recheck(self, key: str, effective_now: datetime) -> PlannedDelivery | Skip:
         """Is this delivery still due, with today's data? (fresh record, rule, condition)"""
@@ -240,9 +270,9 @@ class Deliverer:
         return self.unsubscriber.links(str(customer["id"]), channel or planned.action.channel)
 
 
-def retry_delay(attempt: int) -> timedelta:
-    """Exponential backoff: 30 s, 1 min, 2 min … capped at 30 min."""
-    delay: timedelta = RETRY_BACKOFF_FIRST * (2 ** max(attempt - 1, 0))
+def retry_delay(attempt: int, *, first: timedelta = RETRY_BACKOFF_FIRST) -> timedelta:
+    """Exponential backoff: 30 s, 1 min, 2 min … (from ``first``) capped at 30 min."""
+    delay: timedelta = first * (2 ** max(attempt - 1, 0))
     return min(delay, RETRY_BACKOFF_MAX)
 
 

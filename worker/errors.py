@@ -15,7 +15,11 @@
     ├── EventError             a reported CRM event is unusable (also a ValueError)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
-        └── PermanentDeliveryError   do not retry (5xx for this recipient)
+        │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
+        │   └── RelayUnavailableError    relay unreachable (refused, TLS, 421 greeting): hold off
+        ├── PermanentDeliveryError   do not retry (5xx for this message)
+        │   └── RecipientRejectedError   the address itself is bad (5.1.x, 5.2.1): suppress it
+        └── UncertainDeliveryError   connection lost after the message was handed over: unknown
 
 Each carries the fields a caller needs to act on it and a message that says what to do next.
 """
@@ -146,3 +150,28 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Delivery will not succeed for this recipient: do not retry."""
+
+
+class SenderRejectedError(TransientDeliveryError):
+    """The server refuses *us* (authentication, policy, reputation: 5.7.x, 530, 535).
+
+    Never the recipient's fault: the address is not suppressed; sending pauses for everyone
+    and an operator is alerted, instead of burning every message's retries.
+    """
+
+
+class RecipientRejectedError(PermanentDeliveryError):
+    """The recipient address does not exist or is disabled (5.1.x, 5.2.1): never send to it
+    again; it goes to the suppression list."""
+
+
+class UncertainDeliveryError(DeliveryError):
+    """The connection was lost after the message was handed to the server, so it may have been
+    delivered: recorded as ``unknown``, not resent automatically (``crm-worker retry-failed``
+    resends on an operator's request)."""
+
+
+class RelayUnavailableError(TransientDeliveryError):
+    """No session with the relay could be opened (connection refused, TLS failure, timeout, 421
+    at the greeting): nothing was handed over, so the message is not to blame. Every worker
+    holds off briefly and the attempt does not count; the rule's grace still ends the wait."""

@@ -3,9 +3,11 @@
 A delivery is one message of one occurrence (``birthday-greeting:customer:42:2026/email``).
 Its state only moves forward, each step an atomic Lua script::
 
-    claimed ──> queued ──> sending ──> sent | skipped | failed
-       │                     │ ▲
-       └ (stale: re-queued)  └─┘ retrying (transient failure, lease expired after a crash)
+    claimed ──> queued ──> sending ──> sent | skipped | failed | unknown
+       │          ▲          │ ▲                           │        │
+       └ (stale)  │          └─┘ retrying (transient       │        │
+                  │              failure, lease expired)   │        │
+                  └───────────── reset (retry-failed, on an operator's request)
 
 * ``claim`` (scheduler, SET-NX semantics): the first pass that finds a due occurrence owns it;
   a claim that never reached the queue (scheduler crash) becomes claimable again after
@@ -13,22 +15,26 @@ Its state only moves forward, each step an atomic Lua script::
 * ``begin`` (worker): takes a time-limited lease before sending. A redelivered message finds
   ``sent`` and does nothing; one that finds a live lease waits; one that finds an expired lease
   (the worker died mid-send) takes over.
-* ``finish``: records the outcome and reason; only the lease holder may.
+* ``finish``: records the outcome and reason; only the lease holder may. ``unknown``: the
+  connection was lost after the message was handed over; final until an operator resets it.
+* ``reset``: ``failed``/``unknown`` back to ``queued`` for ``crm-worker retry-failed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import redis
 
 from worker.constants import CLAIM_STALE_AFTER, LEDGER_KEY_PREFIX, LEDGER_TTL, SEND_LEASE
 
-State = Literal["claimed", "queued", "sending", "retrying", "sent", "skipped", "failed"]
-FINAL_STATES: frozenset[str] = frozenset({"sent", "skipped", "failed"})
+State = Literal["claimed", "queued", "sending", "retrying", "sent", "skipped", "failed", "unknown"]
+FINAL_STATES: frozenset[str] = frozenset({"sent", "skipped", "failed", "unknown"})
+#: Final states an operator may send again (``crm-worker retry-failed``).
+RETRYABLE_STATES: frozenset[str] = frozenset({"failed", "unknown"})
 
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -56,7 +62,9 @@ return 1
 _BEGIN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', '0'} end
-if state == 'sent' or state == 'skipped' or state == 'failed' then return {'done', state} end
+if state == 'sent' or state == 'skipped' or state == 'failed' or state == 'unknown' then
+  return {'done', state}
+end
 if state == 'sending' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > tonumber(ARGV[1]) then return {'busy', tostring(lease)} end
@@ -74,6 +82,15 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
            'finished_at', ARGV[5])
 redis.call('HDEL', KEYS[1], 'lease_until')
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+return 1
+"""
+
+_RESET = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'failed' and state ~= 'unknown' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'reset_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'reason', 'detail', 'finished_at', 'lease_owner')
 return 1
 """
 
@@ -100,12 +117,14 @@ def _ts(moment: datetime) -> str:
 class Ledger:
     """Delivery states in Redis; every transition is one atomic script."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, send_lease: timedelta = SEND_LEASE) -> None:
         self.client = client
+        self.send_lease = send_lease
         self._claim = client.register_script(_CLAIM)
         self._queued = client.register_script(_QUEUED)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
+        self._reset = client.register_script(_RESET)
 
     @staticmethod
     def redis_key(key: str) -> str:
@@ -138,7 +157,7 @@ class Ledger:
     def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
         """Take the send lease for ``key`` (see :class:`Begin`)."""
         verdict, value = self._begin(
-            keys=[self.redis_key(key)], args=[_ts(now), _ts(now + SEND_LEASE), owner]
+            keys=[self.redis_key(key)], args=[_ts(now), _ts(now + self.send_lease), owner]
         )
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         value = value.decode() if isinstance(value, bytes) else value
@@ -159,10 +178,33 @@ class Ledger:
         reason: str = "",
         detail: str = "",
         now: datetime,
+        refund_attempt: bool = False,
     ) -> bool:
-        """Record the outcome; False when ``owner`` no longer holds the lease."""
-        args = [owner, state, reason, detail[:500], _ts(now)]
+        """Record the outcome; False when ``owner`` no longer holds the lease.
+
+        ``refund_attempt``: this attempt does not count towards the retry limit (the relay
+        refused us, not this message)."""
+        args = [owner, state, reason, detail[:500], _ts(now), "1" if refund_attempt else "0"]
         return bool(self._finish(keys=[self.redis_key(key)], args=args))
+
+    def reset(self, key: str, *, now: datetime) -> bool:
+        """``failed``/``unknown`` back to ``queued`` with a fresh attempt count, atomically;
+        False when ``key`` is in any other state (already sent, in flight, unknown key)."""
+        return bool(self._reset(keys=[self.redis_key(key)], args=[_ts(now)]))
+
+    def in_state(self, states: frozenset[str], *, rule_id: str | None = None) -> Iterator[str]:
+        """Delivery keys (of ``rule_id`` only, when given) whose state is one of ``states``.
+
+        Walks the ledger with SCAN: it reads every entry, so it is meant for operator commands
+        (``retry-failed``), not for a worker's hot path."""
+        pattern = self.redis_key(f"{rule_id}:*" if rule_id else "*")
+        batch: list[str] = []
+        for raw in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(_text(raw)[len(LEDGER_KEY_PREFIX) :])
+            if len(batch) >= 1000:
+                yield from (k for k, s in self.states(batch).items() if s in states)
+                batch = []
+        yield from (k for k, s in self.states(batch).items() if s in states)
 
     def get(self, key: str) -> Mapping[str, str]:
         """The ledger entry of ``key`` as text (empty when unknown)."""

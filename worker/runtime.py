@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
@@ -23,16 +23,23 @@ from dramatiq.brokers.redis import RedisBroker
 from worker.actors import DeliveryActor
 from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
+from worker.constants import DELIVERY_BATCH_SIZE
 from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
+from worker.delivery_log import DeliveryLog
 from worker.events import EventLog
-from worker.ledger import Ledger
+from worker.ledger import RETRYABLE_STATES, Ledger
+from worker.localtime import utc_now
+from worker.metrics import QueueMetrics
+from worker.metrics import serve as serve_metrics
+from worker.pause import SendPause
 from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
 from worker.signature import DkimSigner
 from worker.sources import Source, open_source
+from worker.suppression import SuppressionList
 from worker.unsubscribe import Unsubscriber, shared_secret
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ class Runtime:
         self._channel = channel
         self._source = source
         self._redis = redis_client
+        self._metrics_served = False
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -71,7 +79,13 @@ class Runtime:
 
     @cached_property
     def broker(self) -> RedisBroker:
-        broker = make_broker(self.redis)
+        s = self.settings
+        broker = make_broker(
+            self.redis,
+            heartbeat_timeout_s=s.broker_heartbeat_timeout_s,
+            maintenance_chance=s.broker_maintenance_chance,
+        )
+        broker.add_middleware(QueueMetrics())
         dramatiq.set_broker(broker)
         return broker
 
@@ -99,7 +113,19 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.redis)
+        return Ledger(self.redis, send_lease=timedelta(seconds=self.settings.send_lease_s))
+
+    @cached_property
+    def suppression(self) -> SuppressionList:
+        return SuppressionList(self.redis)
+
+    @cached_property
+    def pause(self) -> SendPause:
+        return SendPause(self.redis)
+
+    @cached_property
+    def delivery_log(self) -> DeliveryLog:
+        return DeliveryLog(self.redis)
 
     @cached_property
     def default_zone(self) -> ZoneInfo:
@@ -122,6 +148,10 @@ class Runtime:
             reply_to=s.reply_to,
             unsubscriber=self.unsubscriber,
             dkim=DkimSigner.from_settings(s),
+            suppression=self.suppression,
+            pause=self.pause,
+            delivery_log=self.delivery_log,
+            retry_backoff=timedelta(seconds=s.retry_backoff_s),
         )
 
     @cached_property
@@ -156,6 +186,7 @@ class Runtime:
             company=self.settings.company,
             contact_policy=self.contact_policy,
             events=self.events,
+            delivery_log=self.delivery_log,
         )
 
     @cached_property
@@ -169,6 +200,7 @@ class Runtime:
     def start_worker(self, threads: int | None = None) -> dramatiq.Worker:
         """Start Dramatiq worker threads consuming our queue in this process."""
         self.actor  # noqa: B018 - declares the actor (and its queue) before the worker starts
+        self._serve_metrics()
         worker = dramatiq.Worker(
             self.broker,
             queues={self.settings.queue_name},
@@ -176,6 +208,26 @@ class Runtime:
         )
         worker.start()
         return worker
+
+    def _serve_metrics(self) -> None:
+        port = self.settings.metrics_port
+        if port is not None and not self._metrics_served:
+            serve_metrics(port)
+            self._metrics_served = True
+
+    def retry_failed(self, *, rule_id: str | None = None, now: datetime | None = None) -> list[str]:
+        """Send every ``failed`` or ``unknown`` delivery (of ``rule_id``) again, on an operator's
+        request: each is reset to ``queued`` atomically (so two operators cannot double it) and
+        queued now; the worker re-checks it like any delivery (grace, opt-out, suppression)."""
+        now = now or utc_now()
+        keys = [
+            key
+            for key in list(self.ledger.in_state(RETRYABLE_STATES, rule_id=rule_id))
+            if self.ledger.reset(key, now=now)
+        ]
+        for start in range(0, len(keys), DELIVERY_BATCH_SIZE):
+            self.actor.send(keys[start : start + DELIVERY_BATCH_SIZE], as_of=now)
+        return keys
 
     def run_once(self, now: datetime, *, timeout_s: float = 600.0) -> RunSummary:
         """One pass at ``now``, then deliver until every key it queued is final or waiting
@@ -191,19 +243,24 @@ class Runtime:
     def wait_for(
         self, keys: Iterable[str], *, timeout_s: float, poll_s: float = 0.05
     ) -> dict[str, str]:
-        """Block until none of ``keys`` is in flight (or ``timeout_s``); return their states."""
+        """Block until none of ``keys`` is in flight, ``timeout_s`` passed or sending is paused;
+        return their states."""
         keys = list(keys)
         deadline = time.monotonic() + timeout_s
         while True:
             states = self.ledger.states(keys)
             if time.monotonic() > deadline or not any(s in IN_FLIGHT for s in states.values()):
                 return states
+            if self.pause.remaining(utc_now()) is not None:
+                return states  # the relay refused us: nothing moves until the pause ends
             time.sleep(poll_s)
 
     def run_forever(self, stop: threading.Event, *, scheduler: bool, worker: bool) -> None:
         """The long-running modes: scheduler, workers, or both, until ``stop`` is set."""
         running = self.start_worker() if worker else None
         try:
+            if not worker:
+                self._serve_metrics()
             if scheduler:
                 run_scheduler(
                     self.scheduler,

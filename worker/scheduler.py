@@ -29,6 +29,7 @@ import redis
 from worker.actors import DeliveryActor
 from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
 from worker.contact_policy import ContactPolicy, counted, customer_id_of
+from worker.delivery_log import DeliveryLog, LogEntry
 from worker.errors import SourceUnavailableError
 from worker.events import EventLog
 from worker.ledger import Ledger, skip_claimed
@@ -66,6 +67,7 @@ class Scheduler:
     company: Mapping[str, str]
     contact_policy: ContactPolicy | None = None
     events: EventLog | None = None
+    delivery_log: DeliveryLog | None = None
 
     def run_pass(self, now: datetime, *, rule_ids: frozenset[str] | None = None) -> PassReport:
         """One pass at ``now``: claim and queue every delivery due and not yet claimed.
@@ -111,8 +113,21 @@ class Scheduler:
             return True
         if not counted(rule, item.action) or policy.admit(customer_id, item.key, now):
             return True
-        skip_claimed(self.ledger, item.key, reason=policy.reason(), now=now)
-        log.info("skipped %s: %s", item.key, policy.reason())
+        reason = policy.reason()
+        skip_claimed(self.ledger, item.key, reason=reason, now=now)
+        if self.delivery_log is not None:  # every outcome is in the log, a capped skip too
+            self.delivery_log.record(
+                LogEntry(
+                    at=now,
+                    status="skipped",
+                    rule=item.rule_id,
+                    key=item.key,
+                    channel=item.action.channel,
+                    recipient=item.to,
+                    reason=reason,
+                )
+            )
+        log.info("skipped %s: %s", item.key, reason)
         return False
 
     def _claim_and_enqueue(

@@ -27,6 +27,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.constants import (
+    BROKER_HEARTBEAT_TIMEOUT,
+    BROKER_MAINTENANCE_CHANCE,
+    RETRY_BACKOFF_FIRST,
+    SEND_LEASE,
+    SMTP_IDLE_CHECK,
+    SMTP_IDLE_TIMEOUT,
+)
 from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
 
@@ -120,6 +128,44 @@ class Settings(BaseSettings):
         default=None, description="HMAC-SHA256 key: set, every webhook request is signed."
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    smtp_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle for the relay's certificate; default: system."
+    )
+    smtp_idle_check_s: float = Field(
+        default=SMTP_IDLE_CHECK.total_seconds(),
+        gt=0,
+        description="A kept-open SMTP connection idle this long is probed.",
+    )
+    smtp_idle_timeout_s: float = Field(
+        default=SMTP_IDLE_TIMEOUT.total_seconds(),
+        gt=0,
+        description="A connection idle this long is replaced without asking.",
+    )
+    send_lease_s: float = Field(
+        default=SEND_LEASE.total_seconds(),
+        gt=0,
+        description="After a worker died mid-send, another resends after this.",
+    )
+    retry_backoff_s: float = Field(
+        default=RETRY_BACKOFF_FIRST.total_seconds(),
+        gt=0,
+        description="First retry delay after a transient failure; doubles.",
+    )
+    broker_heartbeat_timeout_s: float = Field(
+        default=BROKER_HEARTBEAT_TIMEOUT.total_seconds(),
+        gt=0,
+        description="A worker silent this long is dead; its messages requeue.",
+    )
+    broker_maintenance_chance: int = Field(
+        default=BROKER_MAINTENANCE_CHANCE,
+        ge=1,
+        le=1_000_000,
+        description="Per million commands: requeue dead work.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics here; unset: off."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -219,6 +265,8 @@ class Settings(BaseSettings):
         key = self.dkim_private_key_file
         if key is not None and not key.is_file():
             raise ValueError(f"CRM_DKIM_PRIVATE_KEY_FILE: no file {key}")
+        if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
+            raise ValueError(f"CRM_SMTP_CA_FILE: no file {self.smtp_ca_file}")
         return self
 
     @property

@@ -2,11 +2,14 @@
 
 Dramatiq runs actors in threads; each thread gets its own event loop (``asyncio.Runner``) and
 its own SMTP connection, reused across messages, so the number of connections equals the number
-of worker threads and no message pays for a new TCP/TLS handshake. An idle connection the server
-has closed is noticed (NOOP after a pause) and reopened before the message is sent.
+of worker threads and no message pays for a new TCP/TLS handshake. A connection idle longer
+than ``CRM_SMTP_IDLE_CHECK_S`` is probed with NOOP (the server may have dropped it), one idle
+longer than ``CRM_SMTP_IDLE_TIMEOUT_S`` is replaced without asking.
 
-Replies are classified by code: 4xx, timeouts and lost connections are transient (retry later),
-5xx for a recipient is permanent.
+The dialogue runs step by step (MAIL, RCPT, DATA) so that every reply is classified knowing
+which step it answered (:mod:`worker.replies`): a lost connection before DATA is transient, one
+during DATA may have delivered the message and is ``unknown``. Credentials never appear in
+errors or logs.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from worker.channels.base import Outgoing, Receipt
-from worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from worker.errors import PermanentDeliveryError, RelayUnavailableError
+from worker.metrics import SMTP_SEND_SECONDS
+from worker.replies import Phase, classify, delivery_error
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: A connection idle longer than this is checked with NOOP before use (servers drop idle
-#: clients after 30-300 s; RFC 5321 asks servers to wait at least 5 minutes).
-IDLE_CHECK_AFTER_S = 20.0
 
 
 @dataclass
@@ -69,62 +70,84 @@ class SmtpChannel:
             use_tls=s.smtp_security == "tls",
             start_tls=s.smtp_security == "starttls",
             timeout=s.smtp_timeout_s,
+            cert_bundle=str(s.smtp_ca_file) if s.smtp_ca_file else None,
         )
 
     async def _connected(self, state: _ThreadState) -> aiosmtplib.SMTP:
         client = state.client
         if client is not None and client.is_connected:
-            if time.monotonic() - state.last_used < IDLE_CHECK_AFTER_S:
+            idle_s = time.monotonic() - state.last_used
+            if idle_s < self.settings.smtp_idle_check_s:
                 return client
-            try:
-                await client.noop()
-                return client
-            except aiosmtplib.SMTPException:
-                log.info("idle SMTP connection was closed by the server; reconnecting")
+            if idle_s < self.settings.smtp_idle_timeout_s:
+                try:
+                    await client.noop()
+                    return client
+                except (aiosmtplib.SMTPException, OSError):
+                    log.info("idle SMTP connection was closed by the server; reconnecting")
+            await _discard(state)
         client = self._new_client()
         try:
             await client.connect()
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            # Our credentials, not the recipient: retry later, never blame the address.
-            raise TransientDeliveryError(
-                "SMTP authentication failed; check CRM_SMTP_USERNAME/CRM_SMTP_PASSWORD",
-                code=exc.code,
-                reply=exc.message,
-            ) from None
+            if client.is_ehlo_or_helo_needed:  # without TLS or login, connect() sends no EHLO
+                await client.ehlo()
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()  # a session refused after connecting (535) would stay half-open
+            # 535 bad credentials, 554 at the greeting: our problem, never the recipient's.
+            verdict = classify(exc.code, exc.message, phase="connect")
+            what = f"{self._where()} refused the session"
+            if verdict == "transient":  # 421 at the greeting: the relay is busy or going down
+                raise RelayUnavailableError(what, code=exc.code, reply=exc.message) from None
+            raise delivery_error(verdict, what, code=exc.code, reply=exc.message) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientDeliveryError(
-                f"cannot connect to {self.settings.smtp_host}:{self.settings.effective_smtp_port}: "
-                f"{type(exc).__name__}"
+            client.close()
+            raise RelayUnavailableError(
+                f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}"
             ) from None
         state.client = client
         return client
 
+    def _where(self) -> str:
+        return f"{self.settings.smtp_host}:{self.settings.effective_smtp_port}"
+
     async def _send(self, state: _ThreadState, message: Outgoing) -> Receipt:
         client = await self._connected(state)
         # A non-ASCII local part (jürgen@…) exists only under SMTPUTF8 (RFC 6531).
-        options = [] if message.recipient.isascii() else ["SMTPUTF8"]
-        try:
-            _, reply = await client.sendmail(
-                message.sender, [message.recipient], message.data, mail_options=options
-            )
-        except aiosmtplib.SMTPNotSupported:
+        utf8 = not message.recipient.isascii()
+        if utf8 and not client.supports_extension("smtputf8"):
             raise PermanentDeliveryError(
                 "the SMTP relay does not offer SMTPUTF8, which this non-ASCII address needs"
-            ) from None
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            raise _classified(refusal.code, refusal.message, "recipient refused") from None
+            )
+        encoding = "utf-8" if utf8 else "ascii"
+        phase: Phase = "mail"
+        started = time.perf_counter()
+        try:
+            await client.mail(
+                message.sender, options=["SMTPUTF8"] if utf8 else [], encoding=encoding
+            )
+            phase = "rcpt"
+            await client.rcpt(message.recipient, encoding=encoding)
+            phase = "data"
+            response = await client.data(message.data)
         except aiosmtplib.SMTPResponseException as exc:
-            if exc.code >= 400:
-                raise _classified(exc.code, exc.message, "refused by the SMTP server") from None
-            raise TransientDeliveryError(
-                "unexpected SMTP reply", code=exc.code, reply=exc.message
-            ) from None
+            await _reset(state)
+            what = "recipient refused" if phase == "rcpt" else "refused by the SMTP server"
+            verdict = classify(exc.code, exc.message, phase=phase)
+            raise delivery_error(verdict, what, code=exc.code, reply=exc.message) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             await _discard(state)
-            raise TransientDeliveryError(f"connection lost: {type(exc).__name__}") from None
+            verdict = classify(None, type(exc).__name__, phase=phase)
+            what = (
+                "connection lost after the message was handed over; it may have been delivered"
+                if verdict == "unknown"
+                else "connection lost"
+            )
+            error = delivery_error(verdict, f"{what}: {type(exc).__name__}", code=None, reply="")
+            raise error from None
+        finally:
+            SMTP_SEND_SECONDS.observe(time.perf_counter() - started)
         state.last_used = time.monotonic()
-        return Receipt(reply)
+        return Receipt(f"{response.code} {response.message}")
 
     def close(self) -> None:
         with self._lock:
@@ -137,10 +160,16 @@ class SmtpChannel:
                 continue
 
 
-def _classified(code: int, reply: str, what: str) -> DeliveryError:
-    if 400 <= code < 500:
-        return TransientDeliveryError(what, code=code, reply=reply)
-    return PermanentDeliveryError(what, code=code, reply=reply)
+async def _reset(state: _ThreadState) -> None:
+    """After a refused MAIL/RCPT/DATA the transaction is open; RSET keeps the connection
+    usable for the next message (drop it when even that fails)."""
+    client = state.client
+    if client is None or not client.is_connected:
+        return
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        await _discard(state)
 
 
 async def _discard(state: _ThreadState) -> None:

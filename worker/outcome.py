@@ -1,0 +1,111 @@
+"""One attempt at a delivery and how its outcome is recorded.
+
+Every outcome goes to four places at once, so they never disagree: the ledger (the source of
+truth), the delivery log stream (``crm-worker report``), a structured log line (no secrets, no
+message body) and the Prometheus counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from worker.delivery_log import DeliveryLog, LogEntry
+from worker.ledger import Ledger
+from worker.localtime import utc_now
+from worker.metrics import count_outcome
+from worker.planning import PlannedDelivery
+
+log = logging.getLogger("worker.delivery")
+
+Outcome = Literal["sent", "skipped", "failed", "unknown", "retry", "duplicate", "busy", "paused"]
+FinalState = Literal["sent", "skipped", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one delivery key; ``retry_after`` is set for ``retry``, ``busy`` and
+    ``paused``."""
+
+    key: str
+    outcome: Outcome
+    reason: str = ""
+    retry_after: timedelta | None = None
+
+
+@dataclass
+class Attempt:
+    """The worker's attempt ``number`` (from 1) at delivery ``key`` under lease ``owner``;
+    ``planned`` is known once the re-check passed."""
+
+    ledger: Ledger
+    delivery_log: DeliveryLog | None
+    key: str
+    owner: str
+    number: int
+    planned: PlannedDelivery | None = field(default=None)
+
+    def finish(self, state: FinalState, reason: str, reply: str = "") -> DeliveryResult:
+        """Record a final outcome everywhere."""
+        now = utc_now()
+        if not self.ledger.finish(
+            self.key, state, owner=self.owner, reason=reason, detail=reply, now=now
+        ):
+            log.warning("lost the lease on %s before recording %s", self.key, state)
+        entry = LogEntry(
+            at=now,
+            status=state,
+            rule=self._rule,
+            key=self.key,
+            channel=self._channel,
+            recipient=self.planned.to if self.planned is not None else "",
+            reason=reason,
+            reply=reply,
+            attempt=self.number,
+        )
+        if self.delivery_log is not None:
+            self.delivery_log.record(entry)
+        self._log(state, reason, reply)
+        return DeliveryResult(self.key, state, reason)
+
+    def retry(self, reason: str, delay: timedelta, *, refund: bool = False) -> DeliveryResult:
+        """Put the delivery back for a later attempt; ``refund``: this one does not count."""
+        if not self.ledger.finish(
+            self.key,
+            "retrying",
+            owner=self.owner,
+            reason=reason,
+            now=utc_now(),
+            refund_attempt=refund,
+        ):
+            log.warning("lost the lease on %s before recording a retry", self.key)
+        self._log("retrying", f"{reason}; next attempt in {delay}", "")
+        return DeliveryResult(self.key, "retry", reason, delay)
+
+    @property
+    def _rule(self) -> str:
+        return self.key.split(":", 1)[0]
+
+    @property
+    def _channel(self) -> str:
+        if self.planned is not None:
+            return self.planned.action.channel
+        return self.key.rpartition("/")[2]
+
+    def _log(self, outcome: str, reason: str, reply: str) -> None:
+        count_outcome(self._rule, self._channel, outcome)
+        level = {"sent": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
+        log.log(
+            level.get(outcome, logging.ERROR),
+            "delivery outcome=%s rule=%s key=%s channel=%s to=%s attempt=%d reason=%r reply=%r",
+            outcome,
+            self._rule,
+            self.key,
+            self._channel,
+            self.planned.to if self.planned is not None else "",
+            self.number,
+            reason,
+            reply,
+        )

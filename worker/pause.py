@@ -1,0 +1,65 @@
+"""A shared pause of all sending: the circuit breaker for "the relay refuses *us*".
+
+When the relay rejects our credentials or our policy (535, 5.7.x; see :mod:`worker.replies`)
+every further message would fail the same way. Instead of burning each message's retries, the
+worker that sees it pauses sending for every worker process (a timestamp in Redis,
+``SEND_PAUSE_KEY``), logs an alert, and puts the message back for after the pause. Deliveries
+that find the pause wait it out without counting an attempt. When the relay cannot be reached
+at all, a short pause of one backoff step does the same without an alert: every worker holds
+off together instead of each hammering a relay that is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from worker.constants import SEND_PAUSE, SEND_PAUSE_KEY
+
+log = logging.getLogger(__name__)
+
+
+class SendPause:
+    """Reads and sets the shared pause."""
+
+    def __init__(self, client: redis.Redis, *, length: timedelta = SEND_PAUSE) -> None:
+        self.client = client
+        self.length = length
+
+    def remaining(self, now: datetime) -> timedelta | None:
+        """How long sending stays paused, or ``None`` when it is not paused."""
+        raw: Any = self.client.get(SEND_PAUSE_KEY)
+        if raw is None:
+            return None
+        until = datetime.fromtimestamp(float(raw), UTC)
+        return until - now if until > now else None
+
+    def pause(
+        self, now: datetime, reason: str, *, length: timedelta | None = None, alert: bool = True
+    ) -> timedelta:
+        """Pause all sending for ``length`` (default: the configured one) from ``now``,
+        extending a shorter pause. ``alert``: the relay refused us, an operator must act; else
+        the relay is unreachable and the pause only spares it (and us) a retry storm."""
+        length = length or self.length
+        until = now + length
+        ttl_ms = int(length.total_seconds() * 1000) + 1000
+        current: Any = self.client.get(SEND_PAUSE_KEY)
+        if current is None or float(current) < until.timestamp():
+            self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
+        if not alert:
+            log.warning("sending held off for %s: %s", length, reason)
+            return length
+        log.critical(
+            "ALERT sending paused until %s: the mail relay refused us (%s); check the SMTP "
+            "credentials, the sender domain's SPF/DKIM/DMARC and the relay's policy",
+            until.isoformat(timespec="seconds"),
+            reason,
+        )
+        return length
+
+    def clear(self) -> None:
+        """Resume sending now (an operator fixed the cause)."""
+        self.client.delete(SEND_PAUSE_KEY)

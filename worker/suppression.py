@@ -1,0 +1,82 @@
+"""The suppression list: addresses that must never get mail again, kept in Redis.
+
+A hash (``SUPPRESSION_KEY``) maps the lower-cased address to why and when it was added. The
+worker adds an address when a relay says it does not exist (5.1.x, 5.2.1; see
+:mod:`worker.replies`); a 5.7.x reply is our own problem and never lands here. Every delivery
+checks the list right before sending, so an address suppressed after a message was queued is
+still skipped. Operators manage it with ``crm-worker suppress list|add|remove``.
+
+Example::
+
+    >>> suppression = SuppressionList(client)             # doctest: +SKIP
+    >>> suppression.add("Gone@Example.com", "550 5.1.1 user unknown", now=now)
+    >>> suppression.reason("gone@example.com")
+    '550 5.1.1 user unknown'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker.constants import SUPPRESSION_KEY
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """One suppressed address: why (``reason``), since when (``at``), and which delivery
+    (``key``, empty when added by hand)."""
+
+    address: str
+    reason: str
+    at: datetime
+    key: str = ""
+
+
+def _address(address: str) -> str:
+    return address.strip().lower()
+
+
+class SuppressionList:
+    """Suppressed addresses in Redis, shared by every worker."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def add(self, address: str, reason: str, *, now: datetime, key: str = "") -> None:
+        """Never send to ``address`` again (replaces an earlier reason)."""
+        entry = {"reason": reason, "at": now.timestamp(), "key": key}
+        self.client.hset(SUPPRESSION_KEY, _address(address), json.dumps(entry))
+
+    def remove(self, address: str) -> bool:
+        """Allow ``address`` again; False when it was not suppressed."""
+        return bool(self.client.hdel(SUPPRESSION_KEY, _address(address)))
+
+    def reason(self, address: str) -> str | None:
+        """Why ``address`` is suppressed, or ``None`` when it is not."""
+        raw: Any = self.client.hget(SUPPRESSION_KEY, _address(address))
+        return None if raw is None else _entry(_address(address), raw).reason
+
+    def __iter__(self) -> Iterator[Suppressed]:
+        """Every suppressed address, oldest first."""
+        raw: dict[Any, Any] = self.client.hgetall(SUPPRESSION_KEY)
+        entries = [_entry(_text(a), v) for a, v in raw.items()]
+        return iter(sorted(entries, key=lambda e: (e.at, e.address)))
+
+    def __len__(self) -> int:
+        return int(self.client.hlen(SUPPRESSION_KEY))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(address: str, raw: Any) -> Suppressed:
+    data = json.loads(_text(raw))
+    at = datetime.fromtimestamp(float(data.get("at", 0)), UTC)
+    return Suppressed(address, str(data.get("reason", "")), at, str(data.get("key", "")))
