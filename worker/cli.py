@@ -31,17 +31,18 @@ from worker.errors import (
     CrmWorkerError,
     DeliveryError,
     EventError,
+    IntakeError,
     PreviewError,
     SourceError,
     TemplateError,
 )
-from worker.events import record_event
+from worker.events import default_event_id
 from worker.explanation import Explainer
+from worker.intake import post_event, serve
 from worker.localtime import parse_instant, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.preview import Preview, build_previews, send_test_copy
 from worker.rules.loader import rule_json_schema
-from worker.rules.models import EventTrigger
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
 from worker.validation import check_all
@@ -106,6 +107,7 @@ def cli(verbose: int) -> None:
       crm-worker preview birthday-greeting --customer 42   the real message for customer 42
       crm-worker plan --customer 42 --explain           per rule: why (not) for customer 42
       crm-worker event purchase.created --id P17        the CRM reports an event
+      crm-worker intake                                 serve the CRM's events over HTTP
 
     Settings come from CRM_* environment variables or a .env file (see README).
     """
@@ -337,6 +339,7 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
 @click.option("--event-id", default=None, help="The CRM's id of the event (repeats send once).")
 @click.option("--at", type=Instant(), default=None, help="When it happened (default: now).")
 @click.option("--deliver", is_flag=True, help="Also deliver the queued messages, then exit.")
+@click.option("--post", "post_url", metavar="URL", help="Post it to a running `crm-worker intake`.")
 @click.pass_context
 def event(
     ctx: click.Context,
@@ -346,19 +349,22 @@ def event(
     event_id: str | None,
     at: datetime | None,
     deliver: bool,
+    post_url: str | None,
 ) -> None:
     """Record a CRM event and queue what the `event` rules of TYPE send for it.
 
     The messages are queued at once (a running `crm-worker worker` delivers them; --deliver
-    delivers them here); recording the same --event-id again sends nothing twice.
+    delivers them here); recording the same --event-id again sends nothing twice. With --post,
+    the event goes to a running intake over HTTP instead (signed with CRM_INTAKE_SECRET or with
+    the bearer CRM_INTAKE_TOKEN), exactly as the CRM posts it.
 
     \b
     Examples:
       crm-worker event purchase.created --id P17
       crm-worker event complaint.opened --id C9 --event-id crm-8812 --data '{"via": "phone"}'
       crm-worker event purchase.created --id P17 --at 2026-03-14T10:00:00Z --deliver
+      crm-worker event purchase.created --id P17 --event-id crm-8813 --post http://127.0.0.1:8080
     """
-    runtime = _runtime(ctx)
     try:
         payload = json.loads(data) if data else {}
     except json.JSONDecodeError as exc:
@@ -367,26 +373,27 @@ def event(
     if not isinstance(payload, dict):
         err.print('[red]error:[/] --data must be a JSON object, e.g. \'{"via": "phone"}\'')
         sys.exit(EXIT_CONFIG)
+    if post_url is not None:
+        if deliver:
+            raise click.UsageError("--deliver cannot be used with --post (the intake queues)")
+        body: dict[str, Any] = {"type": event_type, "record_id": record_id, "data": payload}
+        body["id"] = event_id or default_event_id(event_type, record_id, at or utc_now())
+        _post_event(post_url, body | ({"at": at.isoformat()} if at else {}))
+        return
+    runtime = _runtime(ctx)
     try:
-        recorded = record_event(
-            runtime.redis, event_type, record_id, data=payload, event_id=event_id, at=at
-        )
-        runtime.catalog.refresh()
-        rule_ids = frozenset(
-            rule.id
-            for rule in runtime.catalog
-            if isinstance(rule.trigger.spec, EventTrigger) and rule.trigger.spec.type == event_type
-        )
-        out.print(f"recorded event {recorded.id}: {event_type} {record_id}", markup=False)
-        if not rule_ids:
-            err.print(f"note: no rule reacts to {event_type} (trigger: event: type: …)")
-            return
         worker = runtime.start_worker() if deliver else None
         try:
-            report = runtime.scheduler.run_pass(recorded.at, rule_ids=rule_ids)
-            out.print(f"queued {len(report.queued)} message(s)", markup=False)
+            taken = runtime.take_event(
+                event_type, record_id, data=payload, event_id=event_id, at=at
+            )
+            out.print(f"recorded event {taken.event.id}: {event_type} {record_id}", markup=False)
+            if not taken.rules:
+                err.print(f"note: no rule reacts to {event_type} (trigger: event: type: …)")
+                return
+            out.print(f"queued {len(taken.queued)} message(s)", markup=False)
             if worker is not None:
-                states = Counter(runtime.wait_for(report.queued, timeout_s=600).values())
+                states = Counter(runtime.wait_for(taken.queued, timeout_s=600).values())
                 out.print(
                     f"sent {states['sent']}, skipped {states['skipped']}, "
                     f"failed {states['failed']}",
@@ -401,6 +408,41 @@ def event(
     except redis.RedisError as exc:
         err.print(f"[red]error:[/] Redis unavailable: {exc}")
         sys.exit(EXIT_UNAVAILABLE)
+
+
+def _post_event(url: str, body: dict[str, Any]) -> None:
+    settings = _settings()
+    token, secret = settings.intake_token, settings.intake_secret
+    try:
+        answer = post_event(
+            url,
+            body,
+            token=token.get_secret_value() if token else None,
+            secret=secret.get_secret_value().encode("utf-8") if secret else None,
+        )
+    except IntakeError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        unreachable = exc.status is None or exc.status >= 500
+        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_CONFIG)
+    queued = len(answer.get("queued") or [])
+    out.print(f"{answer.get('status')} event {answer.get('id')}: queued {queued}", markup=False)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default CRM_INTAKE_HOST).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="CRM_INTAKE_PORT.")
+def intake(host: str | None, port: int | None) -> None:
+    """Serve the event intake: the CRM POSTs events to /events; GET /health checks Redis.
+
+    Needs CRM_INTAKE_TOKEN (bearer) or CRM_INTAKE_SECRET (HMAC signatures); see README
+    "Event intake". Messages are queued for `crm-worker worker` processes to deliver.
+
+    \b
+    Examples:
+      CRM_INTAKE_TOKEN=… crm-worker intake --host 0.0.0.0 --port 8080
+      curl -fsS http://127.0.0.1:8080/health
+    """
+    serve(_settings(), host=host, port=port, announce=lambda line: err.print(line, markup=False))
 
 
 @cli.command()

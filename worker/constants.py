@@ -90,3 +90,16 @@ MAX_EVENT_DATA_BYTES = 16 * 1024
 #: Contact cap: one sorted set per customer of the deliveries counted against the cap
 #: (member = delivery key, score = claim time).
 CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"
+
+#: Event intake (HTTP): the largest request body accepted (an event is ids and a small ``data``
+#: of at most MAX_EVENT_DATA_BYTES), and how far a signed request's timestamp may be off: a
+#: captured request cannot be replayed later, and within the window the event id makes a
+#: replay a duplicate that sends nothing.
+MAX_INTAKE_BODY_BYTES = 64 * 1024
+INTAKE_SIGNATURE_MAX_AGE = timedelta(minutes=5)
+#: Shortest intake token or signing secret accepted (guessing must stay hopeless).
+MIN_INTAKE_SECRET_CHARS = 16
+#: What a 503 of the intake asks the CRM to wait before retrying (Redis is down).
+INTAKE_RETRY_AFTER_S = 30
+#: How long ``crm-worker event --post`` waits for the intake's answer.
+INTAKE_CLIENT_TIMEOUT_S = 30.0

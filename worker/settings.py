@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.constants import MIN_INTAKE_SECRET_CHARS
 from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
 
@@ -121,6 +122,19 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
+    intake_token: SecretStr | None = Field(
+        default=None, description="Event intake: the CRM sends 'Authorization: Bearer <token>'."
+    )
+    intake_secret: SecretStr | None = Field(
+        default=None, description="Event intake: HMAC-SHA256 key the CRM signs each request with."
+    )
+    intake_host: str = Field(default="127.0.0.1", description="Event intake: address to listen on.")
+    intake_port: int = Field(default=8080, ge=1, le=65535, description="Event intake: TCP port.")
+    intake_allow_unauthenticated: bool = Field(
+        default=False,
+        description="Event intake without token or secret; only on a loopback address.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -196,6 +210,16 @@ class Settings(BaseSettings):
             # The URL itself may hold a token (Slack, Teams): never echo it back.
             if not re.match(r"^https?://[^\s/?#]+", url.get_secret_value()):
                 raise ValueError(f"webhook {name!r}: the URL must start with https:// or http://")
+        return value
+
+    @field_validator("intake_token", "intake_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_INTAKE_SECRET_CHARS:
+            raise ValueError(
+                f"use at least {MIN_INTAKE_SECRET_CHARS} random characters, e.g. the output of "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return value
 
     @field_validator("contact_cap")
