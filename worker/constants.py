@@ -97,6 +97,8 @@ CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"
 #: replay a duplicate that sends nothing.
 MAX_INTAKE_BODY_BYTES = 64 * 1024
 INTAKE_SIGNATURE_MAX_AGE = timedelta(minutes=5)
+#: How far ahead of the intake's clock an event's ``at`` may be (the CRM's clock drifts).
+MAX_EVENT_CLOCK_SKEW = timedelta(minutes=5)
 #: Shortest intake token or signing secret accepted (guessing must stay hopeless).
 MIN_INTAKE_SECRET_CHARS = 16
 #: What a 503 of the intake asks the CRM to wait before retrying (Redis is down).

@@ -60,6 +60,9 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
     taking = threading.Lock()
 
     def take(event: EventBody) -> TakenEvent:
+        # An event the CRM stamped is evaluated at the real time: one stamped ahead of the
+        # intake's clock is not sent early (the scheduler's pass at that time queues it).
+        # Unstamped, it happened as it is recorded, and is evaluated at that instant.
         with taking:
             return runtime.take_event(
                 event.type,
@@ -67,14 +70,14 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
                 data=event.data,
                 event_id=event.id,
                 at=event.at,
-                now=utc_now(),
+                now=utc_now() if event.at else None,
             )
 
     async def post_event(request: Request) -> JSONResponse:
         try:
             body = await _read_body(request)
             auth.verify(request.headers, body, now=time.time())
-            event = parse_event(body, request.headers.get("content-type"))
+            event = parse_event(body, request.headers.get("content-type"), utc_now())
         except IntakeError as exc:
             return refusal(exc)
         try:

@@ -14,10 +14,12 @@ happened (ISO 8601 with offset; default: when it arrives), ``data`` what templat
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from worker.constants import MAX_EVENT_CLOCK_SKEW
 from worker.errors import IntakeError
 from worker.events import ID_PATTERN
 from worker.rules.models import EVENT_TYPE_PATTERN
@@ -45,9 +47,23 @@ class EventBody(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="event.data in templates.")
 
 
-def parse_event(body: bytes, content_type: str | None) -> EventBody:
+def parse_event(body: bytes, content_type: str | None, now: datetime) -> EventBody:
     """The event in ``body``; :class:`IntakeError` 415 (not JSON by type), 400 (not JSON) or
     422 (naming the first field at fault, every problem in the message)."""
+    event = _parse(body, content_type)
+    if event.at is not None and event.at - now > MAX_EVENT_CLOCK_SKEW:
+        # The event store trims a type's index relative to the newest event's time: a stamp
+        # from a broken clock far ahead would push out every real event of its type.
+        raise IntakeError(
+            422,
+            f"{event.at.isoformat()} is more than {MAX_EVENT_CLOCK_SKEW} ahead of the intake's "
+            "clock; send the time the event happened (or leave 'at' out)",
+            field="at",
+        )
+    return event
+
+
+def _parse(body: bytes, content_type: str | None) -> EventBody:
     media_type = (content_type or "").partition(";")[0].strip().lower()
     if media_type != JSON_MEDIA_TYPE:
         raise IntakeError(
