@@ -7,7 +7,6 @@ configuration error, 3 a service (Redis, the CRM data) is unreachable.
 from __future__ import annotations
 
 import dataclasses
-import email.policy
 import json
 import logging
 import signal
@@ -15,7 +14,6 @@ import sys
 import threading
 from collections import Counter
 from datetime import datetime
-from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from worker.explanation import Explainer
 from worker.intake import post_event, serve
 from worker.localtime import parse_instant, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
-from worker.preview import Preview, build_previews, send_test_copy
+from worker.preview import Preview, build_previews, describe, send_test_copy
 from worker.rules.loader import rule_json_schema
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
@@ -559,18 +557,21 @@ def preview(
         err.print(f"[red]template error:[/] {exc}")
         sys.exit(EXIT_PROBLEMS)
     shown = [item for item in items if isinstance(item, Preview)]
+    mails = [item for item in shown if item.message is not None]
     for item in items:
         if isinstance(item, Skip):
             err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
             continue
-        _print_preview(item)
-    if html_file and shown:
+        out.print(describe(item), markup=False)
+    if html_file and mails and mails[0].message is not None:
         html_file.parent.mkdir(parents=True, exist_ok=True)
-        html_file.write_text(shown[0].message.html, encoding="utf-8")
+        html_file.write_text(mails[0].message.html, encoding="utf-8")
         err.print(f"wrote the HTML part to {html_file}", markup=False)
-    if send_to and shown:
+    if send_to and len(mails) < len(shown):
+        err.print("note: webhook posts get no test copy (it would reach the real chat)")
+    if send_to and mails:
         try:
-            for item in shown:
+            for item in mails:
                 receipt = send_test_copy(deliverer, item, send_to, utc_now())
                 err.print(f"test copy sent to {send_to}: {receipt.detail}", markup=False)
         except AddressError as exc:
@@ -581,25 +582,6 @@ def preview(
             sys.exit(EXIT_PROBLEMS)
     if len(shown) < len(items):
         sys.exit(EXIT_PROBLEMS)
-
-
-_PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Message-ID", "List-Unsubscribe")
-
-
-def _print_preview(item: Preview) -> None:
-    planned, message = item.planned, item.message
-    mail = message_from_bytes(item.outgoing.data, policy=email.policy.default)
-    out.print(
-        f"== {planned.rule_id} → {planned.to} · template {message.template}/{message.locale} · "
-        f"due {planned.due_at.isoformat()} · key {planned.key}",
-        markup=False,
-    )
-    if item.note:
-        out.print(f"note: {item.note}", markup=False)
-    for name in _PREVIEW_HEADERS:
-        if mail[name] is not None:
-            out.print(f"{name}: {mail[name]}", markup=False)
-    out.print(f"-- text --\n{message.text}\n-- html --\n{message.html}", markup=False)
 
 
 def main() -> None:

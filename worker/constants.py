@@ -77,7 +77,7 @@ MAX_QUERIES_FILE_BYTES = 256 * 1024
 WEBHOOK_MAX_RETRY_AFTER = timedelta(hours=1)
 #: Characters of a webhook's error reply kept in the ledger and logs.
 WEBHOOK_MAX_REPLY_CHARS = 200
-#: CRM events (``crm-worker event``, later an HTTP intake): one hash per event, and per event
+#: CRM events (``crm-worker event``, the HTTP intake): one hash per event, and per event
 #: type a sorted set of event ids by time. Kept only as long as an event rule may still act on
 #: them (longer than any rule's grace), and capped per type so a flood cannot fill Redis.
 EVENT_KEY_PREFIX = f"{KEY_PREFIX}:event:"

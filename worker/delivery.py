@@ -105,7 +105,7 @@ class Deliverer:
                 finish("skipped", planned.reason)
                 log.info("skipped %s: %s", key, planned.reason)
                 return DeliveryResult(key, "skipped", planned.reason)
-            outgoing = self._render(planned, now)
+            outgoing = self.render(planned, now)
             receipt = self.channel.send(outgoing)
         except TemplateError as exc:
             finish("failed", str(exc))
@@ -179,7 +179,8 @@ class Deliverer:
             return skip(f"too late: due {occurrence.due_at.isoformat()}, grace {rule.grace}")
         return prepare_delivery(rule, action, occurrence, related.records(), self.company)
 
-    def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+    def render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        """What goes out for ``planned`` on its channel: a webhook's body, or the mail."""
         if planned.action.channel == "webhook":
             links = self.unsubscribe_links(planned)
             unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT

