@@ -8,7 +8,9 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.conftest import REPO
 from tests.test_cli import base_env, crm_worker
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from worker.constants import MAX_INTAKE_BODY_BYTES
@@ -283,3 +286,41 @@ def test_an_event_stamped_in_the_future_waits_for_its_time(intake):
     broken = post(url, event("crm-6", at="2099-01-01T00:00:00Z"), Authorization=f"Bearer {TOKEN}")
     assert broken.status_code == 422 and broken.json()["field"] == "at"
     assert EventLog(runtime.redis).get("crm-6") is None
+
+
+def test_an_event_whose_crm_data_is_unreachable_is_kept_for_the_next_pass(
+    crm, make_runtime, make_settings
+):
+    closed = _free_port()  # the CRM database is down
+    settings = make_settings(
+        CRM_RULES_DIR=crm["CRM_RULES_DIR"],
+        CRM_SOURCE=f"postgresql+psycopg://crm_reader:s3cret@127.0.0.1:{closed}/crm",
+        CRM_SOURCE_QUERIES=str(REPO / "examples" / "sql" / "queries.yaml"),
+    )
+    runtime = make_runtime(settings)
+    for url in serve(runtime, IntakeAuth(token=TOKEN.encode(), secret=None)):
+        answer = post(url, event("crm-8"), Authorization=f"Bearer {TOKEN}")
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["queued"] == [] and "s3cret" not in answer.text
+    stored = EventLog(runtime.redis).get("crm-8")
+    assert stored is not None and stored.record_id == "P1"  # the next pass finds it
+
+
+def test_concurrent_posts_and_retries_queue_each_event_once(intake):
+    url, runtime = intake
+    bodies = [event(f"crm-c{n % 8}") for n in range(32)]  # every event posted four times
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(
+                lambda body: client.post(
+                    f"{url}/events",
+                    json=body,
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ),
+                bodies,
+            )
+        )
+    assert Counter(a.json()["status"] for a in answers) == {"accepted": 8, "duplicate": 24}
+    queued = [key for a in answers for key in a.json()["queued"]]
+    assert sorted(queued) == sorted(f"welcome:purchase:P1:crm-c{n}/email" for n in range(8))
+    assert set(runtime.ledger.states(queued).values()) == {"queued"}
