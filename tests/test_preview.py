@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from tests.test_cli import base_env, crm_worker
@@ -98,3 +99,42 @@ def test_preview_when_not_due_still_shows_the_message(tmp_path, smtp_server, red
     assert result.returncode == 0, result.stderr
     assert "note: not due at 2026-07-01T10:00:00+00:00" in result.stdout
     assert "Subject: Alles Gute zum Geburtstag, Jürgen!" in result.stdout
+
+
+def test_preview_of_a_webhook_rule_shows_the_body_it_posts(tmp_path, redis_client):
+    crm = tmp_path / "crm"
+    crm.mkdir()
+    (crm / "customers.csv").write_text(
+        "id,email,first_name,last_name,birthday,locale,timezone,account_manager_email,"
+        'email_opt_in\n7,ana@example.com,Ana,"Ruiz ""R""",1990-03-14,en,UTC,m1@example.com,true\n',
+        encoding="utf-8",
+    )
+    (crm / "purchases.csv").write_text(
+        "id,customer_id,product,purchased_at,delivered_at\n", encoding="utf-8"
+    )
+    (crm / "complaints.csv").write_text(
+        "id,customer_id,subject,opened_at,resolved_at\nC7,7,Wrong size,2026-03-12T10:00:00Z,\n",
+        encoding="utf-8",
+    )
+    env = base_env(tmp_path) | {
+        "CRM_SOURCE": str(crm),
+        "CRM_WEBHOOKS": '{"sales-chat": "https://hooks.example.com/T0KEN"}',
+    }
+    result = crm_worker(
+        "preview", "complaint-sales-chat", "--customer", "7", "--now", NOW,
+        "--send-to", "me@example.com", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "== complaint-sales-chat → webhook sales-chat (for m1@example.com) · template "
+        "complaint-alert · due 2026-03-14T10:00:00+00:00 · key "
+        "complaint-sales-chat:complaint:C7:1/webhook"
+    )
+    assert lines[1:3] == ["Content-Type: application/json", "-- body --"]
+    assert json.loads("\n".join(lines[3:])) == {
+        "text": 'Complaint C7 (Wrong size) from Ana Ruiz "R" is still open since '
+        "2026-03-12T10:00:00+00:00. Account manager: m1@example.com"
+    }
+    assert "T0KEN" not in result.stdout + result.stderr
+    assert "webhook posts get no test copy" in result.stderr

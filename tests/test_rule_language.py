@@ -335,6 +335,7 @@ def test_shipped_rules_check_clean(make_runtime, make_settings):
         "purchase-anniversary",
         "delivery-follow-up",
         "complaint-follow-up",
+        "complaint-sales-chat",  # shipped switched off: it waits for a chat webhook
     }
     for path in (REPO / "rules").glob("*.yaml"):
         first = path.read_text(encoding="utf-8").splitlines()[0]
@@ -355,7 +356,7 @@ def test_demo_data_gives_every_sample_rule_work(make_runtime, make_settings):
         for item in items:
             if isinstance(item, PlannedDelivery):
                 seen[item.rule_id] = seen.get(item.rule_id, 0) + 1
-    assert set(seen) == {r.id for r in runtime.catalog}, seen
+    assert set(seen) == {r.id for r in runtime.catalog if r.enabled}, seen
 
 
 def test_event_command_queues_and_delivers_once(world, tmp_path, smtp_server, redis_client):

@@ -345,3 +345,25 @@ def _outgoing(body: bytes, *, endpoint: str = "sales-chat") -> Outgoing:
         content_type="application/json",
         endpoint=endpoint,
     )
+
+
+def test_the_shipped_chat_rule_waits_switched_off_until_its_webhook_is_named(
+    make_runtime: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    shipped = make_runtime(make_settings())
+    assert check_all(shipped.catalog, shipped.renderer, shipped.source, webhooks=set()) == []
+    rule = shipped.catalog.get("complaint-sales-chat")
+    assert rule is not None and not rule.enabled
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = (REPO / "rules" / "complaint-sales-chat.yaml").read_text(encoding="utf-8")
+    (rules / "complaint-sales-chat.yaml").write_text(
+        text.replace("enabled: false", "enabled: true"), encoding="utf-8"
+    )
+    switched_on = make_runtime(make_settings(CRM_RULES_DIR=str(rules)))
+    catalog, renderer, source = switched_on.catalog, switched_on.renderer, switched_on.source
+    assert [str(p).split("/")[-1] for p in check_all(catalog, renderer, source, webhooks=[])] == [
+        "complaint-sales-chat.yaml:19:14: webhook 'sales-chat' is not in CRM_WEBHOOKS "
+        "(configured: none)"
+    ]
+    assert check_all(catalog, renderer, source, webhooks=["sales-chat"]) == []

@@ -77,7 +77,7 @@ MAX_QUERIES_FILE_BYTES = 256 * 1024
 WEBHOOK_MAX_RETRY_AFTER = timedelta(hours=1)
 #: Characters of a webhook's error reply kept in the ledger and logs.
 WEBHOOK_MAX_REPLY_CHARS = 200
-#: CRM events (``crm-worker event``, later an HTTP intake): one hash per event, and per event
+#: CRM events (``crm-worker event``, the HTTP intake): one hash per event, and per event
 #: type a sorted set of event ids by time. Kept only as long as an event rule may still act on
 #: them (longer than any rule's grace), and capped per type so a flood cannot fill Redis.
 EVENT_KEY_PREFIX = f"{KEY_PREFIX}:event:"
@@ -114,3 +114,18 @@ BROKER_MAINTENANCE_CHANCE = 1000
 #: than the timeout is replaced without asking.
 SMTP_IDLE_CHECK = timedelta(seconds=20)
 SMTP_IDLE_TIMEOUT = timedelta(seconds=240)
+
+#: Event intake (HTTP): the largest request body accepted (an event is ids and a small ``data``
+#: of at most MAX_EVENT_DATA_BYTES), and how far a signed request's timestamp may be off: a
+#: captured request cannot be replayed later, and within the window the event id makes a
+#: replay a duplicate that sends nothing.
+MAX_INTAKE_BODY_BYTES = 64 * 1024
+INTAKE_SIGNATURE_MAX_AGE = timedelta(minutes=5)
+#: How far ahead of the intake's clock an event's ``at`` may be (the CRM's clock drifts).
+MAX_EVENT_CLOCK_SKEW = timedelta(minutes=5)
+#: Shortest intake token or signing secret accepted (guessing must stay hopeless).
+MIN_INTAKE_SECRET_CHARS = 16
+#: What a 503 of the intake asks the CRM to wait before retrying (Redis is down).
+INTAKE_RETRY_AFTER_S = 30
+#: How long ``crm-worker event --post`` waits for the intake's answer.
+INTAKE_CLIENT_TIMEOUT_S = 30.0

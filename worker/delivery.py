@@ -103,7 +103,7 @@ class Deliverer:
             suppressed = self._suppressed(planned.to)
             if suppressed is not None:
                 return attempt.finish("skipped", suppressed)
-            outgoing = self._render(planned, now)
+            outgoing = self.render(planned, now)
             receipt = self.channel.send(outgoing)
         except TemplateError as exc:
             return attempt.finish("failed", str(exc))
@@ -209,7 +209,8 @@ class Deliverer:
             return skip(f"too late: due {occurrence.due_at.isoformat()}, grace {rule.grace}")
         return prepare_delivery(rule, action, occurrence, related.records(), self.company)
 
-    def _render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+    def render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        """What goes out for ``planned`` on its channel: a webhook's body, or the mail."""
         if planned.action.channel == "webhook":
             links = self.unsubscribe_links(planned)
             unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT

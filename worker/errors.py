@@ -13,6 +13,7 @@
     ├── UnsubscribeTokenError  an unsubscribe link was forged or mangled (also a ValueError)
     ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
     ├── EventError             a reported CRM event is unusable (also a ValueError)
+    ├── IntakeError            an event posted over HTTP is refused (carries status and field)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
@@ -117,6 +118,20 @@ class PreviewError(CrmWorkerError):
 
 class EventError(CrmWorkerError, ValueError):
     """A CRM event cannot be recorded; the message names the bad part and the expected form."""
+
+
+class IntakeError(CrmWorkerError):
+    """The event intake refuses a request, or refused ``crm-worker event --post``.
+
+    ``status`` is the HTTP status (``None``: no answer at all), ``field`` the part of the event
+    at fault when there is one (``record_id``, ``data.via``).
+    """
+
+    def __init__(self, status: int | None, reason: str, *, field: str | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.field = field
+        super().__init__(reason)
 
 
 class DeliveryError(CrmWorkerError):

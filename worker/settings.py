@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from worker.constants import (
     BROKER_HEARTBEAT_TIMEOUT,
     BROKER_MAINTENANCE_CHANCE,
+    MIN_INTAKE_SECRET_CHARS,
     RETRY_BACKOFF_FIRST,
     SEND_LEASE,
     SMTP_IDLE_CHECK,
@@ -166,6 +167,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics here; unset: off."
     )
+    intake_token: SecretStr | None = Field(
+        default=None, description="Event intake: the CRM sends 'Authorization: Bearer <token>'."
+    )
+    intake_secret: SecretStr | None = Field(
+        default=None, description="Event intake: HMAC-SHA256 key the CRM signs each request with."
+    )
+    intake_host: str = Field(default="127.0.0.1", description="Event intake: address to listen on.")
+    intake_port: int = Field(default=8080, ge=1, le=65535, description="Event intake: TCP port.")
+    intake_allow_unauthenticated: bool = Field(
+        default=False,
+        description="Event intake without token or secret; only on a loopback address.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -242,6 +255,16 @@ class Settings(BaseSettings):
             # The URL itself may hold a token (Slack, Teams): never echo it back.
             if not re.match(r"^https?://[^\s/?#]+", url.get_secret_value()):
                 raise ValueError(f"webhook {name!r}: the URL must start with https:// or http://")
+        return value
+
+    @field_validator("intake_token", "intake_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_INTAKE_SECRET_CHARS:
+            raise ValueError(
+                f"use at least {MIN_INTAKE_SECRET_CHARS} random characters, e.g. the output of "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return value
 
     @field_validator("contact_cap")

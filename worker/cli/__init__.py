@@ -1,0 +1,26 @@
+"""``crm-worker``: the command line. Thin: parse, call the package, print.
+
+One module per audience: :mod:`~worker.cli.authoring` (check, plan, schema, preview),
+:mod:`~worker.cli.operations` (run, scheduler, worker, intake, event),
+:mod:`~worker.cli.deliveries` (report, retry-failed, suppress, resume); shared pieces (exit
+codes, option types, the ``cli`` group) in :mod:`~worker.cli.common`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from worker.cli import authoring, deliveries, operations
+from worker.cli.common import EXIT_CONFIG, EXIT_UNAVAILABLE, cli, err
+from worker.errors import CrmWorkerError, SourceError
+
+__all__ = ["authoring", "cli", "deliveries", "main", "operations"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(standalone_mode=True)
+    except CrmWorkerError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True)
+        sys.exit(EXIT_UNAVAILABLE if isinstance(exc, SourceError) else EXIT_CONFIG)

@@ -1,0 +1,304 @@
+"""Commands for the people who write rules and templates: check, plan, schema, preview."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from rich.table import Table
+
+from worker.cli.common import (
+    EXIT_CONFIG,
+    EXIT_PROBLEMS,
+    EXIT_UNAVAILABLE,
+    NOW_OPTION,
+    cli,
+    err,
+    out,
+    runtime_for,
+)
+from worker.errors import (
+    AddressError,
+    DeliveryError,
+    PreviewError,
+    SourceError,
+    TemplateError,
+)
+from worker.explanation import Explainer
+from worker.localtime import utc_now
+from worker.planning import PlannedDelivery, Skip, plan
+from worker.preview import Preview, build_previews, describe, send_test_copy
+from worker.rules.loader import rule_json_schema
+from worker.runtime import Runtime
+from worker.validation import check_all
+
+
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate rules and templates; one `path:line:col: message` line per problem.
+
+    \b
+    Exit 0 when everything is valid, 1 otherwise.
+    Example:
+      crm-worker check
+    """
+    runtime = runtime_for(ctx)
+    logging.getLogger("worker.rules.catalog").setLevel(logging.CRITICAL)  # printed below instead
+    try:
+        problems = check_all(
+            runtime.catalog,
+            runtime.renderer,
+            runtime.source,
+            webhooks=runtime.settings.webhooks.keys(),
+        )
+    except SourceError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    for problem in problems:
+        out.print(str(problem), markup=False)
+    if problems:
+        err.print(f"{len(problems)} problem(s) found")
+        sys.exit(EXIT_PROBLEMS)
+    err.print(f"ok: {len(runtime.catalog)} rule(s), templates valid")
+
+
+@cli.command("plan")
+@NOW_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
+@click.option("--customer", "customer", help="Per rule, why this customer gets a message or not.")
+@click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
+@click.pass_context
+def plan_command(
+    ctx: click.Context,
+    now: datetime | None,
+    as_json: bool,
+    rules: tuple[str, ...],
+    customer: str | None,
+    explain: bool,
+) -> None:
+    """Dry run: what a scheduler pass at --now would queue. Nothing is claimed or sent.
+
+    \b
+    Examples:
+      crm-worker plan --now 2026-03-14T10:00:00Z
+      crm-worker plan --now 2026-03-14T10:00:00Z --json | jq .to
+      crm-worker plan --customer 42 --explain
+    """
+    runtime = runtime_for(ctx)
+    now = now or utc_now()
+    runtime.catalog.refresh()
+    rule_ids = frozenset(rules) if rules else None
+    if customer is not None:
+        _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
+        return
+    items = plan(
+        runtime.catalog,
+        runtime.source,
+        now,
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+        rule_ids=rule_ids,
+        events=runtime.events,
+    )
+    planned: list[PlannedDelivery] = []
+    skips: list[Skip] = []
+    try:
+        for item in items:
+            if isinstance(item, PlannedDelivery):
+                planned.append(item)
+                if as_json:
+                    out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
+            elif explain:
+                skips.append(item)
+                if as_json:
+                    out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    except redis.RedisError as exc:  # event rules read the event store
+        err.print(f"[red]error:[/] Redis unavailable (CRM events): {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        return
+    table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
+    for column in ("rule", "due at (UTC)", "channel", "to", "template", "locale", "key"):
+        table.add_column(column)
+    for item in planned:
+        table.add_row(
+            item.rule_id,
+            item.due_at.strftime("%Y-%m-%d %H:%M"),
+            item.action.channel,
+            item.to,
+            item.action.template,
+            item.locale or "",
+            item.key,
+        )
+    out.print(table)
+    if skips:
+        reasons = Table(title="Not sent")
+        for column in ("rule", "record", "reason"):
+            reasons.add_column(column)
+        for skip in skips:
+            reasons.add_row(skip.rule_id, f"{skip.entity} {skip.record_id}", skip.reason)
+        out.print(reasons)
+
+
+def _explain_customer(
+    runtime: Runtime,
+    customer_id: str,
+    now: datetime,
+    rule_ids: frozenset[str] | None,
+    *,
+    as_json: bool,
+) -> None:
+    """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
+    explainer = Explainer(
+        catalog=runtime.catalog,
+        source=runtime.source,
+        ledger=runtime.ledger,
+        contact_policy=runtime.contact_policy,
+        events=runtime.events,
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+    )
+    try:
+        lines = list(explainer.explain(customer_id, now, rule_ids=rule_ids))
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable (ledger and cap lookups): {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        for line in lines:
+            out.print(json.dumps(dataclasses.asdict(line), ensure_ascii=False), markup=False)
+        return
+    table = Table(title=f"Customer {customer_id} at {now.isoformat()}")
+    for column in ("rule", "record", "verdict", "why", "to", "key"):
+        table.add_column(column)
+    for line in lines:
+        table.add_row(line.rule_id, line.subject, line.verdict, line.reason, line.to, line.key)
+    out.print(table)
+
+
+def _plan_json(item: PlannedDelivery) -> dict[str, Any]:
+    return {
+        "rule": item.rule_id,
+        "key": item.key,
+        "channel": item.action.channel,
+        "to": item.to,
+        "due_at": item.due_at.isoformat().replace("+00:00", "Z"),
+        "template": item.action.template,
+        "locale": item.locale,
+        "entity": item.occurrence.entity,
+        "record_id": item.occurrence.record_id,
+    }
+
+
+def _skip_json(item: Skip) -> dict[str, Any]:
+    return {
+        "rule": item.rule_id,
+        "skipped": True,
+        "entity": item.entity,
+        "record_id": item.record_id,
+        "key": item.key or None,
+        "reason": item.reason,
+    }
+
+
+@cli.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def schema(output: Path | None) -> None:
+    """Print (or write) the JSON Schema of rule files, for editor autocompletion.
+
+    \b
+    Example:
+      crm-worker schema -o var/rule.schema.json
+    """
+    text = json.dumps(rule_json_schema(), indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n", encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("rule_id", metavar="RULE")
+@click.option("--customer", "customer_id", required=True, help="Customer id in the CRM data.")
+@NOW_OPTION
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the HTML part to this file (open it in a browser).",
+)
+@click.option("--send-to", "send_to", default=None, help="Send a test copy to this address.")
+@click.pass_context
+def preview(
+    ctx: click.Context,
+    rule_id: str,
+    customer_id: str,
+    now: datetime | None,
+    html_file: Path | None,
+    send_to: str | None,
+) -> None:
+    """Show the real message RULE sends to a customer: headers, subject, text and HTML.
+
+    Same path as a delivery (fresh CRM record, condition, template in the customer's language),
+    but nothing is claimed or sent, except a test copy with --send-to (outside the ledger, with
+    its own Message-ID; its unsubscribe link does not unsubscribe the customer).
+
+    \b
+    Exit 0 when shown, 1 when the customer would not get it or a template fails,
+    2 for an unknown rule or customer.
+    Examples:
+      crm-worker preview birthday-greeting --customer 42
+      crm-worker preview birthday-greeting --customer 42 --html var/preview.html
+      crm-worker preview birthday-greeting --customer 42 --send-to me@example.com
+    """
+    runtime = runtime_for(ctx)
+    now = now or utc_now()
+    try:
+        deliverer = runtime.deliverer
+        items = build_previews(deliverer, rule_id, customer_id, now)
+    except redis.RedisError as exc:  # the shared unsubscribe secret lives in Redis
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    except PreviewError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_CONFIG)
+    except TemplateError as exc:
+        err.print(f"[red]template error:[/] {exc}")
+        sys.exit(EXIT_PROBLEMS)
+    shown = [item for item in items if isinstance(item, Preview)]
+    mails = [item for item in shown if item.message is not None]
+    for item in items:
+        if isinstance(item, Skip):
+            err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
+            continue
+        out.print(describe(item), markup=False)
+    if html_file and mails and mails[0].message is not None:
+        html_file.parent.mkdir(parents=True, exist_ok=True)
+        html_file.write_text(mails[0].message.html, encoding="utf-8")
+        err.print(f"wrote the HTML part to {html_file}", markup=False)
+    if send_to and len(mails) < len(shown):
+        err.print("note: webhook posts get no test copy (it would reach the real chat)")
+    if send_to and mails:
+        try:
+            for item in mails:
+                receipt = send_test_copy(deliverer, item, send_to, utc_now())
+                err.print(f"test copy sent to {send_to}: {receipt.detail}", markup=False)
+        except AddressError as exc:
+            err.print(f"[red]error:[/] --send-to: {exc.reason}")
+            sys.exit(EXIT_CONFIG)
+        except DeliveryError as exc:
+            err.print(f"[red]error:[/] test copy not sent: {exc}")
+            sys.exit(EXIT_PROBLEMS)
+    if len(shown) < len(items):
+        sys.exit(EXIT_PROBLEMS)

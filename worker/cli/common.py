@@ -1,0 +1,111 @@
+"""What every ``crm-worker`` command shares: exit codes, consoles, option types, the group.
+
+Exit codes: 0 success, 1 problems found (``check``) or deliveries failed, 2 usage or
+configuration error, 3 a service (Redis, the CRM data) is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+
+from worker.errors import ConfigError
+from worker.localtime import parse_instant, utc_now
+from worker.rules.models import parse_duration
+from worker.runtime import Runtime
+from worker.settings import Settings, load_settings
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Instant(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 instant; without an offset it is UTC."""
+
+    name = "instant"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_instant(str(value))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO 8601 instant, e.g. 2026-03-14T10:00:00Z", param, ctx
+            )
+
+
+NOW_OPTION = click.option(
+    "--now", type=Instant(), default=None, help="Pretend it is this instant (default: now)."
+)
+
+
+def load_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_CONFIG)
+
+
+def runtime_for(ctx: click.Context) -> Runtime:
+    runtime = Runtime(load_or_exit())
+    ctx.call_on_close(runtime.close)
+    return runtime
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """CRM messaging automation worker.
+
+    \b
+    Examples:
+      crm-worker check                                  validate rules and templates
+      crm-worker plan --now 2026-03-14T10:00:00Z        who would get what at that instant
+      crm-worker run --once                             one pass now, deliver, print a summary
+      crm-worker run                                    scheduler + workers until Ctrl-C
+      crm-worker preview birthday-greeting --customer 42   the real message for customer 42
+      crm-worker plan --customer 42 --explain           per rule: why (not) for customer 42
+      crm-worker event purchase.created --id P17        the CRM reports an event
+      crm-worker intake                                 serve the CRM's events over HTTP
+      crm-worker report --since 24h                     what was sent, skipped, failed
+
+    Settings come from CRM_* environment variables or a .env file (see README).
+    """
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("dramatiq").setLevel(max(level, logging.WARNING))
+
+
+class Since(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 instant, or a duration back from now (``24h``, ``7d``)."""
+
+    name = "since"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return utc_now() - parse_duration(str(value))
+        except ValueError:
+            pass
+        try:
+            return parse_instant(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is neither an instant nor a duration like 24h or 7d", param, ctx)

@@ -1,0 +1,177 @@
+"""The intake's HTTP interface (ASGI, Starlette), served by uvicorn.
+
+``POST /events`` takes one event (:mod:`worker.intake.body`) from a caller with credentials
+(:mod:`worker.intake.auth`), records it and claims and queues what the ``event`` rules send for
+it (:meth:`worker.runtime.Runtime.take_event`, the same as ``crm-worker event``), then answers:
+
+====  =======================================================================================
+202   recorded and its messages queued: ``{"status": "accepted", "id", "rules", "queued"}``
+200   that event id was recorded before: ``{"status": "duplicate", …}``; nothing is sent twice
+400   the body is not JSON                      401  missing or wrong token / signature
+413   the body is over MAX_INTAKE_BODY_BYTES    415  the body is not ``application/json``
+422   a field is missing or wrong: ``{"error", "field"}`` names it
+503   Redis is down: nothing is acknowledged; retry after ``Retry-After`` seconds
+====  =======================================================================================
+
+The answer comes only once Redis holds the event and its claimed deliveries are on the queue,
+so a CRM that retries every non-2xx answer loses no event. ``GET /health`` answers 200 while
+Redis answers a ping, else 503 (no credentials needed: it says nothing about events).
+
+Example (tests run it in a thread the same way)::
+
+    app = create_app(Runtime(settings), IntakeAuth.from_settings(settings, "127.0.0.1"))
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
+from worker.errors import EventError, IntakeError, SourceUnavailableError
+from worker.intake.auth import IntakeAuth
+from worker.intake.body import EventBody, parse_event
+from worker.localtime import utc_now
+from worker.runtime import Runtime, TakenEvent
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/events"
+HEALTH_PATH = "/health"
+
+
+def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
+    """The intake app over ``runtime`` (its Redis, rules, CRM data and queue)."""
+    runtime.redis  # noqa: B018 - open (or start the embedded) Redis once, not per request
+    # Rule reloads and the scheduler's parts are not made for concurrent use: one event at a
+    # time is recorded and queued (a few milliseconds each); requests wait in the thread pool.
+    taking = threading.Lock()
+
+    def take(event: EventBody) -> TakenEvent:
+        # An event the CRM stamped is evaluated at the real time: one stamped ahead of the
+        # intake's clock is not sent early (the scheduler's pass at that time queues it).
+        # Unstamped, it happened as it is recorded, and is evaluated at that instant.
+        with taking:
+            return runtime.take_event(
+                event.type,
+                event.record_id,
+                data=event.data,
+                event_id=event.id,
+                at=event.at,
+                now=utc_now() if event.at else None,
+            )
+
+    async def post_event(request: Request) -> JSONResponse:
+        try:
+            body = await _read_body(request)
+            auth.verify(request.headers, body, now=time.time())
+            event = parse_event(body, request.headers.get("content-type"), utc_now())
+        except IntakeError as exc:
+            return refusal(exc)
+        try:
+            taken = await run_in_threadpool(take, event)
+        except EventError as exc:  # what the model cannot see, e.g. data too large once encoded
+            return refusal(IntakeError(422, str(exc), field="data"))
+        except redis.RedisError as exc:
+            log.error("event %s not taken, Redis unavailable: %s", event.id, exc)
+            return JSONResponse(
+                {"error": "Redis unavailable; retry later (a retry never sends twice)"},
+                status_code=503,
+                headers={"Retry-After": str(INTAKE_RETRY_AFTER_S)},
+            )
+        except SourceUnavailableError as exc:
+            # Recorded by now: the scheduler's next pass queues its messages (within grace).
+            log.error("event %s recorded; its messages wait for the CRM data: %s", event.id, exc)
+            waiting = {"status": "accepted", "id": event.id, "queued": [], "note": str(exc)}
+            return JSONResponse(waiting, status_code=202)
+        log.info(
+            "event %s (%s %s): %s, %d queued",
+            taken.event.id,
+            taken.event.type,
+            taken.event.record_id,
+            "new" if taken.new else "duplicate",
+            len(taken.queued),
+        )
+        answer: dict[str, object] = {
+            "status": "accepted" if taken.new else "duplicate",
+            "id": taken.event.id,
+            "rules": taken.rules,
+            "queued": taken.queued,
+        }
+        return JSONResponse(answer, status_code=202 if taken.new else 200)
+
+    async def health(request: Request) -> JSONResponse:
+        try:
+            await run_in_threadpool(runtime.redis.ping)
+        except redis.RedisError as exc:
+            log.error("health: Redis unavailable: %s", exc)
+            return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
+        return JSONResponse({"status": "ok", "redis": "ok"})
+
+    return Starlette(
+        routes=[
+            Route(EVENTS_PATH, post_event, methods=["POST"]),
+            Route(HEALTH_PATH, health, methods=["GET"]),
+        ]
+    )
+
+
+def refusal(exc: IntakeError) -> JSONResponse:
+    """The answer to a refused request: the status, what is wrong and, if known, where."""
+    headers = {"WWW-Authenticate": 'Bearer realm="crm-intake"'} if exc.status == 401 else None
+    return JSONResponse(
+        {"error": exc.reason, "field": exc.field}, status_code=exc.status or 400, headers=headers
+    )
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it passes the limit, declared or not."""
+    declared = request.headers.get("content-length", "")
+    too_large = IntakeError(
+        413, f"the body is over {MAX_INTAKE_BODY_BYTES} bytes; post ids and a small data object"
+    )
+    if declared.isdigit() and int(declared) > MAX_INTAKE_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_INTAKE_BODY_BYTES:
+            raise too_large
+    return bytes(body)
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Run the intake until SIGINT/SIGTERM (uvicorn's handling: in-flight requests finish).
+
+    Raises :class:`~worker.errors.ConfigError` when it would run without credentials.
+    """
+    host = host or settings.intake_host
+    port = port or settings.intake_port
+    auth = IntakeAuth.from_settings(settings, host)
+    runtime = Runtime(settings)
+    try:
+        app = create_app(runtime, auth)
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"event intake on http://{shown}:{port}{EVENTS_PATH} (health: {HEALTH_PATH})")
+        # log_config=None: uvicorn logs through ours (crm-worker -v), not its own handlers.
+        uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
+    finally:
+        runtime.close()
