@@ -215,9 +215,13 @@ class TemplateRenderer:
                 path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
             ) from None
         except UndefinedError as exc:
-            raise TemplateError(path, f"{exc.message} (check the spelling of the field)") from None
+            raise TemplateError(
+                path, f"{exc.message} (check the spelling of the field)", line=_line_in(exc, path)
+            ) from None
         except SecurityError as exc:
-            raise TemplateError(path, f"refused by the sandbox: {exc}") from None
+            raise TemplateError(
+                path, f"refused by the sandbox: {exc}", line=_line_in(exc, path)
+            ) from None
         except RenderLimitError as exc:
             # Raised inside range() too, which does not know the file: name it here.
             raise RenderLimitError(path, exc.reason) from None
@@ -237,6 +241,19 @@ class TemplateRenderer:
             raise TemplateError(
                 path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
             ) from None
+
+
+def _line_in(exc: BaseException, path: str) -> int:
+    """The line of template ``path`` where ``exc`` was raised (0 when not known): Jinja
+    rewrites tracebacks so that a template's frames carry its file name and line, which lets
+    `check` point at the typo instead of at the file."""
+    line = 0
+    tb = exc.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).as_posix().endswith(f"/{path}"):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _collect(chunks: Iterator[str], path: str, deadline: _Deadline) -> str:
