@@ -176,3 +176,34 @@ def test_check_of_a_crm_without_purchases_or_complaints_finds_nothing(
         (crm / name).write_text(header + "\n", encoding="utf-8")
     runtime = make_runtime(make_settings(CRM_SOURCE=str(crm)))
     assert check_all(runtime.catalog, runtime.renderer, runtime.source) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "first_name", "expected"),
+    [
+        ('{{ "Hello " ~ customer.first_name ~ "!" }}', None, "Hello !"),
+        ('{{ "Hello " ~ customer.first_name ~ "!" }}', "Ann", "Hello Ann!"),
+        ('{{ ("Hi " ~ customer.first_name) | trim }}', None, "Hi"),
+        ('{% set n = "x" ~ customer.first_name %}{{ n }}', None, "x"),
+        ('{% macro hi(n) %}{{ "Hi " ~ n ~ "!" }}{% endmacro %}{{ hi(customer.x) }}', None, "Hi !"),
+        ("{{ customer.first_name ~ 0 ~ false }}", None, "0False"),
+    ],
+)
+def test_joining_with_tilde_never_writes_none(tmp_path, source, first_name, expected):
+    folder = tmp_path / "t" / "en"
+    folder.mkdir(parents=True)
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (folder / part).write_text(source, encoding="utf-8")
+    renderer = TemplateRenderer(tmp_path, "en")
+    customer = {"first_name": first_name, "x": first_name}
+    message = renderer.render("t", "en", {"customer": customer})
+    assert (message.subject, message.text, message.html) == (expected,) * 3
+
+
+def test_a_typo_joined_with_tilde_is_still_an_error(tmp_path):
+    folder = tmp_path / "t" / "en"
+    folder.mkdir(parents=True)
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (folder / part).write_text('{{ "Hi " ~ customer.frist_name }}', encoding="utf-8")
+    with pytest.raises(TemplateError, match="frist_name"):
+        TemplateRenderer(tmp_path, "en").render("t", "en", {"customer": {"first_name": "A"}})
