@@ -42,6 +42,8 @@ DEFAULT_GRACE = timedelta(days=1)
 MAX_RULE_FILE_BYTES = 256 * 1024
 #: YAML nodes per rule file after alias expansion (guards against "billion laughs").
 MAX_RULE_NODES = 5_000
+#: Nesting levels per rule file (a rule uses about five); deeper files are refused unread.
+MAX_RULE_DEPTH = 32
 
 #: Rendering limits: a template that runs longer or writes more fails that message only.
 RENDER_DEADLINE_S = 2.0

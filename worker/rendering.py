@@ -11,7 +11,7 @@ Safety (Jinja ≥ 3.1.6 with :class:`ImmutableSandboxedEnvironment`):
   build huge values are refused, and output is checked against a deadline and a size limit as
   it is produced;
 * ``StrictUndefined`` turns a typo (``{{ frist_name }}``) into an error, and ``None`` prints as
-  an empty string (never "Hello None");
+  an empty string (never "Hello None"), also when joined with ``~``;
 * autoescape is on for ``*.html.j2`` only (``select_autoescape(["html"])`` would not match it).
 
 Example::
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -73,9 +74,32 @@ class _Deadline:
             raise RenderLimitError(template, f"rendering took longer than {RENDER_DEADLINE_S} s")
 
 
+#: Filter every operand of ``~`` passes through (a name no template would use).
+_BLANK_NONE = "_blank_none"
+
+
+class _CodeGenerator(CodeGenerator):
+    """``~`` joins its operands with ``str()``, so ``"Hello " ~ customer.first_name`` would read
+    "Hello None" for an empty field; here an operand that is None joins as nothing, as
+    ``{{ customer.first_name }}`` prints nothing through ``finalize``."""
+
+    def pull_dependencies(self, body: Iterable[nodes.Node]) -> None:
+        # Filters are looked up once per body before it is compiled: declare ours everywhere.
+        super().pull_dependencies([*body, _blank_none(nodes.Const(None))])
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802
+        operands: list[nodes.Expr] = [_blank_none(arg) for arg in node.nodes]
+        super().visit_Concat(nodes.Concat(operands, lineno=node.lineno), frame)
+
+
+def _blank_none(expr: nodes.Expr) -> nodes.Filter:
+    return nodes.Filter(expr, _BLANK_NONE, [], [], None, None, lineno=expr.lineno)
+
+
 class _LimitedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox plus bounds on what a template may compute."""
 
+    code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -140,6 +164,7 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     # A message without unsubscribe links (an internal alert) still renders a shared footer.
     env.globals = {"range": _bounded_range, "unsubscribe": NO_LINKS_CONTEXT}
     env.filters.update(FILTERS)
+    env.filters[_BLANK_NONE] = _finalize
     return env
 
 
@@ -215,9 +240,13 @@ class TemplateRenderer:
                 path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
             ) from None
         except UndefinedError as exc:
-            raise TemplateError(path, f"{exc.message} (check the spelling of the field)") from None
+            raise TemplateError(
+                path, f"{exc.message} (check the spelling of the field)", line=_line_in(exc, path)
+            ) from None
         except SecurityError as exc:
-            raise TemplateError(path, f"refused by the sandbox: {exc}") from None
+            raise TemplateError(
+                path, f"refused by the sandbox: {exc}", line=_line_in(exc, path)
+            ) from None
         except RenderLimitError as exc:
             # Raised inside range() too, which does not know the file: name it here.
             raise RenderLimitError(path, exc.reason) from None
@@ -237,6 +266,19 @@ class TemplateRenderer:
             raise TemplateError(
                 path, f"line {exc.lineno}: {exc.message}", line=exc.lineno
             ) from None
+
+
+def _line_in(exc: BaseException, path: str) -> int:
+    """The line of template ``path`` where ``exc`` was raised (0 when not known): Jinja
+    rewrites tracebacks so that a template's frames carry its file name and line, which lets
+    `check` point at the typo instead of at the file."""
+    line = 0
+    tb = exc.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).as_posix().endswith(f"/{path}"):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _collect(chunks: Iterator[str], path: str, deadline: _Deadline) -> str:

@@ -9,7 +9,7 @@ compile and use known names, and recipients point at fields the source has.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from worker.rules.catalog import RuleCatalog
 from worker.rules.loader import parse_yaml
 from worker.rules.models import EventTrigger, Rule
 from worker.sources.base import Record, Source
-from worker.sources.schema import REQUIRED_COLUMNS
+from worker.sources.schema import FIELD_TYPES, REQUIRED_COLUMNS
 from worker.triggers import Occurrence
 
 #: Names a condition or template may use besides entities.
@@ -176,11 +176,29 @@ class _Where:
         return position
 
 
+#: Values tried in turn for a typed column of a placeholder record (the first that parses).
+_SAMPLE_TEXTS = ("2000-01-01T00:00:00Z", "2000-01-01", "1", "UTC")
+
+
 def _sample_record(source: Source, entity: str) -> Record:
     for record in source.iter_records(entity):
         return record
-    fields = dict.fromkeys(REQUIRED_COLUMNS.get(entity, ()), "")
+    # No rows yet (a CRM without complaints): typed placeholders, so that templates formatting
+    # a date or an amount are checked rather than failing on an empty text.
+    fields: dict[str, Any] = dict.fromkeys(REQUIRED_COLUMNS.get(entity, ()), "")
+    for column, parse in FIELD_TYPES.get(entity, {}).items():
+        fields[column] = next(v for v in map(_parsed(parse), _SAMPLE_TEXTS) if v is not None)
     return Record(entity, "sample", fields)
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def attempt(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            return None
+
+    return attempt
 
 
 def _check_template(
@@ -205,6 +223,8 @@ def _check_template(
         return
     occurrence = Occurrence(rule.id, sample.entity, sample.id, "check", datetime.now(UTC))
     records = subject_records(rule, sample, source)
+    # No purchases or complaints yet (a placeholder sample) still has a customer to render for.
+    records.setdefault("customer", _sample_record(source, "customer"))
     spec = rule.trigger.spec
     if isinstance(spec, EventTrigger):
         records["event"] = Record("event", "sample", {"type": spec.type, "at": None, "data": {}})

@@ -7,7 +7,10 @@ turned into plain data here, so that:
   digits (YAML 1.2 plus our own rule: a number whose text would change is kept as text);
 * a duplicate key is an error that names both lines;
 * ``!!python/...`` and every other non-standard tag is refused;
-* each key and value keeps its line and column, so a pydantic error points at the place.
+* each key and value keeps its line and column, so a pydantic error points at the place;
+* a file nested too deeply or holding too many values is refused while it is being read (the
+  YAML composer recurses once per level and the scanner slows down quadratically with depth:
+  600 levels of ``[`` crashed every pass with a RecursionError).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent, NodeEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from worker.constants import MAX_RULE_FILE_BYTES, MAX_RULE_NODES
+from worker.constants import MAX_RULE_DEPTH, MAX_RULE_FILE_BYTES, MAX_RULE_NODES
 from worker.errors import Problem, RuleError
 from worker.rules.models import Rule
 
@@ -130,11 +134,36 @@ def _scalar(node: ScalarNode, tag: str) -> Any:
     return text
 
 
+def _check_size(yaml: YAML, text: str, path: Path) -> None:
+    """Refuse a document nested deeper than MAX_RULE_DEPTH or with more than MAX_RULE_NODES
+    values, from the parser's events, before anything recursive or slow runs on it."""
+    depth = 0
+    nodes = 0
+    for event in yaml.parse(text):
+        if isinstance(event, CollectionEndEvent):
+            depth -= 1
+            continue
+        if not isinstance(event, NodeEvent):
+            continue
+        nodes += 1
+        depth += isinstance(event, CollectionStartEvent)
+        if depth > MAX_RULE_DEPTH or nodes > MAX_RULE_NODES:
+            mark = event.start_mark
+            what = (
+                f"nested more than {MAX_RULE_DEPTH} levels deep"
+                if depth > MAX_RULE_DEPTH
+                else f"more than {MAX_RULE_NODES} values"
+            )
+            message = f"{what}; a rule needs only a few levels and values"
+            raise RuleError([Problem(path, mark.line + 1, mark.column + 1, message)])
+
+
 def parse_yaml(text: str, path: Path) -> tuple[Any, _Positions]:
     """Parse one YAML document into plain data plus positions; errors carry file:line:col."""
     text = text.removeprefix("\ufeff")
     yaml = YAML(typ="rt")
     try:
+        _check_size(yaml, text, path)
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
