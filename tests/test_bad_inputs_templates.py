@@ -147,7 +147,9 @@ def test_a_field_typo_is_found_by_check_and_fails_only_its_message(
         )
     )
     problems = check_all(runtime.catalog, runtime.renderer, runtime.source)
-    in_templates = [p for p in problems if p.path.is_relative_to(templates)]
+    # This small CRM has no account_manager_email column, which check rightly reports for the
+    # complaint templates; the birthday templates must show the typo and nothing else.
+    in_templates = [p for p in problems if p.path.is_relative_to(templates / "birthday")]
     assert [(p.path, p.line) for p in in_templates] == [(target, 3)]
     assert "frist_name" in in_templates[0].message
     summary = runtime.run_once(parse_instant("2026-03-14T10:00:00Z"))
