@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from worker.constants import DELIVERY_LOG_KEY, DELIVERY_LOG_MAXLEN, DELIVERY_LOG_TEXT_CHARS
+from worker.ledger import LogAppend
 
 #: Entries read from the stream per round trip.
 _READ_CHUNK = 5_000
@@ -57,7 +58,14 @@ class DeliveryLog:
         self.maxlen = maxlen
 
     def record(self, entry: LogEntry) -> None:
-        fields: dict[Any, Any] = {
+        """Append ``entry`` on its own (a worker appends it with the ledger write instead:
+        :meth:`append`)."""
+        fields: dict[Any, Any] = dict(self.append(entry).fields)
+        self.client.xadd(DELIVERY_LOG_KEY, fields, maxlen=self.maxlen, approximate=True)
+
+    def append(self, entry: LogEntry) -> LogAppend:
+        """``entry`` as the stream entry :meth:`Ledger.finish` appends with a final state."""
+        fields: dict[str, str | int] = {
             "at": f"{entry.at.timestamp():.3f}",
             "status": entry.status,
             "rule": entry.rule,
@@ -68,7 +76,7 @@ class DeliveryLog:
             "reply": entry.reply[:DELIVERY_LOG_TEXT_CHARS],
             "attempt": entry.attempt,
         }
-        self.client.xadd(DELIVERY_LOG_KEY, fields, maxlen=self.maxlen, approximate=True)
+        return LogAppend(DELIVERY_LOG_KEY, self.maxlen, fields)
 
     def read(self, *, since: datetime | None = None, rule: str | None = None) -> Iterator[LogEntry]:
         """Entries from ``since`` (default: the oldest kept), oldest first, of ``rule`` only
