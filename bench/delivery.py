@@ -427,6 +427,9 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=4, help="SMTP connections per thread (b)"
     )
+    parser.add_argument(
+        "--naive-threads", type=int, default=8, help="threads per process (c): its best setting"
+    )
     parser.add_argument("--redis-url", help="use this Redis (its database is FLUSHED)")
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only …")
     parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
@@ -460,9 +463,10 @@ def main() -> None:
         env = product_env(crm, redis_url, smtp_port, args.threads, args.connections)
         print(f"sink: {sink_name} on 127.0.0.1:{smtp_port}; redis: {redis_url}")
         print(
-            f"{args.messages:,} customers due on {DAY}; workers for (b) and (c): "
-            f"{args.processes} processes × {args.threads} threads (b: × {args.connections} "
-            f"SMTP connections); cpus: {os.cpu_count()}"
+            f"{args.messages:,} customers due on {DAY}; workers: "
+            f"(b) {args.processes} processes × {args.threads} threads × {args.connections} SMTP "
+            f"connections, (c) {args.processes} × {args.naive_threads} threads; "
+            f"cpus: {os.cpu_count()}"
         )
         rates: dict[str, float] = {}
         if "a" in parts:
@@ -482,7 +486,7 @@ def main() -> None:
                 f"ledger: {dict(counts)})"
             )
         if "c" in parts:
-            rates["c"], done = run_naive(env, args.processes, args.threads, tmp, service_pids)
+            rates["c"], done = run_naive(env, args.processes, args.naive_threads, tmp, service_pids)
             print(
                 f"(c) naive   {rates['c']:8.0f} msg/s  ({done:,} sent, actor per message, "
                 "new SMTP connection each)"
