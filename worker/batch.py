@@ -21,17 +21,12 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from worker.channels.base import Outgoing, Receipt, send_each
+from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
 from worker.delivery import Deliverer, lease_owner
 from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
 from worker.localtime import utc_now
 from worker.outcome import Attempt, DeliveryResult
 from worker.planning import PlannedDelivery
-
-#: A message whose turn comes after this share of the send lease is put back unsent: the lease
-#: must outlast the send, or another worker could take the delivery over mid-send.
-LEASE_SHARE = 0.5
-#: When a message waits for a fresh lease (see ``LEASE_SHARE``).
-LEASE_RETRY = timedelta(seconds=1)
 
 
 def deliver_batch(
@@ -90,7 +85,8 @@ class _Sending:
         self.attempts = sorted(attempts, key=lambda item: _planned(item[1]).action.channel)
         self.results = results
         self.effective_now = effective_now
-        self.lease_ends = leased_at + deliverer.ledger.send_lease.total_seconds() * LEASE_SHARE
+        lease_s = deliverer.ledger.send_lease.total_seconds()
+        self.lease_ends = leased_at + lease_s * BATCH_LEASE_SHARE
         suppression = deliverer.suppression
         self.suppressed = (
             suppression.reasons(_planned(a).to for _, a in attempts) if suppression else {}
@@ -110,7 +106,7 @@ class _Sending:
                 continue
             if time.monotonic() > self.lease_ends:
                 self.results[index] = attempt.retry(
-                    "the batch outlasted half the send lease", LEASE_RETRY, refund=True
+                    "the batch outlasted half the send lease", BATCH_LEASE_RETRY, refund=True
                 )
                 continue
             prepared = deliverer.prepare(attempt, utc_now(), self.effective_now)

@@ -2,7 +2,8 @@
 
 One stream entry per outcome (``sent``, ``skipped``, ``failed``, ``unknown``) with time, rule,
 delivery key, channel, recipient, reason and the SMTP reply; never a message body. It is
-written where the ledger records the final state (:mod:`worker.delivery`), trimmed to about
+appended by the ledger's ``finish`` script in the same atomic step as the final state
+(:mod:`worker.outcome`), so the two never disagree, and trimmed to about
 ``DELIVERY_LOG_MAXLEN`` entries, and read by ``crm-worker report`` and ``retry-failed``.
 
 Example::
