@@ -124,7 +124,9 @@ def start_redis(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def product_env(crm: Path, redis_url: str, smtp_port: int, threads: int) -> dict[str, str]:
+def product_env(
+    crm: Path, redis_url: str, smtp_port: int, threads: int, connections: int = 1
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     env.update(
         {
@@ -137,6 +139,7 @@ def product_env(crm: Path, redis_url: str, smtp_port: int, threads: int) -> dict
             "CRM_SMTP_SECURITY": "none",
             "CRM_UNSUBSCRIBE_SECRET": SECRET,
             "CRM_WORKER_THREADS": str(threads),
+            "CRM_SMTP_CONNECTIONS": str(connections),
             "CRM_QUEUE_NAME": "bench",
         }
     )
@@ -420,7 +423,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--messages", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2, help="worker processes (b, c)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per process (b, c)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process (b, c)")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="SMTP connections per thread (b)"
+    )
+    parser.add_argument(
+        "--naive-threads", type=int, default=8, help="threads per process (c): its best setting"
+    )
     parser.add_argument("--redis-url", help="use this Redis (its database is FLUSHED)")
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only …")
     parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
@@ -451,11 +460,13 @@ def main() -> None:
             service_pids["redis"] = redis_proc.pid
         crm = tmp / "crm"
         write_due_crm(crm, args.messages, DAY)
-        env = product_env(crm, redis_url, smtp_port, args.threads)
+        env = product_env(crm, redis_url, smtp_port, args.threads, args.connections)
         print(f"sink: {sink_name} on 127.0.0.1:{smtp_port}; redis: {redis_url}")
         print(
-            f"{args.messages:,} customers due on {DAY}; workers for (b) and (c): "
-            f"{args.processes} processes × {args.threads} threads; cpus: {os.cpu_count()}"
+            f"{args.messages:,} customers due on {DAY}; workers: "
+            f"(b) {args.processes} processes × {args.threads} threads × {args.connections} SMTP "
+            f"connections, (c) {args.processes} × {args.naive_threads} threads; "
+            f"cpus: {os.cpu_count()}"
         )
         rates: dict[str, float] = {}
         if "a" in parts:
@@ -475,7 +486,7 @@ def main() -> None:
                 f"ledger: {dict(counts)})"
             )
         if "c" in parts:
-            rates["c"], done = run_naive(env, args.processes, args.threads, tmp, service_pids)
+            rates["c"], done = run_naive(env, args.processes, args.naive_threads, tmp, service_pids)
             print(
                 f"(c) naive   {rates['c']:8.0f} msg/s  ({done:,} sent, actor per message, "
                 "new SMTP connection each)"

@@ -108,13 +108,16 @@ def yearly_deliveries(sample: int, tmp: Path) -> Counter[str]:
 
 
 def log_bounds() -> dict[str, object]:
-    """Constants that bound a delivery log (named *LOG* with a length or a lifetime)."""
+    """Constants that bound a delivery log: named *LOG* and either a length cap (*MAXLEN) or a
+    lifetime (a timedelta); other *LOG* limits (characters per field) bound no entry count."""
     from worker import constants
 
     return {
         name: value
         for name, value in vars(constants).items()
-        if name.isupper() and "LOG" in name and isinstance(value, (int, timedelta))
+        if name.isupper()
+        and "LOG" in name
+        and (isinstance(value, timedelta) or (isinstance(value, int) and "MAXLEN" in name))
     }
 
 

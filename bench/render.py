@@ -49,6 +49,7 @@ def main() -> None:
     from worker.planning import PlannedDelivery, plan
     from worker.runtime import Runtime
     from worker.settings import load_settings
+    from worker.unsubscribe import NO_LINKS_CONTEXT
 
     crm = Path(tempfile.mkdtemp(prefix="bench-render-"))
     write_crm(crm, customers=args.customers, purchases=args.customers, complaints=args.customers)
@@ -95,9 +96,8 @@ def main() -> None:
             contexts = []
             for item in items:
                 links = deliverer.unsubscribe_links(item)
-                contexts.append(
-                    {**item.context, "unsubscribe": links.as_context() if links else {}}
-                )
+                unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT
+                contexts.append({**item.context, "unsubscribe": unsubscribe})
             one = renderer.render(name, locale, contexts[0])
             rendered = rate(partial(renderer.render, name, locale), contexts, args.seconds)
             localized = [dataclasses.replace(item, locale=locale) for item in items]

@@ -210,40 +210,64 @@ def write_due_crm(folder: Path, n: int, birthday: date) -> None:
 
 
 #: PostgreSQL tables mirroring the CSV files, typed. The SQL source's own queries map them.
+#: The CSV files as tables in a CRM's own naming, columns in the files' order (COPY maps by
+#: position), mapped back to our field names by ``bench/queries.yaml``.
 POSTGRES_TABLES = {
     "customers": (
-        "id bigint PRIMARY KEY, email text, first_name text, last_name text, birthday date,"
-        " locale text, timezone text, account_manager_email text, email_opt_in boolean,"
-        " loyalty_tier text"
+        "bench_contacts",
+        "contact_id bigint PRIMARY KEY, mail text, given_name text, family_name text,"
+        " date_of_birth date, lang text, tz text, owner_email text, newsletter boolean,"
+        " tier text",
     ),
     "purchases": (
-        "id text PRIMARY KEY, customer_id bigint, product text, total numeric(10, 2),"
-        " currency text, purchased_at timestamptz, delivered_at timestamptz"
+        "bench_orders",
+        "order_no text PRIMARY KEY, contact_id bigint, item text, amount numeric(10, 2),"
+        " currency text, ordered_at timestamptz, shipped_at timestamptz",
     ),
     "complaints": (
-        "id text PRIMARY KEY, customer_id bigint, subject text, opened_at timestamptz,"
-        " resolved_at timestamptz"
+        "bench_tickets",
+        "ticket_no text PRIMARY KEY, contact_id bigint, title text, created timestamptz,"
+        " closed timestamptz",
     ),
 }
+#: The mapping file for these tables (``CRM_SOURCE_QUERIES``).
+POSTGRES_QUERIES = Path(__file__).resolve().parent / "queries.yaml"
 
 
 def load_postgres(folder: Path, dsn: str) -> None:
-    """(Re)create the three tables in ``dsn`` and fill them with COPY (through ``psql``, so
-    the benchmarks need no database driver); indexes on ``customer_id`` for per-id lookups."""
+    """(Re)create the three tables of ``POSTGRES_TABLES`` in ``dsn`` (the database is created
+    when missing) and fill them with COPY (through ``psql``, so the benchmarks need no database
+    driver); indexes on ``contact_id`` for per-customer lookups."""
     psql = shutil.which("psql")
     if psql is None:
         raise SystemExit("psql not found: install the PostgreSQL client to load the CRM")
+    server, _, database = dsn.rpartition("/")
+    exists = subprocess.run(
+        [
+            psql,
+            f"{server}/postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{database}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if exists.stdout.strip() != "1":
+        subprocess.run(
+            [psql, f"{server}/postgres", "-qc", f'CREATE DATABASE "{database}"'], check=True
+        )
     script = []
-    for table, columns in POSTGRES_TABLES.items():
-        path = (folder / f"{table}.csv").resolve()
+    for csv_name, (table, columns) in POSTGRES_TABLES.items():
+        path = (folder / f"{csv_name}.csv").resolve()
         script += [
             f"DROP TABLE IF EXISTS {table};",
             f"CREATE TABLE {table} ({columns});",
             f"\\copy {table} FROM '{path}' WITH (FORMAT csv, HEADER true)",
         ]
     script += [
-        "CREATE INDEX ON purchases (customer_id);",
-        "CREATE INDEX ON complaints (customer_id);",
+        "CREATE INDEX ON bench_orders (contact_id);",
+        "CREATE INDEX ON bench_tickets (contact_id);",
         "ANALYZE;",
     ]
     subprocess.run(

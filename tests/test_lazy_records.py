@@ -44,3 +44,18 @@ def test_a_bad_field_is_none_with_its_reason_and_other_fields_stay_usable(tmp_pa
     assert "1990-02-30" in bad.problems["birthday"]
     assert ragged["birthday"] is None and ragged["timezone"] is None
     assert dict(ragged.problems) == {}
+
+
+def test_get_finds_every_row_before_and_after_quoted_multiline_fields(tmp_path: Path) -> None:
+    # The index splits plain lines fast and hands over to csv.reader at the first quote.
+    lines = ["\ufeffid,email,first_name"] + [f"{n},c{n}@example.com,Kim{n}" for n in range(1, 4)]
+    lines += ['4,c4@example.com,"Smith,\nJohn"', "5,c5@example.com,Lee", '"6",c6@example.com,Ana']
+    lines += ["", "7 ,c7@example.com,Bo"]
+    (tmp_path / "customers.csv").write_bytes("\r\n".join(lines).encode("utf-8") + b"\r\n")
+    source = CsvSource(tmp_path)
+    streamed = {r.id: dict(r.fields) for r in source.iter_records("customer")}
+    assert sorted(streamed) == ["1", "2", "3", "4", "5", "6", "7"]
+    for record_id, fields in streamed.items():
+        found = source.get("customer", record_id)
+        assert found is not None and dict(found.fields) == fields
+    assert source.get("customer", "8") is None

@@ -17,6 +17,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from worker.batch import deliver_batch
 from worker.delivery import Deliverer
 from worker.localtime import utc_now
 from worker.outcome import DeliveryResult
@@ -64,8 +65,8 @@ class DeliveryActor:
         planned_for = datetime.fromtimestamp(float(as_of), UTC)
         queued = datetime.fromtimestamp(float(enqueued_at), UTC)
         later: dict[timedelta, list[str]] = {}
-        for key in keys:
-            result = deliverer.deliver(key, as_of=planned_for, enqueued_at=queued)
+        for result in deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued):
+            key = result.key
             if self._on_result:
                 self._on_result(result)
             if result.retry_after is not None:

@@ -22,6 +22,11 @@ CLAIM_STALE_AFTER = timedelta(minutes=5)
 #: A delivery in "sending" longer than this belongs to a worker that died mid-send;
 #: a redelivered message may take it over. Longer than the slowest send we allow.
 SEND_LEASE = timedelta(minutes=2)
+#: A message of a batch whose turn comes after this share of the send lease is put back unsent:
+#: the lease must outlast the send, or another worker could take the delivery over mid-send.
+BATCH_LEASE_SHARE = 0.5
+#: When such a message is tried again (with a fresh lease).
+BATCH_LEASE_RETRY = timedelta(seconds=1)
 
 #: How many occurrence keys one Dramatiq message carries (ids only, a few hundred bytes
 #: each): one message per email would cost more in queue overhead than the email itself.

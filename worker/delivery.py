@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from worker.channels.base import Channel, Outgoing
+from worker.channels.base import Channel, Outgoing, Receipt
 from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
 from worker.delivery_log import DeliveryLog
 from worker.errors import (
@@ -29,7 +29,7 @@ from worker.errors import (
     UncertainDeliveryError,
 )
 from worker.events import EventLog
-from worker.ledger import Ledger
+from worker.ledger import Begin, Ledger
 from worker.localtime import utc_now
 from worker.mail import compose, message_id_for
 from worker.outcome import Attempt, DeliveryResult
@@ -77,14 +77,46 @@ class Deliverer:
         self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
     ) -> DeliveryResult:
         """Deliver ``key`` once. ``as_of`` is the instant the scheduler planned it for;
-        ``enqueued_at`` when it was queued (wall clock), to measure how late it is now."""
+        ``enqueued_at`` when it was queued (wall clock), to measure how late it is now.
+
+        The steps are the ones :func:`worker.batch.deliver_batch` drives for a whole batch:
+        :meth:`paused`, :meth:`open`, :meth:`recheck`, :meth:`screen`, :meth:`prepare`, send,
+        :meth:`conclude`."""
         now = now or utc_now()
-        paused = self.pause.remaining(now) if self.pause is not None else None
+        paused = self.paused(key, now)
         if paused is not None:
-            # Waiting out a pause is no attempt: the relay refused us, not this message.
-            return DeliveryResult(key, "paused", "sending is paused", paused)
-        owner = f"{os.getpid()}:{threading.get_ident()}"
-        begin = self.ledger.begin(key, now=now, owner=owner)
+            return paused
+        owner = lease_owner()
+        attempt = self.open(key, self.ledger.begin(key, now=now, owner=owner), now, owner)
+        if isinstance(attempt, DeliveryResult):
+            return attempt
+        effective_now = as_of + (now - enqueued_at)
+        planned = self.recheck(attempt, effective_now)
+        if isinstance(planned, DeliveryResult):
+            return planned
+        suppressed = self.suppression.reason(planned.to) if self.suppression else None
+        screened = self.screen(attempt, suppressed)
+        if screened is not None:
+            return screened
+        outgoing = self.prepare(attempt, now, effective_now)
+        if isinstance(outgoing, DeliveryResult):
+            return outgoing
+        try:
+            receipt: Receipt | Exception = self.channel.send(outgoing)
+        except Exception as exc:  # classified in conclude()
+            receipt = exc
+        return self.conclude(attempt, receipt, effective_now)
+
+    def paused(self, key: str, now: datetime) -> DeliveryResult | None:
+        """``paused`` while sending is paused (waiting out a pause is no attempt: the relay
+        refused us, not this message), else ``None``."""
+        remaining = self.pause.remaining(now) if self.pause is not None else None
+        if remaining is None:
+            return None
+        return DeliveryResult(key, "paused", "sending is paused", remaining)
+
+    def open(self, key: str, begin: Begin, now: datetime, owner: str) -> Attempt | DeliveryResult:
+        """The attempt ``begin`` (the ledger's answer) allows, or why there is none."""
         if begin.verdict == "done":
             return DeliveryResult(key, "duplicate", f"already {begin.state}")
         if begin.verdict == "missing":
@@ -93,50 +125,77 @@ class Deliverer:
         if begin.verdict == "busy":
             wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
             return DeliveryResult(key, "busy", "another worker is sending", wait)
-        attempt = Attempt(self.ledger, self.delivery_log, key, owner, begin.attempt)
-        effective_now = as_of + (now - enqueued_at)
+        return Attempt(self.ledger, self.delivery_log, key, owner, begin.attempt)
+
+    def recheck(
+        self, attempt: Attempt, effective_now: datetime
+    ) -> PlannedDelivery | DeliveryResult:
+        """Is the delivery still due, with today's data? Sets ``attempt.planned`` when it is;
+        records the outcome when it is not."""
         try:
-            planned = self._recheck(key, effective_now)
-            if isinstance(planned, Skip):
-                return attempt.finish("skipped", planned.reason)
-            attempt.planned = planned
-            suppressed = self._suppressed(planned.to)
-            if suppressed is not None:
-                return attempt.finish("skipped", suppressed)
-            outgoing = self.render(planned, now)
-            receipt = self.channel.send(outgoing)
-        except TemplateError as exc:
+            planned = self._recheck(attempt.key, effective_now)
+        except Exception as exc:
+            return self.conclude(attempt, exc, effective_now)
+        if isinstance(planned, Skip):
+            return attempt.finish("skipped", planned.reason)
+        attempt.planned = planned
+        return planned
+
+    def screen(self, attempt: Attempt, suppressed: str | None) -> DeliveryResult | None:
+        """Skip the delivery when its address is on the suppression list (``suppressed`` is
+        the list's reason for it, looked up by the caller, alone or for a batch)."""
+        if suppressed is None:
+            return None
+        return attempt.finish("skipped", f"address is suppressed: {suppressed}")
+
+    def prepare(
+        self, attempt: Attempt, now: datetime, effective_now: datetime
+    ) -> Outgoing | DeliveryResult:
+        """The rechecked delivery rendered for its channel, or the recorded failure."""
+        assert attempt.planned is not None, "prepare() follows a successful recheck()"
+        try:
+            return self.render(attempt.planned, now)
+        except Exception as exc:
+            return self.conclude(attempt, exc, effective_now)
+
+    def conclude(
+        self, attempt: Attempt, outcome: Receipt | Exception, effective_now: datetime
+    ) -> DeliveryResult:
+        """Record the outcome of the attempt: the channel's receipt, or the exception a step
+        raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
+        if isinstance(outcome, Receipt):
+            return attempt.finish("sent", "", outcome.detail)
+        exc = outcome
+        if isinstance(exc, TemplateError):
             return attempt.finish("failed", str(exc))
-        except RecipientRejectedError as exc:
+        if isinstance(exc, RecipientRejectedError):
             if self.suppression is not None and attempt.planned is not None:
-                self.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=key)
+                self.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=attempt.key)
             return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
-        except PermanentDeliveryError as exc:
+        if isinstance(exc, PermanentDeliveryError):
             return attempt.finish("failed", str(exc), exc.reply)
-        except UncertainDeliveryError as exc:
+        if isinstance(exc, UncertainDeliveryError):
             return attempt.finish("unknown", str(exc), exc.reply)
-        except RelayUnavailableError as exc:
+        if isinstance(exc, RelayUnavailableError):
             if self.pause is None:
                 return self._retry_or_give_up(attempt, exc, effective_now)
             delay = self.pause.pause(utc_now(), str(exc), length=self.retry_backoff, alert=False)
             return attempt.retry(str(exc), delay, refund=True)
-        except SenderRejectedError as exc:
+        if isinstance(exc, SenderRejectedError):
             if self.pause is None:
                 return self._retry_or_give_up(attempt, exc, effective_now)
             delay = self.pause.pause(utc_now(), str(exc))
             return attempt.retry(str(exc), delay, refund=True)
-        except TransientDeliveryError as exc:
+        if isinstance(exc, TransientDeliveryError):
             return self._retry_or_give_up(attempt, exc, effective_now)
-        except SourceUnavailableError as exc:
+        if isinstance(exc, SourceUnavailableError):
             # A CRM database outage is not the message's fault: retry for as long as it lasts
             # without using up attempts; once the record can be read, the re-check's grace decides.
             delay = retry_delay(attempt.number, first=self.retry_backoff)
             return attempt.retry(str(exc), delay, refund=True)
-        except Exception as exc:
-            # Unknown failure (bug, source outage): record it, never leave the lease dangling.
-            log.exception("failed %s", key)
-            return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
-        return attempt.finish("sent", "", receipt.detail)
+        # Unknown failure (bug, source outage): record it, never leave the lease dangling.
+        log.error("failed %s", attempt.key, exc_info=exc)
+        return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
 
     def _retry_or_give_up(
         self, attempt: Attempt, exc: TransientDeliveryError, effective_now: datetime
@@ -158,12 +217,6 @@ class Deliverer:
                     exc.reply,
                 )
         return attempt.retry(str(exc), delay)
-
-    def _suppressed(self, address: str) -> str | None:
-        if self.suppression is None:
-            return None
-        reason = self.suppression.reason(address)
-        return None if reason is None else f"address is suppressed: {reason}"
 
     def _recheck(self, key: str, effective_now: datetime) -> PlannedDelivery | Skip:
         """Is this delivery still due, with today's data? (fresh record, rule, condition)"""
@@ -269,6 +322,11 @@ class Deliverer:
         if not isinstance(customer, Mapping) or not customer.get("id"):
             return None
         return self.unsubscriber.links(str(customer["id"]), channel or planned.action.channel)
+
+
+def lease_owner() -> str:
+    """Who holds a send lease: this process and thread."""
+    return f"{os.getpid()}:{threading.get_ident()}"
 
 
 def retry_delay(attempt: int, *, first: timedelta = RETRY_BACKOFF_FIRST) -> timedelta:

@@ -2,7 +2,8 @@
 
 One stream entry per outcome (``sent``, ``skipped``, ``failed``, ``unknown``) with time, rule,
 delivery key, channel, recipient, reason and the SMTP reply; never a message body. It is
-written where the ledger records the final state (:mod:`worker.delivery`), trimmed to about
+appended by the ledger's ``finish`` script in the same atomic step as the final state
+(:mod:`worker.outcome`), so the two never disagree, and trimmed to about
 ``DELIVERY_LOG_MAXLEN`` entries, and read by ``crm-worker report`` and ``retry-failed``.
 
 Example::
@@ -24,6 +25,7 @@ from typing import Any
 import redis
 
 from worker.constants import DELIVERY_LOG_KEY, DELIVERY_LOG_MAXLEN, DELIVERY_LOG_TEXT_CHARS
+from worker.ledger import LogAppend
 
 #: Entries read from the stream per round trip.
 _READ_CHUNK = 5_000
@@ -57,7 +59,14 @@ class DeliveryLog:
         self.maxlen = maxlen
 
     def record(self, entry: LogEntry) -> None:
-        fields: dict[Any, Any] = {
+        """Append ``entry`` on its own (a worker appends it with the ledger write instead:
+        :meth:`append`)."""
+        fields: dict[Any, Any] = dict(self.append(entry).fields)
+        self.client.xadd(DELIVERY_LOG_KEY, fields, maxlen=self.maxlen, approximate=True)
+
+    def append(self, entry: LogEntry) -> LogAppend:
+        """``entry`` as the stream entry :meth:`Ledger.finish` appends with a final state."""
+        fields: dict[str, str | int] = {
             "at": f"{entry.at.timestamp():.3f}",
             "status": entry.status,
             "rule": entry.rule,
@@ -68,7 +77,7 @@ class DeliveryLog:
             "reply": entry.reply[:DELIVERY_LOG_TEXT_CHARS],
             "attempt": entry.attempt,
         }
-        self.client.xadd(DELIVERY_LOG_KEY, fields, maxlen=self.maxlen, approximate=True)
+        return LogAppend(DELIVERY_LOG_KEY, self.maxlen, fields)
 
     def read(self, *, since: datetime | None = None, rule: str | None = None) -> Iterator[LogEntry]:
         """Entries from ``since`` (default: the oldest kept), oldest first, of ``rule`` only

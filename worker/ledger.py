@@ -75,15 +75,19 @@ return {'go', tostring(attempts)}
 """
 
 _FINISH = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
-   or redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then
-  return 0
+local finished = 0
+if redis.call('HGET', KEYS[1], 'state') == 'sending'
+   and redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
+             'finished_at', ARGV[5])
+  redis.call('HDEL', KEYS[1], 'lease_until')
+  if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+  finished = 1
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
-           'finished_at', ARGV[5])
-redis.call('HDEL', KEYS[1], 'lease_until')
-if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-return 1
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+end
+return finished
 """
 
 _RESET = """
@@ -93,6 +97,16 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'reset_at', ARGV[1
 redis.call('HDEL', KEYS[1], 'reason', 'detail', 'finished_at', 'lease_owner')
 return 1
 """
+
+
+@dataclass(frozen=True)
+class LogAppend:
+    """A stream entry to append along with a final state: ``fields`` to ``stream``, which is
+    trimmed to about ``maxlen`` entries."""
+
+    stream: str
+    maxlen: int
+    fields: Mapping[str, str | int]
 
 
 @dataclass(frozen=True)
@@ -156,18 +170,16 @@ class Ledger:
 
     def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
         """Take the send lease for ``key`` (see :class:`Begin`)."""
-        verdict, value = self._begin(
-            keys=[self.redis_key(key)], args=[_ts(now), _ts(now + self.send_lease), owner]
-        )
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
-        value = value.decode() if isinstance(value, bytes) else value
-        if verdict == "go":
-            return Begin("go", attempt=int(value))
-        if verdict == "done":
-            return Begin("done", state=value)
-        if verdict == "busy":
-            return Begin("busy", lease_until=float(value))
-        return Begin("missing")
+        return self.begin_many([key], now=now, owner=owner)[0]
+
+    def begin_many(self, keys: Iterable[str], *, now: datetime, owner: str) -> list[Begin]:
+        """:meth:`begin` for a worker's whole batch in one round trip; one result per key, in
+        order. Each key is still its own atomic step: a batch is no lock on all of them."""
+        args = [_ts(now), _ts(now + self.send_lease), owner]
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                self._begin(keys=[self.redis_key(key)], args=args, client=pipe)
+            return [_begin(verdict, value) for verdict, value in pipe.execute()]
 
     def finish(
         self,
@@ -179,13 +191,29 @@ class Ledger:
         detail: str = "",
         now: datetime,
         refund_attempt: bool = False,
+        log_entry: LogAppend | None = None,
     ) -> bool:
         """Record the outcome; False when ``owner`` no longer holds the lease.
 
         ``refund_attempt``: this attempt does not count towards the retry limit (the relay
-        refused us, not this message)."""
-        args = [owner, state, reason, detail[:500], _ts(now), "1" if refund_attempt else "0"]
-        return bool(self._finish(keys=[self.redis_key(key)], args=args))
+        refused us, not this message). ``log_entry`` is appended to its stream in the same
+        atomic step (even when the lease was lost: the log tells what happened), so the ledger
+        and the delivery log never disagree, and a worker pays one round trip per outcome."""
+        keys = [self.redis_key(key)]
+        args: list[str | int] = [
+            owner,
+            state,
+            reason,
+            detail[:500],
+            _ts(now),
+            "1" if refund_attempt else "0",
+        ]
+        if log_entry is not None:
+            keys.append(log_entry.stream)
+            args.append(log_entry.maxlen)
+            for name, value in log_entry.fields.items():
+                args += [name, value]
+        return bool(self._finish(keys=keys, args=args))
 
     def reset(self, key: str, *, now: datetime) -> bool:
         """``failed``/``unknown`` back to ``queued`` with a fresh attempt count, atomically;
@@ -223,6 +251,17 @@ class Ledger:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _begin(raw_verdict: Any, raw_value: Any) -> Begin:
+    verdict, value = _text(raw_verdict), _text(raw_value)
+    if verdict == "go":
+        return Begin("go", attempt=int(value))
+    if verdict == "done":
+        return Begin("done", state=value)
+    if verdict == "busy":
+        return Begin("busy", lease_until=float(value))
+    return Begin("missing")
 
 
 _SKIP_CLAIMED = """

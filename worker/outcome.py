@@ -50,10 +50,6 @@ class Attempt:
     def finish(self, state: FinalState, reason: str, reply: str = "") -> DeliveryResult:
         """Record a final outcome everywhere."""
         now = utc_now()
-        if not self.ledger.finish(
-            self.key, state, owner=self.owner, reason=reason, detail=reply, now=now
-        ):
-            log.warning("lost the lease on %s before recording %s", self.key, state)
         entry = LogEntry(
             at=now,
             status=state,
@@ -65,8 +61,17 @@ class Attempt:
             reply=reply,
             attempt=self.number,
         )
-        if self.delivery_log is not None:
-            self.delivery_log.record(entry)
+        journal = self.delivery_log
+        if not self.ledger.finish(
+            self.key,
+            state,
+            owner=self.owner,
+            reason=reason,
+            detail=reply,
+            now=now,
+            log_entry=None if journal is None else journal.append(entry),
+        ):
+            log.warning("lost the lease on %s before recording %s", self.key, state)
         self._log(state, reason, reply)
         return DeliveryResult(self.key, state, reason)
 

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A connection idle this long is replaced without asking.",
     )
+    smtp_connections: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Kept-open SMTP connections per worker thread, sending a batch at once.",
+    )
     send_lease_s: float = Field(
         default=SEND_LEASE.total_seconds(),
         gt=0,

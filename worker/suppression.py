@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +61,18 @@ class SuppressionList:
         """Why ``address`` is suppressed, or ``None`` when it is not."""
         raw: Any = self.client.hget(SUPPRESSION_KEY, _address(address))
         return None if raw is None else _entry(_address(address), raw).reason
+
+    def reasons(self, addresses: Iterable[str]) -> dict[str, str]:
+        """:meth:`reason` for many addresses in one round trip: the suppressed ones only."""
+        wanted = list(dict.fromkeys(addresses))
+        if not wanted:
+            return {}
+        raw: list[Any] = self.client.hmget(SUPPRESSION_KEY, [_address(a) for a in wanted])
+        return {
+            address: _entry(_address(address), value).reason
+            for address, value in zip(wanted, raw, strict=True)
+            if value is not None
+        }
 
     def __iter__(self) -> Iterator[Suppressed]:
         """Every suppressed address, oldest first."""

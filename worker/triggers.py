@@ -67,6 +67,8 @@ ONCE_TAG = "once"
 # Local dates differ from UTC dates by at most 14 hours (Pacific/Kiritimati, UTC+14 / UTC-12):
 # a day of slack on each side keeps every zone's candidate dates in the fast filter.
 _ZONE_SLACK = timedelta(days=2)
+_ONE_DAY = timedelta(days=1)
+_AROUND_FEB_29 = frozenset({(2, 28), (2, 29), (3, 1)})
 #: Windows longer than this skip the (month, day) pre-filter (it would match every day anyway).
 _MAX_FILTERED_WINDOW = timedelta(days=360)
 
@@ -111,14 +113,15 @@ class TriggerWindow:
         return self.start < instant <= self.end
 
     def month_days(self) -> frozenset[tuple[int, int]] | None:
-        """(month, day) pairs any zone's local date can have in the window; None = all."""
+        """(month, day) pairs any zone's local date can have in the window, and the days
+        next to them (a datetime's UTC date may be a day off its local date); None = all."""
         if self.end - self.start > _MAX_FILTERED_WINDOW:
             return None
-        first = (self.start - _ZONE_SLACK).date()
-        days = (self.end + _ZONE_SLACK).date().toordinal() - first.toordinal() + 1
+        first = (self.start - _ZONE_SLACK).date() - _ONE_DAY
+        days = (self.end + _ZONE_SLACK).date().toordinal() - first.toordinal() + 2
         pairs = {(d.month, d.day) for d in (first + timedelta(n) for n in range(days))}
-        if (2, 28) in pairs or (3, 1) in pairs:
-            pairs.add((2, 29))  # moved to Feb 28 / Mar 1 in common years
+        if pairs & _AROUND_FEB_29:
+            pairs |= _AROUND_FEB_29  # Feb 29 moves to Feb 28 / Mar 1 in common years
         return frozenset(pairs)
 
 
@@ -234,10 +237,7 @@ def _yearly(
     month_days: frozenset[tuple[int, int]] | None,
 ) -> list[Occurrence]:
     raw = _record_date(record, field_name(spec.field))
-    if month_days is not None and not any(
-        ((raw + timedelta(days=d)).month, (raw + timedelta(days=d)).day) in month_days
-        for d in (-1, 0, 1)  # a datetime's local date may be a day off its UTC date
-    ):
+    if month_days is not None and (raw.month, raw.day) not in month_days:
         return []
     origin = _local_origin(record, spec, zone)
     first_year = window.start.astimezone(zone()).year - 1

@@ -7,6 +7,7 @@ Implementations: :mod:`~worker.channels.smtp`, :mod:`~worker.channels.outbox` (e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,3 +48,29 @@ class Channel(Protocol):
     def send(self, message: Outgoing) -> Receipt: ...
 
     def close(self) -> None: ...
+
+
+#: Told the outcome of one message as soon as it is known: the receipt, or the exception
+#: ``Channel.send`` would have raised.
+Done = Callable[[Outgoing, Receipt | Exception], None]
+
+
+def send_each(channel: Channel, messages: Iterable[Outgoing], done: Done) -> None:
+    """Send ``messages`` one after the other and call ``done`` after each, before the next
+    goes out (so an outcome is recorded before the next message can be lost in a crash).
+
+    A channel with a ``send_each`` method of its own (SMTP: one event loop for the whole
+    batch) is handed the lot; any other is called message by message. ``messages`` may be a
+    generator that renders lazily.
+    """
+    own: Callable[[Iterable[Outgoing], Done], None] | None = getattr(channel, "send_each", None)
+    if own is not None:
+        own(messages, done)
+        return
+    for message in messages:
+        try:
+            receipt = channel.send(message)
+        except Exception as exc:  # classified by the caller, exactly as a raise from send()
+            done(message, exc)
+        else:
+            done(message, receipt)

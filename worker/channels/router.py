@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 
-from worker.channels.base import Channel, Outgoing, Receipt
+from worker.channels.base import Channel, Done, Outgoing, Receipt, send_each
 from worker.errors import PermanentDeliveryError
 
 
@@ -19,6 +20,17 @@ class ChannelRouter:
         if channel is None:
             raise PermanentDeliveryError(f"no {message.channel!r} channel is configured")
         return channel.send(message)
+
+    def send_each(self, messages: Iterable[Outgoing], done: Done) -> None:
+        """Each run of consecutive messages for one channel goes to that channel's own
+        ``send_each`` (lazily: ``messages`` may be a generator)."""
+        for name, run in itertools.groupby(messages, key=lambda message: message.channel):
+            channel = self.channels.get(name)
+            if channel is None:
+                for message in run:
+                    done(message, PermanentDeliveryError(f"no {name!r} channel is configured"))
+                continue
+            send_each(channel, run, done)
 
     def close(self) -> None:
         for channel in self.channels.values():

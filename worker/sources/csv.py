@@ -67,12 +67,16 @@ class CsvSource:
         except FileNotFoundError:
             raise SourceError(f"{self.path(entity)} not found: no {entity} data") from None
 
-    def _rows(self, entity: str) -> Iterator[tuple[int, int, list[str], list[str]]]:
-        """(line number, byte offset, header, cells) for every data row."""
+    def _rows(self, entity: str, start: int = 0) -> Iterator[tuple[int, int, list[str], list[str]]]:
+        """(line number, byte offset, header, cells) for every data row from byte ``start``
+        (0, or the start of a row)."""
         with self._open(entity) as stream:
             tracker = _LineTracker(stream)
             reader = csv.reader(tracker)
             header = [h.strip() for h in next(reader, [])]
+            if start:
+                stream.seek(start)
+                tracker.next_offset = start
             while True:
                 offset = tracker.next_offset
                 try:
@@ -152,15 +156,42 @@ class CsvSource:
             index = self._indexes.get(entity)
             if index and (index.mtime_ns, index.size) == (stat.st_mtime_ns, stat.st_size):
                 return index
-            header: list[str] = []
-            offsets: dict[str, int] = {}
-            for _, offset, header, cells in self._rows(entity):
-                id_column = header.index("id") if "id" in header else len(cells)
-                if id_column < len(cells):
-                    offsets.setdefault(cells[id_column].strip(), offset)
+            header, offsets = self._offsets(entity)
             index = _Index(stat.st_mtime_ns, stat.st_size, header, offsets)
             self._indexes[entity] = index
             return index
+
+    def _offsets(self, entity: str) -> tuple[list[str], dict[str, int]]:
+        """The header and the byte offset of each id's (first) row. Lines are split at C speed
+        until the first double quote; from there on (a quoted field may span lines) the rest
+        goes through ``csv.reader``, line by line."""
+        offsets: dict[str, int] = {}
+        with self._open(entity) as stream:
+            first = stream.readline()
+            header = next(csv.reader([first.decode("utf-8-sig", "replace")]), [])
+            header = [h.strip() for h in header]
+            if '"' in first.decode("utf-8-sig", "replace") or "id" not in header:
+                return self._offsets_by_reader(entity, header, offsets, 0)
+            column = header.index("id")
+            offset = len(first)
+            for line in stream:
+                if b'"' in line:
+                    return self._offsets_by_reader(entity, header, offsets, offset)
+                cells = line.split(b",", column + 1)
+                if column < len(cells) and line.strip():
+                    offsets.setdefault(cells[column].decode("utf-8", "replace").strip(), offset)
+                offset += len(line)
+        return header, offsets
+
+    def _offsets_by_reader(
+        self, entity: str, header: list[str], offsets: dict[str, int], start: int
+    ) -> tuple[list[str], dict[str, int]]:
+        for _, offset, found_header, cells in self._rows(entity, start):
+            header = found_header
+            id_column = header.index("id") if "id" in header else len(cells)
+            if id_column < len(cells):
+                offsets.setdefault(cells[id_column].strip(), offset)
+        return header, offsets
 
     def columns(self, entity: str) -> frozenset[str]:
         with self._open(entity) as stream:

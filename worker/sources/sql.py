@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -42,6 +43,7 @@ from sqlalchemy.exc import (
 from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
 from worker.errors import SourceError, SourceUnavailableError
 from worker.sources.base import Record, RowSkip
+from worker.sources.lazy import RowLayout
 from worker.sources.mapping import QueryMapping
 from worker.sources.schema import to_record
 
@@ -116,8 +118,14 @@ class SqlSource:
                 # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
                 # for text() statements and grows its buffer from 1 row instead.
                 result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
+                # As from CSV: each row's values as text, typed only when a field is read (a
+                # pass reads one date of most rows), with the same values and problems.
+                names = result.keys()  # a Result: iterating it would fetch rows
+                layout = RowLayout(entity, [str(name) for name in names])
+                row_name = f"{where} row {{}}".format
                 for n, row in enumerate(result, start=1):
-                    record = to_record(entity, _as_text(row._mapping), f"{where} row {n}")
+                    cells = [_text(value) or "" for value in row]
+                    record = layout.record(cells, partial(row_name, n))
                     if isinstance(record, RowSkip):
                         log.warning("%s: row skipped: %s", record.where, record.reason)
                         continue

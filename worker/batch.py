@@ -1,0 +1,133 @@
+"""Delivering a batch of keys as a unit: the steps of :class:`~worker.delivery.Deliverer`, with
+the Redis round trips and the event loop shared by the whole batch.
+
+A Dramatiq message carries up to ``DELIVERY_BATCH_SIZE`` keys. Key by key, each delivery took
+five Redis round trips (pause, lease, suppression, outcome, log) and entered the SMTP channel's
+event loop once; per batch it takes one round trip for the pause, one for all the leases and
+one for all the suppressed addresses, then one per message for its outcome (ledger and log
+together), and the messages go out in one run of the thread's event loop.
+
+What does not change, key by key: each lease is its own atomic step in the ledger, each
+delivery is re-checked against fresh CRM data and rendered right before it goes out, and each
+outcome is recorded as soon as the relay has answered, before the next message is sent, so a
+crash still leaves at most one acknowledged but unrecorded message per worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+
+from worker.channels.base import Outgoing, Receipt, send_each
+from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
+from worker.delivery import Deliverer, lease_owner
+from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
+from worker.localtime import utc_now
+from worker.outcome import Attempt, DeliveryResult
+from worker.planning import PlannedDelivery
+
+
+def deliver_batch(
+    deliverer: Deliverer,
+    keys: Sequence[str],
+    *,
+    as_of: datetime,
+    enqueued_at: datetime,
+    now: datetime | None = None,
+) -> list[DeliveryResult]:
+    """Deliver each of ``keys`` once, as :meth:`Deliverer.deliver` would; one result per key,
+    in order. ``as_of`` and ``enqueued_at`` as there."""
+    now = now or utc_now()
+    if not keys:
+        return []
+    held = deliverer.paused(keys[0], now)
+    if held is not None:
+        return [dataclasses.replace(held, key=key) for key in keys]
+    owner = lease_owner()
+    leased_at = time.monotonic()
+    begins = deliverer.ledger.begin_many(keys, now=now, owner=owner)
+    effective_now = as_of + (now - enqueued_at)
+    results: list[DeliveryResult | None] = [None] * len(keys)
+    attempts: list[tuple[int, Attempt]] = []
+    for index, (key, begin) in enumerate(zip(keys, begins, strict=True)):
+        opened = deliverer.open(key, begin, now, owner)
+        if isinstance(opened, DeliveryResult):
+            results[index] = opened
+            continue
+        rechecked = deliverer.recheck(opened, effective_now)
+        if isinstance(rechecked, DeliveryResult):
+            results[index] = rechecked
+        else:
+            attempts.append((index, opened))
+    sending = _Sending(deliverer, attempts, results, effective_now, leased_at)
+    send_each(deliverer.channel, sending.messages(), sending.done)
+    finished = [result for result in results if result is not None]
+    assert len(finished) == len(keys), "every key of the batch has an outcome"
+    return finished
+
+
+class _Sending:
+    """The rechecked attempts of one batch on their way out: renders each just before it is
+    sent and records each outcome as the channel reports it."""
+
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        attempts: list[tuple[int, Attempt]],
+        results: list[DeliveryResult | None],
+        effective_now: datetime,
+        leased_at: float,
+    ) -> None:
+        self.deliverer = deliverer
+        # Grouped by channel, so a router hands each channel one run of messages.
+        self.attempts = sorted(attempts, key=lambda item: _planned(item[1]).action.channel)
+        self.results = results
+        self.effective_now = effective_now
+        lease_s = deliverer.ledger.send_lease.total_seconds()
+        self.lease_ends = leased_at + lease_s * BATCH_LEASE_SHARE
+        suppression = deliverer.suppression
+        self.suppressed = (
+            suppression.reasons(_planned(a).to for _, a in attempts) if suppression else {}
+        )
+        self.halt: timedelta | None = None  # set when the relay refused us: sending is paused
+        self.in_flight: dict[str, tuple[int, Attempt]] = {}
+
+    def messages(self) -> Iterator[Outgoing]:
+        deliverer = self.deliverer
+        for index, attempt in self.attempts:
+            if self.halt is not None:
+                self.results[index] = attempt.retry("sending is paused", self.halt, refund=True)
+                continue
+            screened = deliverer.screen(attempt, self.suppressed.get(_planned(attempt).to))
+            if screened is not None:
+                self.results[index] = screened
+                continue
+            if time.monotonic() > self.lease_ends:
+                self.results[index] = attempt.retry(
+                    "the batch outlasted half the send lease", BATCH_LEASE_RETRY, refund=True
+                )
+                continue
+            prepared = deliverer.prepare(attempt, utc_now(), self.effective_now)
+            if isinstance(prepared, DeliveryResult):
+                self.results[index] = prepared
+                continue
+            self.in_flight[prepared.key] = (index, attempt)
+            yield prepared
+
+    def done(self, message: Outgoing, outcome: Receipt | Exception) -> None:
+        index, attempt = self.in_flight.pop(message.key)
+        result = self.deliverer.conclude(attempt, outcome, self.effective_now)
+        self.results[index] = result
+        if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression:
+            # Suppressed by conclude(): a later message of this batch to it is skipped too.
+            self.suppressed[_planned(attempt).to] = str(outcome)
+        paused = isinstance(outcome, RelayUnavailableError | SenderRejectedError)
+        if paused and self.deliverer.pause is not None and result.retry_after is not None:
+            self.halt = result.retry_after
+
+
+def _planned(attempt: Attempt) -> PlannedDelivery:
+    assert attempt.planned is not None, "only rechecked attempts are sent"
+    return attempt.planned
