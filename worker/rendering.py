@@ -183,6 +183,13 @@ class TemplateRenderer:
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
 
+    def missing(self, name: str) -> str | None:
+        """Why template ``name`` cannot serve every customer (no folder for the default locale,
+        the end of every fallback chain), or ``None`` when it can."""
+        if self.default_locale in self.locales(name):
+            return None
+        return f"template {name!r} has no {self.default_locale}/ folder in {self.templates_dir}"
+
     def resolve_locale(self, name: str, locale: str | None) -> str:
         """The locale folder used for ``locale`` (fallback chain), or :class:`TemplateError`."""
         if not _SLUG.match(name):

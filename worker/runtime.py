@@ -202,6 +202,7 @@ class Runtime:
             contact_policy=self.contact_policy,
             events=self.events,
             delivery_log=self.delivery_log,
+            renderer=self.renderer,
         )
 
     @cached_property

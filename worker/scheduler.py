@@ -35,6 +35,7 @@ from worker.events import Event, EventLog
 from worker.ledger import Ledger, skip_claimed
 from worker.localtime import utc_now
 from worker.planning import PlannedDelivery, Skip, plan, plan_event
+from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.sources.base import Source
 
@@ -68,6 +69,7 @@ class Scheduler:
     contact_policy: ContactPolicy | None = None
     events: EventLog | None = None
     delivery_log: DeliveryLog | None = None
+    renderer: TemplateRenderer | None = None
 
     def run_pass(self, now: datetime, *, rule_ids: frozenset[str] | None = None) -> PassReport:
         """One pass at ``now``: claim and queue every delivery due and not yet claimed.
@@ -75,6 +77,10 @@ class Scheduler:
         ``rule_ids`` limits the pass to those rules (``crm-worker event`` runs its event rules).
         """
         self.catalog.refresh()
+        broken = self._unusable_rules()
+        if broken:
+            wanted = rule_ids if rule_ids is not None else frozenset(r.id for r in self.catalog)
+            rule_ids = wanted - broken.keys()
         items = plan(
             self.catalog,
             self.source,
@@ -91,6 +97,7 @@ class Scheduler:
         intakes: ``crm-worker event`` and the HTTP intake). Other events of its type are left
         to the passes, so each call costs one event's lookups, however busy the CRM is."""
         self.catalog.refresh()
+        broken = self._unusable_rules()
         items = plan_event(
             self.catalog,
             self.source,
@@ -99,7 +106,30 @@ class Scheduler:
             default_zone=self.default_zone,
             company=self.company,
         )
-        return self._dispatch(items, now)
+        return self._dispatch((i for i in items if i.rule_id not in broken), now)
+
+    def _unusable_rules(self) -> dict[str, str]:
+        """Rules whose messages could not be rendered (a template folder missing or misnamed),
+        with the reason. They are left out of the pass instead of claiming occurrences that
+        would all fail: once the template is fixed, the next pass within each rule's grace
+        sends them."""
+        if self.renderer is None:
+            return {}
+        broken: dict[str, str] = {}
+        for rule in self.catalog:
+            if not rule.enabled:
+                continue
+            for action in rule.send:
+                reason = self.renderer.missing(action.template)
+                if reason is not None:
+                    broken[rule.id] = reason
+                    log.error(
+                        "rule %s is not run: %s; fix it (crm-worker check shows every problem)",
+                        rule.id,
+                        reason,
+                    )
+                    break
+        return broken
 
     def _dispatch(self, items: Iterable[PlannedDelivery | Skip], now: datetime) -> PassReport:
         """Claim, cap and queue planned deliveries in batches."""

@@ -1,0 +1,48 @@
+"""A rule whose template folder is missing is left out of the pass, not claimed and failed.
+
+``check`` reports the problem; meanwhile the scheduler must not claim occurrences that every
+worker would fail, so that fixing the template lets the next pass (within grace) send them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from tests.conftest import REPO
+from worker.localtime import parse_instant
+
+NOW = parse_instant("2026-03-14T10:00:00Z")
+
+
+def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
+    make_runtime, make_settings, tmp_path, caplog
+):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    good = (REPO / "rules" / "birthday-greeting.yaml").read_text(encoding="utf-8")
+    (rules / "birthday-greeting.yaml").write_text(good, encoding="utf-8")
+    broken = good.replace("id: birthday-greeting", "id: birthday-copy").replace(
+        "template: birthday", "template: birthdya"
+    )
+    (rules / "birthday-copy.yaml").write_text(broken, encoding="utf-8")
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    runtime = make_runtime(
+        make_settings(CRM_RULES_DIR=str(rules), CRM_TEMPLATES_DIR=str(templates))
+    )
+
+    with caplog.at_level(logging.ERROR, logger="worker.scheduler"):
+        report = runtime.scheduler.run_pass(NOW)
+    greetings = [k for k in report.queued if k.startswith("birthday-greeting:")]
+    assert greetings, "the other rule keeps running"
+    assert not [k for k in report.queued if k.startswith("birthday-copy:")]
+    copies = [k.replace("birthday-greeting:", "birthday-copy:", 1) for k in greetings]
+    assert set(runtime.ledger.states(copies).values()) == {""}  # nothing claimed
+    assert "rule birthday-copy is not run: template 'birthdya' has no en/ folder" in caplog.text
+
+    # The template appears (a sales manager renamed the folder): the next pass sends them.
+    shutil.copytree(templates / "birthday", templates / "birthdya")
+    later = runtime.scheduler.run_pass(parse_instant("2026-03-14T10:05:00Z"))
+    assert sorted(k for k in later.queued if k.startswith("birthday-copy:")) == sorted(copies)
+    assert set(runtime.ledger.states(copies).values()) == {"queued"}
