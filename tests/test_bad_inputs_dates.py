@@ -7,10 +7,13 @@ Jan 1). The pure date arithmetic (Feb 29, DST, far-apart zones) is in tests/test
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.conftest import REPO
 from tests.test_headers import write_crm
+from worker.explanation import Explainer
 from worker.localtime import parse_instant
 
 
@@ -102,3 +105,47 @@ def test_garbage_birthdays_are_skipped_with_their_reason_not_sent_on_jan_1(world
     assert sum(n for reason, n in skipped.items() if reason.startswith("birthday-greeting")) >= 4
     reasons = " ".join(skipped)
     assert "future" in reasons and "no birthday" in reasons and "not usable" in reasons
+
+
+def test_an_unknown_time_zone_is_logged_once_and_explained(make_runtime, make_settings, tmp_path):
+    zone = "Mars/Tharsis_Test"  # a name no other test uses: the warning is once per process
+    crm = write_crm(
+        tmp_path / "crm",
+        [
+            {"id": "1", "email": "a@example.com", "first_name": "A", "timezone": zone},
+            {"id": "2", "email": "b@example.com", "first_name": "B", "timezone": zone},
+        ],
+    )
+    runtime = make_runtime(make_settings(CRM_SOURCE=str(crm), CRM_TIMEZONE="Europe/Berlin"))
+    logger = logging.getLogger("worker.sources.schema")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        planned = runtime.scheduler.run_pass(parse_instant("2026-03-14T10:00:00Z"))
+    finally:
+        logger.removeHandler(handler)
+    # Both customers get the default zone (09:00 in Berlin is 08:00 UTC) …
+    assert sorted(planned.queued) == [
+        "birthday-greeting:customer:1:2026/email",
+        "birthday-greeting:customer:2:2026/email",
+    ]
+    assert runtime.ledger.get("birthday-greeting:customer:1:2026/email")["due_at"].startswith(
+        str(int(parse_instant("2026-03-14T08:00:00Z").timestamp()))
+    )
+    # … and the operator hears of the bad value once, not once per row.
+    warnings = [r.getMessage() for r in records if zone in r.getMessage()]
+    assert len(warnings) == 1 and "CRM_TIMEZONE" in warnings[0]
+    explainer = Explainer(
+        catalog=runtime.catalog,
+        source=runtime.source,
+        ledger=runtime.ledger,
+        contact_policy=runtime.contact_policy,
+        events=runtime.events,
+        default_zone=runtime.default_zone,
+        company=runtime.settings.company,
+    )
+    assert explainer.data_notes("1") == [
+        f"timezone {zone!r} is not usable (unknown time zone; CRM_TIMEZONE is used)"
+    ]

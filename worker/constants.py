@@ -136,3 +136,7 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
+
+#: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
+#: this, dirty data must not flood the log.
+MAX_REPORTED_UNKNOWN_ZONES = 100

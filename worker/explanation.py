@@ -61,6 +61,14 @@ class Explainer:
     default_zone: ZoneInfo
     company: Mapping[str, str]
 
+    def data_notes(self, customer_id: str) -> list[str]:
+        """What is wrong with the customer's own CRM data (a garbage birthday, an unknown time
+        zone …), each with what the worker does about it."""
+        customer = self.source.get("customer", customer_id)
+        if customer is None:
+            return [f"customer {customer_id} is not in the CRM data"]
+        return [customer.problems[name] for name in sorted(customer.problems)]
+
     def explain(
         self, customer_id: str, now: datetime, *, rule_ids: frozenset[str] | None = None
     ) -> Iterator[Explanation]:

@@ -167,6 +167,8 @@ def _explain_customer(
         default_zone=runtime.default_zone,
         company=runtime.settings.company,
     )
+    for note in explainer.data_notes(customer_id):
+        err.print(f"note: {note}", markup=False)
     try:
         lines = list(explainer.explain(customer_id, now, rule_ids=rule_ids))
     except redis.RedisError as exc:

@@ -7,13 +7,17 @@ and the reason is kept in ``Record.problems``. A row without a usable id is skip
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+from worker.constants import MAX_REPORTED_UNKNOWN_ZONES
 from worker.localtime import is_known_zone
 from worker.sources.base import Record, RowSkip
+
+log = logging.getLogger(__name__)
 
 #: Entity name (as used in rules: ``customer.email``) → file/table name in the CRM.
 ENTITY_TABLES: Mapping[str, str] = {
@@ -58,9 +62,20 @@ def _parse_number(text: str) -> float:
     return value
 
 
+#: Unknown zone names already reported: one warning per name per process, not one per row.
+_REPORTED_ZONES: set[str] = set()
+
+
 def _parse_zone(text: str) -> str:
     if not is_known_zone(text):
-        raise ValueError("unknown time zone")
+        if text not in _REPORTED_ZONES and len(_REPORTED_ZONES) < MAX_REPORTED_UNKNOWN_ZONES:
+            _REPORTED_ZONES.add(text)
+            log.warning(
+                "unknown time zone %r in the CRM data: its customers get CRM_TIMEZONE instead; "
+                "fix the CRM value (an IANA name like 'Europe/Berlin')",
+                text[:60],
+            )
+        raise ValueError("unknown time zone; CRM_TIMEZONE is used")
     return text
 
 
