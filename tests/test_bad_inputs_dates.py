@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_headers import write_crm
-from worker.explanation import Explainer
 from worker.localtime import parse_instant
 
 
@@ -137,15 +136,7 @@ def test_an_unknown_time_zone_is_logged_once_and_explained(make_runtime, make_se
     # … and the operator hears of the bad value once, not once per row.
     warnings = [r.getMessage() for r in records if zone in r.getMessage()]
     assert len(warnings) == 1 and "CRM_TIMEZONE" in warnings[0]
-    explainer = Explainer(
-        catalog=runtime.catalog,
-        source=runtime.source,
-        ledger=runtime.ledger,
-        contact_policy=runtime.contact_policy,
-        events=runtime.events,
-        default_zone=runtime.default_zone,
-        company=runtime.settings.company,
-    )
+    explainer = runtime.explainer
     assert explainer.data_notes("1") == [
         f"timezone {zone!r} is not usable (unknown time zone; CRM_TIMEZONE is used)"
     ]

@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import REPO
 from tests.test_cli import base_env, crm_worker
 from worker.events import EventLog, record_event
-from worker.explanation import Explainer
 from worker.localtime import parse_instant
 from worker.planning import PlannedDelivery, plan
 from worker.validation import check_all
@@ -150,15 +149,7 @@ def test_plan_explains_every_rule_for_a_customer(world, make_runtime, make_setti
     runtime = make_runtime(
         make_settings(CRM_SOURCE=str(crm), CRM_RULES_DIR=str(rules), CRM_CONTACT_CAP="1/7d")
     )
-    explainer = Explainer(
-        catalog=runtime.catalog,
-        source=runtime.source,
-        ledger=runtime.ledger,
-        contact_policy=runtime.contact_policy,
-        events=runtime.events,
-        default_zone=runtime.default_zone,
-        company=runtime.settings.company,
-    )
+    explainer = runtime.explainer
     now = parse_instant(NOW)
 
     def verdicts(customer_id):

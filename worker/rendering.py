@@ -204,6 +204,20 @@ class TemplateRenderer:
 
     def render(self, name: str, locale: str | None, context: Mapping[str, Any]) -> RenderedMessage:
         """Render subject, text and HTML; raise :class:`TemplateError` if any part fails."""
+        chosen, parts = self._render_parts(name, locale, PARTS, context)
+        return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
+
+    def render_part(
+        self, name: str, locale: str | None, part: str, context: Mapping[str, Any]
+    ) -> str:
+        """One file of template ``name`` (e.g. ``webhook.json.j2``) in the locale chosen by
+        fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
+        return self._render_parts(name, locale, (part,), context)[1][0]
+
+    def _render_parts(
+        self, name: str, locale: str | None, parts: tuple[str, ...], context: Mapping[str, Any]
+    ) -> tuple[str, list[str]]:
+        """The locale chosen by fallback and ``parts`` rendered in it, under one deadline."""
         chosen = self.resolve_locale(name, locale)
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
@@ -212,29 +226,13 @@ class TemplateRenderer:
         variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
         try:
             with formatting_locale(babel_locale(variants)):
-                parts = [
+                rendered = [
                     self._render_part(f"{name}/{chosen}/{part}", context, deadline)
-                    for part in PARTS
+                    for part in parts
                 ]
         finally:
             _active_deadline.reset(token)
-        return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
-
-    def render_part(
-        self, name: str, locale: str | None, part: str, context: Mapping[str, Any]
-    ) -> str:
-        """One file of template ``name`` (e.g. ``webhook.json.j2``) in the locale chosen by
-        fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
-        chosen = self.resolve_locale(name, locale)
-        deadline = _Deadline(RENDER_DEADLINE_S)
-        token = _active_deadline.set(deadline)
-        language = chosen.lower().partition("-")[0]
-        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
-        try:
-            with formatting_locale(babel_locale(variants)):
-                return self._render_part(f"{name}/{chosen}/{part}", context, deadline)
-        finally:
-            _active_deadline.reset(token)
+        return chosen, rendered
 
     def _render_part(self, path: str, context: Mapping[str, Any], deadline: _Deadline) -> str:
         try:

@@ -29,6 +29,7 @@ from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
 from worker.delivery_log import DeliveryLog
 from worker.events import Event, EventLog, record_event_once
+from worker.explanation import Explainer
 from worker.ledger import RETRYABLE_STATES, Ledger
 from worker.localtime import utc_now
 from worker.metrics import QueueMetrics
@@ -203,6 +204,19 @@ class Runtime:
             events=self.events,
             delivery_log=self.delivery_log,
             renderer=self.renderer,
+        )
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """``plan --customer --explain``: read-only verdicts per rule for one customer."""
+        return Explainer(
+            catalog=self.catalog,
+            source=self.source,
+            ledger=self.ledger,
+            contact_policy=self.contact_policy,
+            events=self.events,
+            default_zone=self.default_zone,
+            company=self.settings.company,
         )
 
     @cached_property

@@ -31,7 +31,6 @@ from worker.errors import (
     SourceError,
     TemplateError,
 )
-from worker.explanation import Explainer
 from worker.localtime import utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.preview import Preview, build_previews, describe, send_test_copy
@@ -158,15 +157,7 @@ def _explain_customer(
     as_json: bool,
 ) -> None:
     """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
-    explainer = Explainer(
-        catalog=runtime.catalog,
-        source=runtime.source,
-        ledger=runtime.ledger,
-        contact_policy=runtime.contact_policy,
-        events=runtime.events,
-        default_zone=runtime.default_zone,
-        company=runtime.settings.company,
-    )
+    explainer = runtime.explainer
     for note in explainer.data_notes(customer_id):
         err.print(f"note: {note}", markup=False)
     try:
