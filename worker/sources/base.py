@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +43,11 @@ class Source(Protocol):
 
     def get(self, entity: str, record_id: str) -> Record | None:
         """One record by id, read fresh; ``None`` when it no longer exists."""
+        ...
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        """Several records by id, read fresh, as ``get`` reads each (a pass fetches the
+        customers of its due records this way: one query per chunk on a database)."""
         ...
 
     def columns(self, entity: str) -> frozenset[str]:

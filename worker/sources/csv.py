@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -140,6 +140,10 @@ class CsvSource:
                 self._indexes.pop(entity, None)
             return self._get_rebuilt(entity, record_id)
         return result
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        # Each through the offset index: a seek and one row per id, no faster path needed.
+        return {record_id: self.get(entity, record_id) for record_id in record_ids}
 
     def _get_rebuilt(self, entity: str, record_id: str) -> Record | None:
         for record in self.iter_records(entity):

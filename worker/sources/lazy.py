@@ -56,10 +56,18 @@ class LazyFields(Mapping[str, Any]):
         self._problems: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> Any:
+        if name not in self._typed and name not in self._layout.columns:
+            raise KeyError(name)
+        return self.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        # Record.__getitem__ reads through get: the typing is here, not behind Mapping.get.
         try:
             return self._typed[name]
         except KeyError:
-            index = self._layout.columns[name]  # KeyError for a column the row does not have
+            index = self._layout.columns.get(name)
+        if index is None:
+            return default
         # A ragged row's missing cells are empty, as in to_record.
         text = self._cells[index].strip() if index < len(self._cells) else ""
         value, problem = parse_field(name, text, self._layout.types.get(name))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from worker.sources.base import Record, RowSkip
@@ -30,6 +30,9 @@ class InMemorySource:
 
     def get(self, entity: str, record_id: str) -> Record | None:
         return next((r for r in self._records(entity) if r.id == record_id), None)
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        return {record_id: self.get(entity, record_id) for record_id in record_ids}
 
     def columns(self, entity: str) -> frozenset[str]:
         return frozenset(k for raw in self.rows.get(entity, []) for k in raw)
