@@ -8,7 +8,7 @@ Pure apart from reading the source: nothing is claimed, queued or sent here, whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -22,15 +22,18 @@ from worker.errors import AddressError
 from worker.events import Event, EventLog
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, SendAction
-from worker.sources.base import Record, Source
+from worker.sources.base import Record, RowKeep, Source
+from worker.sources.schema import FIELD_TYPES, Parser, parse_field
 from worker.triggers import (
     NotApplicable,
     Occurrence,
     Screen,
     TriggerWindow,
+    ValueScreen,
     evaluate,
     event_occurrence,
     screen,
+    screen_value,
 )
 
 log = logging.getLogger(__name__)
@@ -267,7 +270,8 @@ def _plan_entity(
     for rule in rules[1:]:
         waiting[rule.id] = []
     chunk: list[tuple[Record, list[int]]] = []
-    for record in source.iter_records(rules[0].trigger.spec.entity):
+    entity = rules[0].trigger.spec.entity
+    for record in source.iter_records(entity, _row_keep(entity, checks)):
         passed = [n for n, (_, _, test) in enumerate(checks) if test is None or test(record)]
         if passed:
             chunk.append((record, passed))
@@ -275,6 +279,29 @@ def _plan_entity(
                 yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
                 chunk = []
     yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
+
+
+def _row_keep(
+    entity: str, checks: list[tuple[Rule, TriggerWindow, Screen | None]]
+) -> RowKeep | None:
+    """The rules' screens as a hint on the rows' text (a row any rule may find due is kept);
+    None when a rule has no screen. Each text is typed as the record's field would be."""
+    tests: dict[str, list[ValueScreen]] = {}
+    for rule, window, _ in checks:
+        found = screen_value(rule, window, _month_days(window))
+        if found is None:
+            return None
+        tests.setdefault(found[0], []).append(found[1])
+    parsers = FIELD_TYPES.get(entity, {})
+    return {name: _text_test(name, parsers.get(name), each) for name, each in tests.items()}
+
+
+def _text_test(name: str, parser: Parser | None, tests: list[ValueScreen]) -> Callable[[str], bool]:
+    def keep(text: str) -> bool:
+        value, problem = parse_field(name, text, parser)
+        return any(test(value, problem is not None) for test in tests)
+
+    return keep
 
 
 def _plan_chunk(

@@ -334,51 +334,65 @@ def _unresolved(
 #: A cheap test of one record against one rule in one window: False only when :func:`evaluate`
 #: would find no occurrence and raise no :class:`NotApplicable` for it.
 Screen = Callable[[Record], bool]
+#: The same test on the trigger field alone: (typed value, whether the field was unusable).
+ValueScreen = Callable[[object, bool], bool]
 
 
-def screen(
+def screen_value(
     rule: Rule, window: TriggerWindow, month_days: frozenset[tuple[int, int]] | None
-) -> Screen | None:
-    """The :data:`Screen` of ``rule`` (``month_days`` as for :func:`evaluate`), or None when
-    its trigger kind has none. It reads only the trigger's own field, already typed, and
-    applies the very test :func:`evaluate` starts with (yearly: the (month, day) set;
-    ``after``: far from the window in any zone), so a pass can drop most rows of a large CRM
-    before any time zone, customer lookup or occurrence is looked at. A field that is
-    missing, unusable or not a date passes: :func:`evaluate` then says why (or finds nothing)."""
+) -> tuple[str, ValueScreen] | None:
+    """The trigger field of ``rule`` and its :data:`ValueScreen` (``month_days`` as for
+    :func:`evaluate`), or None when its trigger kind has none. The test is the very one
+    :func:`evaluate` starts with (yearly: the (month, day) set; ``after``: far from the window
+    in any zone), so a pass can drop most rows of a large CRM before any time zone, customer
+    lookup or occurrence is looked at. A field that is unusable or not a date passes:
+    :func:`evaluate` then says why."""
     spec = rule.trigger.spec
     if isinstance(spec, (BirthdayTrigger, AnniversaryTrigger)):
-        name = field_name(spec.field)
         days = month_days
         if days is None:
             return None
 
-        def yearly(record: Record) -> bool:
-            value = record[name]
+        def yearly(value: object, unusable: bool) -> bool:
             if isinstance(value, datetime):
                 value = value.date()
             elif not isinstance(value, date):
-                return True
+                return True  # missing or unusable: a reason to skip
             return (value.month, value.day) in days
 
-        return yearly
+        return field_name(spec.field), yearly
     if isinstance(spec, AfterTrigger):
-        name = field_name(spec.field)
         # _after_far's test, solved for the start once: start + delay within the padded window.
         padding = _slack(rule) + _ONE_DAY
         earliest, latest = window.start - padding - spec.delay, window.end + padding - spec.delay
 
-        def once(record: Record) -> bool:
-            value = record[name]
+        def once(value: object, unusable: bool) -> bool:
             if isinstance(value, datetime):
                 return value.tzinfo is None or earliest <= value <= latest
             if isinstance(value, date):
                 return earliest <= datetime.combine(value, time(0), UTC) <= latest
             if value is None or value == "":
-                return name in record.problems  # as _after: unusable is a skip, empty is not
+                return unusable  # as _after: unusable is a skip, empty is nothing to wait for
             return True
 
-        return once
+        return field_name(spec.field), once
     return None
+
+
+def screen(
+    rule: Rule, window: TriggerWindow, month_days: frozenset[tuple[int, int]] | None
+) -> Screen | None:
+    """:func:`screen_value` applied to a record's field."""
+    found = screen_value(rule, window, month_days)
+    if found is None:
+        return None
+    name, test = found
+
+    def on_record(record: Record) -> bool:
+        value = record[name]
+        return test(value, (value is None or value == "") and name in record.problems)
+
+    return on_record
 
 
 def evaluate(

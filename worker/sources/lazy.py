@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.schema import FIELD_TYPES, parse_field, usable_id
 
 
@@ -32,14 +32,34 @@ class RowLayout:
         self.id_column = self.columns.get("id")
         self.types = FIELD_TYPES.get(entity, {})
 
-    def record(self, cells: list[str], where: Callable[[], str]) -> Record | RowSkip:
+    def tests(self, keep: RowKeep | None) -> list[tuple[int, Callable[[str], bool]]] | None:
+        """``keep`` as (cell index, test) for :meth:`record`; None (keep every row) without
+        a hint or when it names a column this layout does not have."""
+        if not keep or any(name not in self.columns for name in keep):
+            return None
+        return [(self.columns[name], test) for name, test in keep.items()]
+
+    def record(
+        self,
+        cells: list[str],
+        where: Callable[[], str],
+        tests: list[tuple[int, Callable[[str], bool]]] | None = None,
+    ) -> Record | RowSkip | None:
         """A record over ``cells``; a row without a usable id is skipped, as by ``to_record``.
-        ``where`` names the row for the skip reason (called only then: most rows are fine)."""
+        ``where`` names the row for the skip reason (called only then: most rows are fine).
+        None: every one of ``tests`` (from :meth:`tests`) is False for the row's text."""
         index = self.id_column
         record_id = cells[index].strip() if index is not None and index < len(cells) else ""
         if not usable_id(record_id):
             reason = f"id {record_id!r} is missing or has unusable characters"
             return RowSkip(self.entity, where(), reason)
+        if tests is not None:
+            for column, test in tests:
+                # The text LazyFields types: stripped, empty for a ragged row's missing cell.
+                if test(cells[column].strip() if column < len(cells) else ""):
+                    break
+            else:
+                return None
         fields = LazyFields(self, cells)
         return Record(self.entity, record_id, fields, LazyProblems(fields))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.schema import to_record
 
 
@@ -25,8 +25,8 @@ class InMemorySource:
             if not isinstance(result, RowSkip):
                 yield result
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
-        return self._records(entity)
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
+        return self._records(entity)  # small test data: every row, the hint unused
 
     def get(self, entity: str, record_id: str) -> Record | None:
         return next((r for r in self._records(entity) if r.id == record_id), None)

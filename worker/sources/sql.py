@@ -42,7 +42,7 @@ from sqlalchemy.exc import (
 
 from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
 from worker.errors import SourceError, SourceUnavailableError
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
 from worker.sources.mapping import QueryMapping
 from worker.sources.schema import to_record
@@ -108,7 +108,7 @@ class SqlSource:
         if statement is not None:
             event.listen(self.engine, "connect", _read_only_hook(statement))
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
         """Every usable record, streamed in chunks through a server-side cursor."""
         queries = self.mapping.of(entity)
         where = f"{self.mapping.path.name} {entity}"
@@ -122,10 +122,13 @@ class SqlSource:
                 # pass reads one date of most rows), with the same values and problems.
                 names = result.keys()  # a Result: iterating it would fetch rows
                 layout = RowLayout(entity, [str(name) for name in names])
+                tests = layout.tests(keep)
                 row_name = f"{where} row {{}}".format
                 for n, row in enumerate(result, start=1):
                     cells = [_text(value) or "" for value in row]
-                    record = layout.record(cells, partial(row_name, n))
+                    record = layout.record(cells, partial(row_name, n), tests)
+                    if record is None:
+                        continue
                     if isinstance(record, RowSkip):
                         log.warning("%s: row skipped: %s", record.where, record.reason)
                         continue
