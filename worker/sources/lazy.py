@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from worker.sources.base import Record, RowKeep, RowSkip
@@ -25,8 +25,13 @@ from worker.sources.schema import FIELD_TYPES, parse_field, usable_id
 class RowLayout:
     """The columns of one file (or query) of an entity: shared by all its rows."""
 
-    def __init__(self, entity: str, header: list[str]) -> None:
+    def __init__(
+        self, entity: str, header: list[str], text: Callable[[Any], str] | None = None
+    ) -> None:
         self.entity = entity
+        #: How a cell becomes its text (a database value: as a CSV export would write it);
+        #: None for cells that are text already. Applied only to the cells that are read.
+        self.text = text
         # Like dict(zip(header, cells)): a repeated column name means its last cell.
         self.columns = {name: n for n, name in enumerate(header)}
         self.id_column = self.columns.get("id")
@@ -41,7 +46,7 @@ class RowLayout:
 
     def record(
         self,
-        cells: list[str],
+        cells: Sequence[Any],
         where: Callable[[], str],
         tests: list[tuple[int, Callable[[str], bool]]] | None = None,
     ) -> Record | RowSkip | None:
@@ -49,19 +54,27 @@ class RowLayout:
         ``where`` names the row for the skip reason (called only then: most rows are fine).
         None: every one of ``tests`` (from :meth:`tests`) is False for the row's text."""
         index = self.id_column
-        record_id = cells[index].strip() if index is not None and index < len(cells) else ""
+        record_id = self.cell(cells, index) if index is not None else ""
         if not usable_id(record_id):
             reason = f"id {record_id!r} is missing or has unusable characters"
             return RowSkip(self.entity, where(), reason)
         if tests is not None:
             for column, test in tests:
                 # The text LazyFields types: stripped, empty for a ragged row's missing cell.
-                if test(cells[column].strip() if column < len(cells) else ""):
+                if test(self.cell(cells, column)):
                     break
             else:
                 return None
         fields = LazyFields(self, cells)
         return Record(self.entity, record_id, fields, LazyProblems(fields))
+
+    def cell(self, cells: Sequence[Any], index: int) -> str:
+        """The stripped text of one cell; a ragged row's missing cells are empty, as in
+        ``to_record``."""
+        if index >= len(cells):
+            return ""
+        cell: str = cells[index] if self.text is None else self.text(cells[index])
+        return cell.strip()
 
 
 class LazyFields(Mapping[str, Any]):
@@ -69,7 +82,7 @@ class LazyFields(Mapping[str, Any]):
 
     __slots__ = ("_cells", "_layout", "_problems", "_typed")
 
-    def __init__(self, layout: RowLayout, cells: list[str]) -> None:
+    def __init__(self, layout: RowLayout, cells: Sequence[Any]) -> None:
         self._layout = layout
         self._cells = cells
         self._typed: dict[str, Any] = {}
@@ -88,8 +101,11 @@ class LazyFields(Mapping[str, Any]):
             index = self._layout.columns.get(name)
         if index is None:
             return default
-        # A ragged row's missing cells are empty, as in to_record.
-        text = self._cells[index].strip() if index < len(self._cells) else ""
+        cells, convert = self._cells, self._layout.text  # inline cell(): the hot path
+        if index >= len(cells):
+            text = ""
+        else:
+            text = (cells[index] if convert is None else convert(cells[index])).strip()
         value, problem = parse_field(name, text, self._layout.types.get(name))
         if problem:
             self._problems[name] = problem

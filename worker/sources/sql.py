@@ -118,15 +118,15 @@ class SqlSource:
                 # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
                 # for text() statements and grows its buffer from 1 row instead.
                 result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
-                # As from CSV: each row's values as text, typed only when a field is read (a
-                # pass reads one date of most rows), with the same values and problems.
+                # As from CSV: a value becomes text (as an export writes it) and is typed only
+                # when its field is read (a pass reads one date of most rows), with the same
+                # values and problems.
                 names = result.keys()  # a Result: iterating it would fetch rows
-                layout = RowLayout(entity, [str(name) for name in names])
+                layout = RowLayout(entity, [str(name) for name in names], _cell_text)
                 tests = layout.tests(keep)
                 row_name = f"{where} row {{}}".format
                 for n, row in enumerate(result, start=1):
-                    cells = [_text(value) or "" for value in row]
-                    record = layout.record(cells, partial(row_name, n), tests)
+                    record = layout.record(row, partial(row_name, n), tests)
                     if record is None:
                         continue
                     if isinstance(record, RowSkip):
@@ -241,6 +241,10 @@ def _read_only_hook(statement: str) -> Any:
 
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
     return {str(name): _text(value) for name, value in row.items()}
+
+
+def _cell_text(value: object) -> str:
+    return _text(value) or ""
 
 
 def _text(value: object) -> str | None:
