@@ -489,3 +489,21 @@ def _wait(condition: Any, timeout_s: float = 30.0) -> None:
         if datetime.now(UTC) > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["4", "1", "4", "2"],  # a repeat answered once
+        ["4", "999999"],  # one missing
+        ["4", "not-a-number"],  # one the key column cannot hold: each through get instead
+        ["04", "3"],  # written differently from the row's id: as get answers it
+        [],
+    ],
+)
+def test_get_many_reads_as_get_does(sql_source: SqlSource, ids: list[str]) -> None:
+    """A pass fetches the customers of a chunk of due records in one query; each answer must
+    be the one ``get`` gives for that id."""
+    found = sql_source.get_many("customer", ids)
+    assert found == {record_id: sql_source.get("customer", record_id) for record_id in ids}
+    assert found.get("4") is None or found["4"].id == "4"

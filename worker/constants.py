@@ -75,6 +75,9 @@ ENCODED_HEADER_FOLD_COLUMNS = 76
 #: Rows fetched per round trip when a pass streams an entity from a SQL source (server-side
 #: cursor): memory stays bounded by this, whatever the size of the CRM's tables.
 SQL_FETCH_CHUNK_ROWS = 1_000
+#: Records a pass evaluates together once screened: their customers are fetched in one
+#: ``get_many`` (one query on a SQL source, within any driver's parameter limit).
+PLAN_LOOKUP_CHUNK = 500
 #: How long opening a connection to the CRM database may take before the pass gives up.
 SQL_CONNECT_TIMEOUT_S = 10
 #: The SQL mapping file (CRM_SOURCE_QUERIES) is refused above this size.

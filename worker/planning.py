@@ -8,7 +8,7 @@ Pure apart from reading the source: nothing is claimed, queued or sent here, whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -16,18 +16,24 @@ from zoneinfo import ZoneInfo
 
 from worker.addresses import normalize_recipient
 from worker.conditions import ConditionError, compile_condition
+from worker.constants import PLAN_LOOKUP_CHUNK
 from worker.context import message_context
 from worker.errors import AddressError
 from worker.events import Event, EventLog
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, SendAction
-from worker.sources.base import Record, Source
+from worker.sources.base import Record, RowKeep, Source
+from worker.sources.schema import FIELD_TYPES, Parser, parse_field
 from worker.triggers import (
     NotApplicable,
     Occurrence,
+    Screen,
     TriggerWindow,
+    ValueScreen,
     evaluate,
     event_occurrence,
+    screen,
+    screen_value,
 )
 
 log = logging.getLogger(__name__)
@@ -93,12 +99,21 @@ class Skip:
     key: str = ""
 
 
-def subject_records(rule: Rule, record: Record, source: Source) -> dict[str, Record]:
-    """The records a message of ``rule`` about ``record`` is built from, by entity name."""
+def subject_records(
+    rule: Rule,
+    record: Record,
+    source: Source,
+    customers: Mapping[str, Record | None] | None = None,
+) -> dict[str, Record]:
+    """The records a message of ``rule`` about ``record`` is built from, by entity name
+    (``customers``: customers already fetched for a chunk of records, by id)."""
     records = {record.entity: record}
     customer_id = record["customer_id"]
     if record.entity != "customer" and isinstance(customer_id, str) and customer_id:
-        customer = source.get("customer", customer_id)
+        if customers is not None and customer_id in customers:
+            customer = customers[customer_id]
+        else:
+            customer = source.get("customer", customer_id)
         if customer is not None:
             records["customer"] = customer
     return records
@@ -108,17 +123,25 @@ class Related:
     """The records around one subject record, read from the source once and only when needed:
     a yearly rule looks at the customer (for the time zone) only near the date."""
 
-    def __init__(self, rule: Rule, record: Record, source: Source, event: Event | None = None):
+    def __init__(
+        self,
+        rule: Rule,
+        record: Record,
+        source: Source,
+        event: Event | None = None,
+        customers: Mapping[str, Record | None] | None = None,
+    ):
         self.rule = rule
         self.record = record
         self.source = source
         self.event = event
+        self.customers = customers
         self._records: dict[str, Record] | None = None
 
     def records(self) -> dict[str, Record]:
         """``subject_records`` plus the ``event`` an event rule fires for."""
         if self._records is None:
-            self._records = subject_records(self.rule, self.record, self.source)
+            self._records = subject_records(self.rule, self.record, self.source, self.customers)
             if self.event is not None:
                 self._records["event"] = self.event.as_record()
         return self._records
@@ -200,7 +223,8 @@ def plan(
     """
     chosen = [r for r in catalog if r.enabled and (rule_ids is None or r.id in rule_ids)]
     # Rules on the same entity share one read of it (two rules on purchases: one read of a
-    # million rows, not two); events and one customer's records keep the per-rule path.
+    # million rows, not two), screened and evaluated in chunks (_plan_entity); events and one
+    # customer's records keep the per-rule path.
     shared: dict[str, list[Rule]] = {}
     if customer_id is None:
         for rule in chosen:
@@ -209,7 +233,7 @@ def plan(
     waiting: dict[str, list[PlannedDelivery | Skip]] = {}  # found for a rule before its turn
     for rule in chosen:
         group = shared.get(rule.trigger.spec.entity, [])
-        if rule in group and len(group) > 1:
+        if rule in group:
             if rule is group[0]:  # the group's read comes with its first rule
                 yield from _plan_entity(group, source, now, default_zone, company, waiting)
             yield from waiting.pop(rule.id, [])
@@ -234,15 +258,80 @@ def _plan_entity(
 ) -> Iterator[PlannedDelivery | Skip]:
     """Every rule of ``rules`` (all on one entity) over one read of the entity's records. The
     first rule's findings are yielded at once; the others' wait in ``waiting`` for their turn
-    (``plan`` goes rule by rule): only due records and skips, a small share of the rows."""
-    windows = [(rule, TriggerWindow(now - rule.grace, now)) for rule in rules]
+    (``plan`` goes rule by rule): only due records and skips, a small share of the rows.
+
+    Each rule's screen (:func:`worker.triggers.screen`) drops the rows that cannot be due
+    before anything else is looked at; the rows left are evaluated in chunks of
+    ``PLAN_LOOKUP_CHUNK``, their customers fetched with one ``get_many`` per chunk."""
+    checks: list[tuple[Rule, TriggerWindow, Screen | None]] = []
+    for rule in rules:
+        window = TriggerWindow(now - rule.grace, now)  # once per rule, not per record
+        checks.append((rule, window, screen(rule, window, _month_days(window))))
     for rule in rules[1:]:
         waiting[rule.id] = []
-    for record in source.iter_records(rules[0].trigger.spec.entity):
-        for n, (rule, window) in enumerate(windows):
+    chunk: list[tuple[Record, list[int]]] = []
+    entity = rules[0].trigger.spec.entity
+    for record in source.iter_records(entity, _row_keep(entity, checks)):
+        passed = [n for n, (_, _, test) in enumerate(checks) if test is None or test(record)]
+        if passed:
+            chunk.append((record, passed))
+            if len(chunk) == PLAN_LOOKUP_CHUNK:
+                yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
+                chunk = []
+    yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
+
+
+def _row_keep(
+    entity: str, checks: list[tuple[Rule, TriggerWindow, Screen | None]]
+) -> RowKeep | None:
+    """The rules' screens as a hint on the rows' text (a row any rule may find due is kept);
+    None when a rule has no screen. Each text is typed as the record's field would be."""
+    tests: dict[str, list[ValueScreen]] = {}
+    for rule, window, _ in checks:
+        found = screen_value(rule, window, _month_days(window))
+        if found is None:
+            return None
+        tests.setdefault(found[0], []).append(found[1])
+    parsers = FIELD_TYPES.get(entity, {})
+    return {name: _text_test(name, parsers.get(name), each) for name, each in tests.items()}
+
+
+def _text_test(name: str, parser: Parser | None, tests: list[ValueScreen]) -> Callable[[str], bool]:
+    def keep(text: str) -> bool:
+        value, problem = parse_field(name, text, parser)
+        return any(test(value, problem is not None) for test in tests)
+
+    return keep
+
+
+def _plan_chunk(
+    chunk: list[tuple[Record, list[int]]],
+    checks: list[tuple[Rule, TriggerWindow, Screen | None]],
+    source: Source,
+    now: datetime,
+    default_zone: ZoneInfo,
+    company: Mapping[str, str],
+    waiting: dict[str, list[PlannedDelivery | Skip]],
+) -> Iterator[PlannedDelivery | Skip]:
+    """``_plan_entity`` for the screened records of one chunk, in their order. Customers are
+    fetched for the records a screen let through; a rule without a screen (``unresolved``)
+    needs few of them, looked up one by one when a record is due."""
+    screened = {n for n, (_, _, test) in enumerate(checks) if test is not None}
+    ids = {
+        customer_id
+        for record, passed in chunk
+        if record.entity != "customer"
+        and not screened.isdisjoint(passed)
+        and isinstance(customer_id := record["customer_id"], str)
+        and customer_id
+    }
+    customers = source.get_many("customer", ids) if ids else None
+    for record, passed in chunk:
+        for n in passed:
+            rule, window, _ = checks[n]
             found = plan_subject(
                 rule,
-                Related(rule, record, source),
+                Related(rule, record, source, customers=customers),
                 now,
                 default_zone=default_zone,
                 company=company,

@@ -262,15 +262,20 @@ def _after_due(rule: Rule, spec: AfterTrigger, record: Record, zone: _Zone) -> d
     return _windowed(rule, due, zone)
 
 
+def _after_far(rule: Rule, spec: AfterTrigger, value: date, window: TriggerWindow) -> bool:
+    """Is ``value`` + delay so far from ``window`` that no time zone or send window can bring
+    the due time into it? (A bare date counts from midnight UTC, a day of slack covers that.)"""
+    start = value if isinstance(value, datetime) else datetime.combine(value, time(0), UTC)
+    return not _near(start + spec.delay, window, _slack(rule) + _ONE_DAY)
+
+
 def _after(
     rule: Rule, spec: AfterTrigger, record: Record, window: TriggerWindow, zone: _Zone
 ) -> list[Occurrence]:
     name = field_name(spec.field)
     if record[name] in (None, "") and name not in record.problems:
         return []  # not delivered yet (say): nothing to wait for, and nothing wrong either
-    value = _record_value(record, name)
-    start = value if isinstance(value, datetime) else datetime.combine(value, time(0), UTC)
-    if not _near(start + spec.delay, window, _slack(rule) + timedelta(days=1)):
+    if _after_far(rule, spec, _record_value(record, name), window):
         return []  # far from the window in any time zone: no need for the customer's zone
     due = _after_due(rule, spec, record, zone)
     if not window.contains(due):
@@ -325,6 +330,69 @@ def _unresolved(
 
 
 # -- the entry points ------------------------------------------------------------------------
+
+#: A cheap test of one record against one rule in one window: False only when :func:`evaluate`
+#: would find no occurrence and raise no :class:`NotApplicable` for it.
+Screen = Callable[[Record], bool]
+#: The same test on the trigger field alone: (typed value, whether the field was unusable).
+ValueScreen = Callable[[object, bool], bool]
+
+
+def screen_value(
+    rule: Rule, window: TriggerWindow, month_days: frozenset[tuple[int, int]] | None
+) -> tuple[str, ValueScreen] | None:
+    """The trigger field of ``rule`` and its :data:`ValueScreen` (``month_days`` as for
+    :func:`evaluate`), or None when its trigger kind has none. The test is the very one
+    :func:`evaluate` starts with (yearly: the (month, day) set; ``after``: far from the window
+    in any zone), so a pass can drop most rows of a large CRM before any time zone, customer
+    lookup or occurrence is looked at. A field that is unusable or not a date passes:
+    :func:`evaluate` then says why."""
+    spec = rule.trigger.spec
+    if isinstance(spec, (BirthdayTrigger, AnniversaryTrigger)):
+        days = month_days
+        if days is None:
+            return None
+
+        def yearly(value: object, unusable: bool) -> bool:
+            if isinstance(value, datetime):
+                value = value.date()
+            elif not isinstance(value, date):
+                return True  # missing or unusable: a reason to skip
+            return (value.month, value.day) in days
+
+        return field_name(spec.field), yearly
+    if isinstance(spec, AfterTrigger):
+        # _after_far's test, solved for the start once: start + delay within the padded window.
+        padding = _slack(rule) + _ONE_DAY
+        earliest, latest = window.start - padding - spec.delay, window.end + padding - spec.delay
+
+        def once(value: object, unusable: bool) -> bool:
+            if isinstance(value, datetime):
+                return value.tzinfo is None or earliest <= value <= latest
+            if isinstance(value, date):
+                return earliest <= datetime.combine(value, time(0), UTC) <= latest
+            if value is None or value == "":
+                return unusable  # as _after: unusable is a skip, empty is nothing to wait for
+            return True
+
+        return field_name(spec.field), once
+    return None
+
+
+def screen(
+    rule: Rule, window: TriggerWindow, month_days: frozenset[tuple[int, int]] | None
+) -> Screen | None:
+    """:func:`screen_value` applied to a record's field."""
+    found = screen_value(rule, window, month_days)
+    if found is None:
+        return None
+    name, test = found
+
+    def on_record(record: Record) -> bool:
+        value = record[name]
+        return test(value, (value is None or value == "") and name in record.problems)
+
+    return on_record
 
 
 def evaluate(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +25,12 @@ class Record:
         return self.fields.get(name)
 
 
+#: A pass's hint to a source: field name → a test on that field's stripped text. A source may
+#: drop a row (with a usable id) for which every test is False, before it becomes a record;
+#: the pass screens the records it gets again, so a source that ignores the hint is right too.
+RowKeep = Mapping[str, Callable[[str], bool]]
+
+
 @dataclass(frozen=True, slots=True)
 class RowSkip:
     """A row that could not become a record at all (no usable id), with where and why."""
@@ -37,12 +43,18 @@ class RowSkip:
 class Source(Protocol):
     """The CRM as the worker sees it. Implementations: CSV folder, in-memory (tests, demo)."""
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
-        """Every usable record of ``entity``, streamed (never the whole table in memory)."""
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
+        """Every usable record of ``entity``, streamed (never the whole table in memory);
+        rows ``keep`` rules out may be left out."""
         ...
 
     def get(self, entity: str, record_id: str) -> Record | None:
         """One record by id, read fresh; ``None`` when it no longer exists."""
+        ...
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        """Several records by id, read fresh, as ``get`` reads each (a pass fetches the
+        customers of its due records this way: one query per chunk on a database)."""
         ...
 
     def columns(self, entity: str) -> frozenset[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import SourceError
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
 from worker.sources.schema import ENTITY_TABLES, to_record
 
@@ -94,7 +94,7 @@ class CsvSource:
                 if cells:
                     yield reader.line_num, offset, header, cells
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
         # The bulk path of every pass: C-speed parsing of a text stream (no byte offsets
         # needed here) and fields typed only when read (see worker.sources.lazy).
         path = self.path(entity)
@@ -106,6 +106,7 @@ class CsvSource:
             reader = csv.reader(stream)
             header = [h.strip() for h in next(reader, [])]
             layout = RowLayout(entity, header)
+            tests = layout.tests(keep)
             where = f"{path.name}:{{}}".format
             while True:
                 try:
@@ -117,7 +118,9 @@ class CsvSource:
                     continue
                 if not cells:
                     continue
-                result = layout.record(cells, lambda: where(reader.line_num))
+                result = layout.record(cells, lambda: where(reader.line_num), tests)
+                if result is None:
+                    continue
                 if isinstance(result, RowSkip):
                     log.warning("%s: row skipped: %s", result.where, result.reason)
                     continue
@@ -140,6 +143,10 @@ class CsvSource:
                 self._indexes.pop(entity, None)
             return self._get_rebuilt(entity, record_id)
         return result
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        # Each through the offset index: a seek and one row per id, no faster path needed.
+        return {record_id: self.get(entity, record_id) for record_id in record_ids}
 
     def _get_rebuilt(self, entity: str, record_id: str) -> Record | None:
         for record in self.iter_records(entity):

@@ -15,33 +15,66 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.schema import FIELD_TYPES, parse_field, usable_id
 
 
 class RowLayout:
     """The columns of one file (or query) of an entity: shared by all its rows."""
 
-    def __init__(self, entity: str, header: list[str]) -> None:
+    def __init__(
+        self, entity: str, header: list[str], text: Callable[[Any], str] | None = None
+    ) -> None:
         self.entity = entity
+        #: How a cell becomes its text (a database value: as a CSV export would write it);
+        #: None for cells that are text already. Applied only to the cells that are read.
+        self.text = text
         # Like dict(zip(header, cells)): a repeated column name means its last cell.
         self.columns = {name: n for n, name in enumerate(header)}
         self.id_column = self.columns.get("id")
         self.types = FIELD_TYPES.get(entity, {})
 
-    def record(self, cells: list[str], where: Callable[[], str]) -> Record | RowSkip:
+    def tests(self, keep: RowKeep | None) -> list[tuple[int, Callable[[str], bool]]] | None:
+        """``keep`` as (cell index, test) for :meth:`record`; None (keep every row) without
+        a hint or when it names a column this layout does not have."""
+        if not keep or any(name not in self.columns for name in keep):
+            return None
+        return [(self.columns[name], test) for name, test in keep.items()]
+
+    def record(
+        self,
+        cells: Sequence[Any],
+        where: Callable[[], str],
+        tests: list[tuple[int, Callable[[str], bool]]] | None = None,
+    ) -> Record | RowSkip | None:
         """A record over ``cells``; a row without a usable id is skipped, as by ``to_record``.
-        ``where`` names the row for the skip reason (called only then: most rows are fine)."""
+        ``where`` names the row for the skip reason (called only then: most rows are fine).
+        None: every one of ``tests`` (from :meth:`tests`) is False for the row's text."""
         index = self.id_column
-        record_id = cells[index].strip() if index is not None and index < len(cells) else ""
+        record_id = self.cell(cells, index) if index is not None else ""
         if not usable_id(record_id):
             reason = f"id {record_id!r} is missing or has unusable characters"
             return RowSkip(self.entity, where(), reason)
+        if tests is not None:
+            for column, test in tests:
+                # The text LazyFields types: stripped, empty for a ragged row's missing cell.
+                if test(self.cell(cells, column)):
+                    break
+            else:
+                return None
         fields = LazyFields(self, cells)
         return Record(self.entity, record_id, fields, LazyProblems(fields))
+
+    def cell(self, cells: Sequence[Any], index: int) -> str:
+        """The stripped text of one cell; a ragged row's missing cells are empty, as in
+        ``to_record``."""
+        if index >= len(cells):
+            return ""
+        cell: str = cells[index] if self.text is None else self.text(cells[index])
+        return cell.strip()
 
 
 class LazyFields(Mapping[str, Any]):
@@ -49,19 +82,30 @@ class LazyFields(Mapping[str, Any]):
 
     __slots__ = ("_cells", "_layout", "_problems", "_typed")
 
-    def __init__(self, layout: RowLayout, cells: list[str]) -> None:
+    def __init__(self, layout: RowLayout, cells: Sequence[Any]) -> None:
         self._layout = layout
         self._cells = cells
         self._typed: dict[str, Any] = {}
         self._problems: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> Any:
+        if name not in self._typed and name not in self._layout.columns:
+            raise KeyError(name)
+        return self.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        # Record.__getitem__ reads through get: the typing is here, not behind Mapping.get.
         try:
             return self._typed[name]
         except KeyError:
-            index = self._layout.columns[name]  # KeyError for a column the row does not have
-        # A ragged row's missing cells are empty, as in to_record.
-        text = self._cells[index].strip() if index < len(self._cells) else ""
+            index = self._layout.columns.get(name)
+        if index is None:
+            return default
+        cells, convert = self._cells, self._layout.text  # inline cell(): the hot path
+        if index >= len(cells):
+            text = ""
+        else:
+            text = (cells[index] if convert is None else convert(cells[index])).strip()
         value, problem = parse_field(name, text, self._layout.types.get(name))
         if problem:
             self._problems[name] = problem

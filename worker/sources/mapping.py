@@ -47,6 +47,9 @@ class EntityQueries:
     entity: str
     query: str
     get: str
+    #: Several records by ``:ids`` (an expanding list): the wrapped query, when ``get`` is too;
+    #: None when the file writes its own ``get`` (then each id goes through it).
+    get_many: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,16 @@ def load_mapping(path: Path) -> QueryMapping:
             query = _statement(spec["query"], set())
         except ValueError as exc:
             raise fail((entity, "query"), f"{entity}.query {exc}") from None
+        get_many = None
         if get_sql is None:
             get = f"SELECT * FROM ({query}) AS q WHERE q.id = :id"
+            get_many = f"SELECT * FROM ({query}) AS q WHERE q.id IN :ids"
         else:
             try:
                 get = _statement(get_sql, {"id"})
             except ValueError as exc:
                 raise fail((entity, "get"), f"{entity}.get {exc}") from None
-        entities[entity] = EntityQueries(entity, query, get)
+        entities[entity] = EntityQueries(entity, query, get, get_many)
     return QueryMapping(path, entities)
 
 

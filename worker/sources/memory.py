@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.schema import to_record
 
 
@@ -25,11 +25,14 @@ class InMemorySource:
             if not isinstance(result, RowSkip):
                 yield result
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
-        return self._records(entity)
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
+        return self._records(entity)  # small test data: every row, the hint unused
 
     def get(self, entity: str, record_id: str) -> Record | None:
         return next((r for r in self._records(entity) if r.id == record_id), None)
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        return {record_id: self.get(entity, record_id) for record_id in record_ids}
 
     def columns(self, entity: str) -> frozenset[str]:
         return frozenset(k for raw in self.rows.get(entity, []) for k in raw)

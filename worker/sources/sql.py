@@ -22,13 +22,13 @@ file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -42,7 +42,7 @@ from sqlalchemy.exc import (
 
 from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
 from worker.errors import SourceError, SourceUnavailableError
-from worker.sources.base import Record, RowSkip
+from worker.sources.base import Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
 from worker.sources.mapping import QueryMapping
 from worker.sources.schema import to_record
@@ -108,7 +108,7 @@ class SqlSource:
         if statement is not None:
             event.listen(self.engine, "connect", _read_only_hook(statement))
 
-    def iter_records(self, entity: str) -> Iterator[Record]:
+    def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
         """Every usable record, streamed in chunks through a server-side cursor."""
         queries = self.mapping.of(entity)
         where = f"{self.mapping.path.name} {entity}"
@@ -118,14 +118,17 @@ class SqlSource:
                 # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
                 # for text() statements and grows its buffer from 1 row instead.
                 result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
-                # As from CSV: each row's values as text, typed only when a field is read (a
-                # pass reads one date of most rows), with the same values and problems.
+                # As from CSV: a value becomes text (as an export writes it) and is typed only
+                # when its field is read (a pass reads one date of most rows), with the same
+                # values and problems.
                 names = result.keys()  # a Result: iterating it would fetch rows
-                layout = RowLayout(entity, [str(name) for name in names])
+                layout = RowLayout(entity, [str(name) for name in names], _cell_text)
+                tests = layout.tests(keep)
                 row_name = f"{where} row {{}}".format
                 for n, row in enumerate(result, start=1):
-                    cells = [_text(value) or "" for value in row]
-                    record = layout.record(cells, partial(row_name, n))
+                    record = layout.record(row, partial(row_name, n), tests)
+                    if record is None:
+                        continue
                     if isinstance(record, RowSkip):
                         log.warning("%s: row skipped: %s", record.where, record.reason)
                         continue
@@ -148,6 +151,33 @@ class SqlSource:
             return None
         record = to_record(entity, _as_text(row._mapping), where)
         return None if isinstance(record, RowSkip) else record
+
+    def get_many(self, entity: str, record_ids: Collection[str]) -> dict[str, Record | None]:
+        """Records by id, read fresh: one query for all of them (the mapping's query filtered
+        by ``id IN (…)``) when the mapping file leaves ``get`` to the worker; otherwise, and for
+        any id that query does not answer as written, ``get`` each."""
+        queries = self.mapping.of(entity)
+        ids = list(dict.fromkeys(record_ids))
+        found: dict[str, Record | None] = {}
+        if queries.get_many is not None and ids:
+            where = f"{self.mapping.path.name} {entity}"
+            statement = text(queries.get_many).bindparams(bindparam("ids", expanding=True))
+            try:
+                with self._connect() as conn:
+                    rows = conn.execute(statement, {"ids": ids}).all()
+            except DataError:
+                rows = []  # an id the column cannot hold: each on its own, as get treats it
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, f"{where}.get") from None
+            wanted = set(ids)
+            for row in rows:
+                raw = _as_text(row._mapping)
+                record_id = raw.get("id")
+                if record_id in wanted and record_id not in found:
+                    record = to_record(entity, raw, f"{where} id {record_id}")
+                    found[record_id] = None if isinstance(record, RowSkip) else record
+        # An id the batch did not return as written (``042`` for 42, or gone): as get says.
+        return {i: found[i] if i in found else self.get(entity, i) for i in ids}
 
     def columns(self, entity: str) -> frozenset[str]:
         """Field names the entity's query selects (the query runs with no rows)."""
@@ -211,6 +241,10 @@ def _read_only_hook(statement: str) -> Any:
 
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
     return {str(name): _text(value) for name, value in row.items()}
+
+
+def _cell_text(value: object) -> str:
+    return _text(value) or ""
 
 
 def _text(value: object) -> str | None:
