@@ -33,6 +33,10 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
     """An ISO 8601 instant; without an offset it is UTC."""
 
     name = "instant"
+    hint = "is not an ISO 8601 instant, e.g. 2026-03-14T10:00:00Z"
+
+    def parse(self, text: str) -> datetime:
+        return parse_instant(text)
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -40,11 +44,9 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, datetime):
             return value
         try:
-            return parse_instant(str(value))
+            return self.parse(str(value))
         except ValueError:
-            self.fail(
-                f"{value!r} is not an ISO 8601 instant, e.g. 2026-03-14T10:00:00Z", param, ctx
-            )
+            self.fail(f"{value!r} {self.hint}", param, ctx)
 
 
 NOW_OPTION = click.option(
@@ -91,21 +93,14 @@ def cli(verbose: int) -> None:
         logging.getLogger("dramatiq").setLevel(max(level, logging.WARNING))
 
 
-class Since(click.ParamType):  # type: ignore[type-arg]
+class Since(Instant):
     """An ISO 8601 instant, or a duration back from now (``24h``, ``7d``)."""
 
     name = "since"
+    hint = "is neither an instant nor a duration like 24h or 7d"
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
+    def parse(self, text: str) -> datetime:
         try:
-            return utc_now() - parse_duration(str(value))
+            return utc_now() - parse_duration(text)
         except ValueError:
-            pass
-        try:
-            return parse_instant(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is neither an instant nor a duration like 24h or 7d", param, ctx)
+            return parse_instant(text)
