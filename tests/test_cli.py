@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,22 @@ def test_unknown_setting_is_a_usage_error(tmp_path):
     result = crm_worker("check", env=base_env(tmp_path) | {"CRM_SMTP_HOTS": "x"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "did you mean CRM_SMTP_HOST" in result.stderr
+
+
+def test_every_command_says_redis_is_unavailable_with_exit_3(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = base_env(tmp_path) | {"CRM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    for args in (
+        ["run", "--once", "--now", NOW],
+        ["report"],
+        ["retry-failed"],
+        ["suppress", "list"],
+        ["resume"],
+        ["event", "purchase.created", "--id", "P1"],
+    ):
+        result = crm_worker(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "Redis unavailable" in result.stderr, args
+        assert "Traceback" not in result.stderr, args

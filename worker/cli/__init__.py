@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import redis
+
 from worker.cli import authoring, deliveries, operations
 from worker.cli.common import EXIT_CONFIG, EXIT_UNAVAILABLE, cli, err
 from worker.errors import CrmWorkerError, SourceError
@@ -21,6 +23,10 @@ def main() -> None:
     """Console-script entry point."""
     try:
         cli.main(standalone_mode=True)
+    except redis.RedisError as exc:
+        # Every command needs Redis (queue, ledger, log, locks): one answer for all of them.
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
     except CrmWorkerError as exc:
         err.print(f"[red]error:[/] {exc}", markup=True)
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, SourceError) else EXIT_CONFIG)

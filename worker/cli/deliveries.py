@@ -7,12 +7,10 @@ import sys
 from datetime import datetime
 
 import click
-import redis
 from rich.table import Table
 
 from worker.cli.common import (
     EXIT_PROBLEMS,
-    EXIT_UNAVAILABLE,
     NOW_OPTION,
     Since,
     cli,
@@ -43,11 +41,7 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
       crm-worker report --since 7d --json | jq 'select(.kind == "failure")'
     """
     runtime = runtime_for(ctx)
-    try:
-        summary = summarize(runtime.delivery_log.read(since=since, rule=rule_id))
-    except redis.RedisError as exc:
-        err.print(f"[red]error:[/] Redis unavailable: {exc}")
-        sys.exit(EXIT_UNAVAILABLE)
+    summary = summarize(runtime.delivery_log.read(since=since, rule=rule_id))
     if as_json:
         for (rule, status), count in sorted(summary.counts.items()):
             line = {"kind": "count", "rule": rule, "status": status, "count": count}
@@ -99,11 +93,7 @@ def retry_failed(ctx: click.Context, rule_id: str | None, now: datetime | None) 
       crm-worker retry-failed --rule birthday-greeting
     """
     runtime = runtime_for(ctx)
-    try:
-        keys = runtime.retry_failed(rule_id=rule_id, now=now)
-    except redis.RedisError as exc:
-        err.print(f"[red]error:[/] Redis unavailable: {exc}")
-        sys.exit(EXIT_UNAVAILABLE)
+    keys = runtime.retry_failed(rule_id=rule_id, now=now)
     out.print(f"queued again: {len(keys)} deliveries", markup=False)
     for key in keys:
         out.print(f"  {key}", markup=False)

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 import click
-import redis
 from rich.markup import escape
 
 from worker.cli.common import (
@@ -55,11 +54,7 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
             raise click.UsageError("--now works with --once only")
         _serve(runtime, scheduler=True, worker=True)
         return
-    try:
-        summary = runtime.run_once(now or utc_now())
-    except redis.RedisError as exc:
-        err.print(f"[red]error:[/] Redis unavailable: {exc}")
-        sys.exit(EXIT_UNAVAILABLE)
+    summary = runtime.run_once(now or utc_now())
     report = summary.report
     states: Counter[str] = summary.states
     out.print(
@@ -161,9 +156,6 @@ def event(
     except EventError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(EXIT_CONFIG)
-    except redis.RedisError as exc:
-        err.print(f"[red]error:[/] Redis unavailable: {exc}")
-        sys.exit(EXIT_UNAVAILABLE)
 
 
 def _post_event(url: str, body: dict[str, Any]) -> None:
@@ -240,8 +232,4 @@ def _serve(runtime: Runtime, *, scheduler: bool, worker: bool) -> None:
     signal.signal(signal.SIGTERM, _stop)
     roles = " and ".join(r for r, on in (("scheduler", scheduler), ("workers", worker)) if on)
     err.print(f"running {roles}; Ctrl-C to stop")
-    try:
-        runtime.run_forever(stop, scheduler=scheduler, worker=worker)
-    except redis.RedisError as exc:
-        err.print(f"[red]error:[/] Redis unavailable: {exc}")
-        sys.exit(EXIT_UNAVAILABLE)
+    runtime.run_forever(stop, scheduler=scheduler, worker=worker)
