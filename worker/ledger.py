@@ -22,7 +22,7 @@ Its state only moves forward, each step an atomic Lua script::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -107,6 +107,20 @@ class LogAppend:
     stream: str
     maxlen: int
     fields: Mapping[str, str | int]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One outcome for :meth:`Ledger.finish_many` (the arguments of :meth:`Ledger.finish`)."""
+
+    key: str
+    state: State
+    owner: str
+    reason: str
+    detail: str
+    now: datetime
+    refund_attempt: bool = False
+    log_entry: LogAppend | None = None
 
 
 @dataclass(frozen=True)
@@ -199,21 +213,41 @@ class Ledger:
         refused us, not this message). ``log_entry`` is appended to its stream in the same
         atomic step (even when the lease was lost: the log tells what happened), so the ledger
         and the delivery log never disagree, and a worker pays one round trip per outcome."""
-        keys = [self.redis_key(key)]
-        args: list[str | int] = [
-            owner,
-            state,
-            reason,
-            detail[:500],
-            _ts(now),
-            "1" if refund_attempt else "0",
-        ]
-        if log_entry is not None:
-            keys.append(log_entry.stream)
-            args.append(log_entry.maxlen)
-            for name, value in log_entry.fields.items():
-                args += [name, value]
+        return self.record(
+            Finish(key, state, owner, reason, detail, now, refund_attempt, log_entry)
+        )
+
+    def record(self, item: Finish) -> bool:
+        """:meth:`finish` for an outcome built beforehand."""
+        keys, args = self._finish_call(item)
         return bool(self._finish(keys=keys, args=args))
+
+    def finish_many(self, items: Sequence[Finish]) -> list[bool]:
+        """:meth:`finish` for several outcomes in one round trip (the outcomes of a worker's
+        connections that were answered together); each is still its own atomic step. One
+        result per item, in order."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for item in items:
+                keys, args = self._finish_call(item)
+                self._finish(keys=keys, args=args, client=pipe)
+            return [bool(finished) for finished in pipe.execute()]
+
+    def _finish_call(self, item: Finish) -> tuple[list[str], list[str | int]]:
+        keys = [self.redis_key(item.key)]
+        args: list[str | int] = [
+            item.owner,
+            item.state,
+            item.reason,
+            item.detail[:500],
+            _ts(item.now),
+            "1" if item.refund_attempt else "0",
+        ]
+        if item.log_entry is not None:
+            keys.append(item.log_entry.stream)
+            args.append(item.log_entry.maxlen)
+            for name, value in item.log_entry.fields.items():
+                args += [name, value]
+        return keys, args
 
     def reset(self, key: str, *, now: datetime) -> bool:
         """``failed``/``unknown`` back to ``queued`` with a fresh attempt count, atomically;

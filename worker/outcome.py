@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from worker.delivery_log import DeliveryLog, LogEntry
-from worker.ledger import Ledger
+from worker.ledger import Finish, Ledger
 from worker.localtime import utc_now
 from worker.metrics import count_outcome
 from worker.planning import PlannedDelivery
@@ -49,6 +49,12 @@ class Attempt:
 
     def finish(self, state: FinalState, reason: str, reply: str = "") -> DeliveryResult:
         """Record a final outcome everywhere."""
+        final = self.final(state, reason, reply)
+        return self.recorded(final, self.ledger.record(final))
+
+    def final(self, state: FinalState, reason: str, reply: str = "") -> Finish:
+        """The ledger write (with its delivery-log entry) of a final outcome, not yet made:
+        :meth:`Ledger.finish_many` makes several at once, then :meth:`recorded` for each."""
         now = utc_now()
         entry = LogEntry(
             at=now,
@@ -62,18 +68,17 @@ class Attempt:
             attempt=self.number,
         )
         journal = self.delivery_log
-        if not self.ledger.finish(
-            self.key,
-            state,
-            owner=self.owner,
-            reason=reason,
-            detail=reply,
-            now=now,
-            log_entry=None if journal is None else journal.append(entry),
-        ):
-            log.warning("lost the lease on %s before recording %s", self.key, state)
-        self._log(state, reason, reply)
-        return DeliveryResult(self.key, state, reason)
+        log_entry = None if journal is None else journal.append(entry)
+        return Finish(self.key, state, self.owner, reason, reply, now, log_entry=log_entry)
+
+    def recorded(self, final: Finish, finished: bool) -> DeliveryResult:
+        """The result of ``final`` once the ledger has it (``finished``: the lease was still
+        ours), logged and counted."""
+        if not finished:
+            log.warning("lost the lease on %s before recording %s", self.key, final.state)
+        self._log(final.state, final.reason, final.detail)
+        state = cast(FinalState, final.state)  # final() wrote one
+        return DeliveryResult(self.key, state, final.reason)
 
     def retry(self, reason: str, delay: timedelta, *, refund: bool = False) -> DeliveryResult:
         """Put the delivery back for a later attempt; ``refund``: this one does not count."""
