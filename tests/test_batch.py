@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+from aiosmtpd.controller import Controller
+
 from tests.conftest import REPO, SmtpSink
-from tests.faultkit import NOW, write_crm
+from tests.faultkit import NOW, free_port, write_crm
 from worker.batch import deliver_batch
 from worker.localtime import utc_now
+from worker.mail import message_id_for
 
 
 def _runtime(make_runtime: Any, make_settings: Any, tmp_path: Path, smtp: SmtpSink, **env: str):  # type: ignore[no-untyped-def]
@@ -74,3 +78,55 @@ def test_one_result_per_key_in_order_for_done_and_unknown_keys(
         (sent[1], "duplicate"),
     ]
     assert len(smtp_server.received) == 2  # nothing sent twice
+
+
+class _LedgerWatchingSink(SmtpSink):
+    """A sink that, when a connection starts its next message, looks up in the ledger the
+    message that connection delivered before: it must already be recorded as sent."""
+
+    def __init__(self, host: str, port: int, ledger: Any, keys: list[str], domain: str) -> None:
+        super().__init__(host, port)
+        self.ledger = ledger
+        self.key_of = {message_id_for(key, domain): key for key in keys}
+        self.checked: list[str] = []
+        self.unrecorded: list[tuple[str, str]] = []
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: Any
+    ) -> str:
+        previous = getattr(session, "delivered", None)
+        if previous is not None:
+            state = self.ledger.states([previous])[previous]
+            self.checked.append(previous)
+            if state != "sent":
+                self.unrecorded.append((previous, state))
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        reply = await super().handle_DATA(server, session, envelope)
+        message_id = message_from_bytes(envelope.original_content)["Message-ID"]
+        session.delivered = self.key_of[message_id]
+        return reply
+
+
+def test_each_outcome_is_recorded_before_its_connection_sends_again(
+    tmp_path, make_runtime, make_settings
+):
+    count = 40
+    write_crm(tmp_path / "crm", count)
+    keys = [f"birthday-greeting:customer:{n}:2026/email" for n in range(1, count + 1)]
+    port = free_port()
+    address = SmtpSink("127.0.0.1", port)
+    runtime = _runtime(make_runtime, make_settings, tmp_path, address, CRM_SMTP_CONNECTIONS="4")
+    sink = _LedgerWatchingSink("127.0.0.1", port, runtime.ledger, keys, "shop.example.com")
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        summary = runtime.run_once(NOW)
+    finally:
+        controller.stop()
+    assert sorted(summary.report.queued) == sorted(keys)
+    assert summary.states == Counter({"sent": count})
+    assert sink.unrecorded == []
+    assert len(sink.checked) == count - 4  # every message but each connection's first

@@ -4,13 +4,14 @@ the Redis round trips and the event loop shared by the whole batch.
 A Dramatiq message carries up to ``DELIVERY_BATCH_SIZE`` keys. Key by key, each delivery took
 five Redis round trips (pause, lease, suppression, outcome, log) and entered the SMTP channel's
 event loop once; per batch it takes one round trip for the pause, one for all the leases and
-one for all the suppressed addresses, then one per message for its outcome (ledger and log
-together), and the messages go out in one run of the thread's event loop.
+one for all the suppressed addresses, then one for the outcomes (ledger and log together) of
+the messages the relay answered in the same turn of the event loop, and the messages go out in
+one run of the thread's event loop.
 
-What does not change, key by key: each lease is its own atomic step in the ledger, each
-delivery is re-checked against fresh CRM data and rendered right before it goes out, and each
-outcome is recorded as soon as the relay has answered, before the next message is sent, so a
-crash still leaves at most one acknowledged but unrecorded message per worker thread.
+What does not change, key by key: each lease and each outcome is its own atomic step in the
+ledger, each delivery is re-checked against fresh CRM data and rendered right before it goes
+out, and each outcome is recorded before the connection that sent it sends again, so a crash
+still leaves at most one acknowledged but unrecorded message per connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from worker.channels.base import Outgoing, Receipt, send_each
 from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
 from worker.delivery import Deliverer, lease_owner
 from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
+from worker.ledger import Finish
 from worker.localtime import utc_now
 from worker.outcome import Attempt, DeliveryResult
 from worker.planning import PlannedDelivery
@@ -62,7 +64,10 @@ def deliver_batch(
         else:
             attempts.append((index, opened))
     sending = _Sending(deliverer, attempts, results, effective_now, leased_at)
-    send_each(deliverer.channel, sending.messages(), sending.done)
+    try:
+        send_each(deliverer.channel, sending.messages(), sending.done)
+    finally:
+        sending.record_sent()  # what the last connections sent
     finished = [result for result in results if result is not None]
     assert len(finished) == len(keys), "every key of the batch has an outcome"
     return finished
@@ -93,10 +98,15 @@ class _Sending:
         )
         self.halt: timedelta | None = None  # set when the relay refused us: sending is paused
         self.in_flight: dict[str, tuple[int, Attempt]] = {}
+        self.sent: list[tuple[int, Attempt, Finish]] = []  # accepted, not yet in the ledger
 
     def messages(self) -> Iterator[Outgoing]:
         deliverer = self.deliverer
         for index, attempt in self.attempts:
+            # A connection asks for its next message only after done() heard its last one:
+            # record what was sent first, so each outcome is in the ledger before the
+            # connection that sent it sends again (the crash window stays one message each).
+            self.record_sent()
             if self.halt is not None:
                 self.results[index] = attempt.retry("sending is paused", self.halt, refund=True)
                 continue
@@ -118,6 +128,11 @@ class _Sending:
 
     def done(self, message: Outgoing, outcome: Receipt | Exception) -> None:
         index, attempt = self.in_flight.pop(message.key)
+        if isinstance(outcome, Receipt):
+            # Recorded by record_sent(), together with the other connections' messages that
+            # were answered in the same turn of the event loop (one round trip for them all).
+            self.sent.append((index, attempt, attempt.final("sent", "", outcome.detail)))
+            return
         result = self.deliverer.conclude(attempt, outcome, self.effective_now)
         self.results[index] = result
         if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression:
@@ -126,6 +141,18 @@ class _Sending:
         paused = isinstance(outcome, RelayUnavailableError | SenderRejectedError)
         if paused and self.deliverer.pause is not None and result.retry_after is not None:
             self.halt = result.retry_after
+
+    def record_sent(self) -> None:
+        """Record every accepted message not yet in the ledger, in one round trip."""
+        if not self.sent:
+            return
+        sent, self.sent = self.sent, []
+        if len(sent) == 1:
+            finished = [self.deliverer.ledger.record(sent[0][2])]
+        else:
+            finished = self.deliverer.ledger.finish_many([final for _, _, final in sent])
+        for (index, attempt, final), ok in zip(sent, finished, strict=True):
+            self.results[index] = attempt.recorded(final, ok)
 
 
 def _planned(attempt: Attempt) -> PlannedDelivery:
