@@ -123,6 +123,7 @@ class SmtpChannel:
                 return session
             if idle_s < self.settings.smtp_idle_timeout_s:
                 if await session.noop():
+                    connection.last_used = time.monotonic()
                     return session
                 log.info("idle SMTP connection was closed by the server; reconnecting")
         if session is not None:
@@ -146,7 +147,7 @@ class SmtpChannel:
             raise RelayUnavailableError(
                 f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}"
             ) from None
-        connection.session = session
+        connection.session, connection.last_used = session, time.monotonic()
         return session
 
     def _where(self) -> str:
@@ -168,11 +169,11 @@ class SmtpChannel:
             outcome = await session.transaction(sender, recipient, message.data, utf8=utf8)
         finally:
             SMTP_SEND_SECONDS.observe(time.perf_counter() - started)
+        connection.last_used = time.monotonic()  # refused or not: it just answered
         if isinstance(outcome, Failed):
             if not session.is_open:
                 await _discard(connection)
             raise _error(outcome) from None
-        connection.last_used = time.monotonic()
         return Receipt(str(outcome))
 
     def close(self) -> None:
