@@ -235,7 +235,9 @@ class SmtpSession(asyncio.Protocol):
         if self.is_open:
             self._write(b"QUIT\r\n")
             await self._reply()
-        self._lose("closed")
+        if not self._lost:
+            self._lost = "closed"
+            self._transport.close()
 
     async def _recover(self, refused: Failed, *, data_accepted: bool) -> None:
         """Make the session usable after a refusal, or close it."""
@@ -277,9 +279,10 @@ class SmtpSession(asyncio.Protocol):
             self._lose(f"no reply within {self.timeout_s:g} s")
 
     def _lose(self, why: str) -> None:
+        """The connection is unusable: drop it (nothing still buffered is sent)."""
         if not self._lost:
             self._lost = why
-            self._transport.close()
+            self._transport.abort()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -291,6 +294,10 @@ class SmtpSession(asyncio.Protocol):
 def _parse(raw: bytes) -> Reply | None:
     """One complete reply (all its lines, each ending in LF); None if it is not SMTP. The
     code is the last line's, as aiosmtplib reads it."""
+    if raw[3:4] != b"-":  # one line, the usual case
+        if not raw[:3].isdigit():
+            return None
+        return Reply(int(raw[:3]), raw[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
     lines = raw.split(b"\n")
     lines.pop()  # after the last LF
     texts = []
