@@ -13,7 +13,7 @@ from aiosmtpd.controller import Controller
 from tests.conftest import SmtpSink
 from tests.faultkit import free_port
 from worker.channels import Outgoing, SmtpChannel
-from worker.channels.smtp_session import wire_content
+from worker.channels.smtp_session import envelope_address, wire_content
 from worker.errors import (
     PermanentDeliveryError,
     RecipientRejectedError,
@@ -258,3 +258,32 @@ def test_bare_line_feeds_and_carriage_returns_go_out_as_crlf(any_smtp_server, ch
 )
 def test_wire_content(data, wire):
     assert wire_content(data) == wire
+
+
+@pytest.mark.parametrize(
+    ("address", "encoding", "wire"),
+    [
+        ("kim@example.com", "ascii", b"<kim@example.com>"),
+        ("jürgen@xn--mller-kva.de", "utf-8", "<jürgen@xn--mller-kva.de>".encode()),
+        ("Example Shop <crm@shop.example.com>", "ascii", b"<crm@shop.example.com>"),
+        ('"kim lee"@example.com', "ascii", b'<"kim lee"@example.com>'),
+        # aiosmtplib keeps the first mailbox: one RCPT TO, nothing appended to the command
+        ("a@example.com> NOTIFY=NEVER", "ascii", b"<a@example.com>"),
+    ],
+)
+def test_envelope_address(address, encoding, wire):
+    assert envelope_address(address, encoding) == wire
+
+
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        ("a@example.com\r\nRCPT TO:<b@evil.com>", "control character"),
+        ("a@example.com\x00", "control character"),
+        ("a@exa\tmple.com", "control character"),
+        ("a b@example.com", "not permitted"),
+    ],
+)
+def test_envelope_address_refuses_what_could_end_the_command(address, refusal):
+    with pytest.raises(ValueError, match=refusal):
+        envelope_address(address, "ascii")

@@ -49,6 +49,7 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 #: A plain mailbox that needs no parsing to go between "<" and ">" on a command line.
 _PLAIN_ADDRESS = re.compile(r'[^\s<>"()\[\]\\,;:\x00-\x1f\x7f]+@[^\s<>"()\[\]\\,;:\x00-\x1f\x7f]+')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CLOSING = 421  # the server is going away; it closes the connection after this reply
 
 
@@ -74,11 +75,15 @@ class Failed:
 
 def envelope_address(address: str, encoding: str) -> bytes:
     """``<address>`` for MAIL FROM / RCPT TO. A plain ``local@domain`` is taken as is;
-    anything else goes through aiosmtplib's parser, which refuses characters that could end
-    the address or the command (CR, LF, spaces, angle brackets)."""
-    if _PLAIN_ADDRESS.fullmatch(address) is None:
-        return aiosmtplib.email.quote_address(address).encode(encoding)
-    return b"<" + address.encode(encoding) + b">"
+    anything else goes through aiosmtplib's parser (a display name is dropped, a mailbox
+    with spaces or angle brackets outside quotes refused) after a refusal of control
+    characters, which could end the command (aiosmtplib checks those on the command line,
+    which we now write ourselves). Raises ValueError."""
+    if _PLAIN_ADDRESS.fullmatch(address) is not None:
+        return b"<" + address.encode(encoding) + b">"
+    if _CONTROL.search(address):
+        raise ValueError(f"address {address!r} contains a control character")
+    return aiosmtplib.email.quote_address(address).encode(encoding)
 
 
 def wire_content(data: bytes) -> bytes:
