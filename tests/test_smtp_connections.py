@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from tests.conftest import SmtpSink
+from tests.conftest import SinkController, SmtpSink
 from tests.faultkit import free_port
 from worker.channels import Outgoing, SmtpChannel
-from worker.errors import SenderRejectedError, TransientDeliveryError
+from worker.errors import SenderRejectedError, TransientDeliveryError, UncertainDeliveryError
 
 PASSWORD = "s3cret-password"
 
@@ -53,19 +52,19 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, aut
 
 @pytest.fixture
 def serve(certificate: tuple[Path, Path]) -> Iterator[Any]:
-    controllers: list[Controller] = []
+    controllers: list[SinkController] = []
 
-    def start(mode: str) -> SmtpSink:
+    def start(mode: str, *, pipelining: bool = True) -> SmtpSink:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(*certificate)
-        sink = SmtpSink("127.0.0.1", free_port())
+        sink = SmtpSink("127.0.0.1", free_port(), pipelining=pipelining)
         options: dict[str, Any] = {"authenticator": _authenticator}
         if mode == "tls":
             # aiosmtpd only counts STARTTLS as TLS for AUTH; this connection is TLS throughout.
             options.update(ssl_context=context, auth_require_tls=False)
         else:
             options.update(tls_context=context, require_starttls=True)
-        controller = Controller(sink, hostname=sink.host, port=sink.port, **options)
+        controller = SinkController(sink, hostname=sink.host, port=sink.port, **options)
         controller.start()
         controllers.append(controller)
         return sink
@@ -79,11 +78,12 @@ def _channel(make_settings: Any, sink: SmtpSink, **env: str) -> SmtpChannel:
     return SmtpChannel(make_settings(CRM_SMTP_HOST=sink.host, CRM_SMTP_PORT=str(sink.port), **env))
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "stepwise"])
 @pytest.mark.parametrize("mode", ["starttls", "tls"])
 def test_tls_modes_with_authentication_reuse_one_connection(
-    make_settings, serve, certificate, mode, caplog
+    make_settings, serve, certificate, mode, pipelining, caplog
 ):
-    sink = serve(mode)
+    sink = serve(mode, pipelining=pipelining)
     channel = _channel(
         make_settings,
         sink,
@@ -100,7 +100,33 @@ def test_tls_modes_with_authentication_reuse_one_connection(
     assert len(sink.message_ids()) == 5
     # One connection for five messages (STARTTLS says EHLO twice: before and after TLS).
     assert sink.ehlo_count == (2 if mode == "starttls" else 1)
+    # Sent inside TLS by our session, pipelined when offered.
+    assert sink.pipelined_mails == (5 if pipelining else 0)
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_a_tls_connection_lost_after_the_content_is_unknown(
+    make_settings, serve, certificate, mode
+):
+    sink = serve(mode)
+    sink.drop_after_data = 1
+    channel = _channel(
+        make_settings,
+        sink,
+        CRM_SMTP_SECURITY=mode,
+        CRM_SMTP_CA_FILE=str(certificate[0]),
+        CRM_SMTP_USERNAME="crm",
+        CRM_SMTP_PASSWORD=PASSWORD,
+    )
+    try:
+        with pytest.raises(UncertainDeliveryError, match="may have been delivered"):
+            channel.send(_mail(1))
+        channel.send(_mail(2))  # over a new connection
+    finally:
+        channel.close()
+    assert len(sink.message_ids()) == 2
+    assert sink.ehlo_count == (4 if mode == "starttls" else 2)
 
 
 def test_an_untrusted_certificate_is_retried_later_not_sent_in_clear(make_settings, serve):
