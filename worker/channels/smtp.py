@@ -90,6 +90,9 @@ class SmtpChannel:
                     done(message, exc)
                 else:
                     done(message, receipt)
+                # Let the other connections answered in this turn report too before this one
+                # takes its next message: the caller can then record them in one round trip.
+                await asyncio.sleep(0)
 
         async def all_connections() -> None:
             tasks = [asyncio.ensure_future(sending(c)) for c in state.connections]
