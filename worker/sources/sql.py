@@ -5,11 +5,14 @@
 file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our field names.
 
 * Streaming: a pass reads an entity through a server-side cursor (``stream_results``) in chunks
-  of :data:`~worker.constants.SQL_FETCH_CHUNK_ROWS` rows, never the whole table at once.
+  of :data:`~worker.constants.SQL_FETCH_CHUNK_ROWS` rows, never the whole table at once; on
+  PostgreSQL a thread fetches the next chunk while the pass screens the current one.
   :meth:`SqlSource.get` is one query by id (an indexed lookup when ``id`` is a key column).
-* Typing: every value is turned into the text a CSV export would hold (dates ISO 8601, flags
-  ``true``/``false``, decimals as written) and typed by :func:`~worker.sources.schema.to_record`,
-  so the CSV and SQL sources give identical records and identical plans for the same data.
+* Typing: a value is typed as the text a CSV export would hold (dates ISO 8601, flags
+  ``true``/``false``, decimals as written) is typed by :func:`~worker.sources.schema.to_record`,
+  so the CSV and SQL sources give identical records and identical plans for the same data;
+  dates and datetimes, which a pass screens on every row, skip the text with the same result
+  (:func:`~worker.sources.schema.parse_native`).
 * Read-only: every connection is made read-only before first use (PostgreSQL and MySQL:
   session transaction mode; SQLite: ``PRAGMA query_only``), on top of the mapping file's
   SELECT-only check. Still, give the worker a database user that can only read.
@@ -21,12 +24,14 @@ file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Collection, Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -104,7 +109,12 @@ class SqlSource:
             raise SourceError(
                 f"CRM_SOURCE {self.display}: the database driver is not installed ({exc.name})"
             ) from None
-        statement = _READ_ONLY.get(self.engine.dialect.name)
+        dialect = self.engine.dialect
+        #: Fetch the next chunk while this one is processed (:class:`_Prefetch`): for a
+        #: database server whose driver lets another thread use the connection (psycopg); an
+        #: in-process SQLite has nothing to overlap with and binds a connection to its thread.
+        self.prefetch = dialect.name != "sqlite" and getattr(dialect.dbapi, "threadsafety", 0) >= 2
+        statement = _READ_ONLY.get(dialect.name)
         if statement is not None:
             event.listen(self.engine, "connect", _read_only_hook(statement))
 
@@ -118,21 +128,30 @@ class SqlSource:
                 # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
                 # for text() statements and grows its buffer from 1 row instead.
                 result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
-                # As from CSV: a value becomes text (as an export writes it) and is typed only
-                # when its field is read (a pass reads one date of most rows), with the same
-                # values and problems.
+                # As from CSV: a value is typed only when its field is read (a pass reads one
+                # date of most rows), with the same values and problems as its text would give.
                 names = result.keys()  # a Result: iterating it would fetch rows
                 layout = RowLayout(entity, [str(name) for name in names], _cell_text)
                 tests = layout.tests(keep)
                 row_name = f"{where} row {{}}".format
-                for n, row in enumerate(result, start=1):
-                    record = layout.record(row, partial(row_name, n), tests)
-                    if record is None:
-                        continue
-                    if isinstance(record, RowSkip):
-                        log.warning("%s: row skipped: %s", record.where, record.reason)
-                        continue
-                    yield record
+                n = 0
+
+                def row_where() -> str:  # one function, not one per row: called for a skip
+                    return row_name(n)
+
+                chunks = result.partitions()
+                ahead = _Prefetch(chunks) if self.prefetch else contextlib.nullcontext(chunks)
+                with ahead as fetched:
+                    for chunk in fetched:
+                        for row in chunk:
+                            n += 1
+                            record = layout.record(row, row_where, tests)
+                            if record is None:
+                                continue
+                            if isinstance(record, RowSkip):
+                                log.warning("%s: row skipped: %s", record.where, record.reason)
+                                continue
+                            yield record
             except SQLAlchemyError as exc:
                 raise self._failure(exc, f"{where} query") from None
 
@@ -239,11 +258,69 @@ def _read_only_hook(statement: str) -> Any:
     return make_read_only
 
 
+_Chunk = TypeVar("_Chunk")
+
+
+class _Prefetch(Generic[_Chunk]):
+    """Chunks of a result, each fetched by a thread while the one before is processed.
+
+    A server-side cursor fetches on demand: without this, the database would wait while the
+    worker types and screens a chunk, and the worker would wait while the database reads and
+    sends the next one. The thread holds at most one chunk beyond the one being processed
+    (memory stays bounded) and is the only user of the result until it has ended; an error
+    it meets is raised where the chunk would have come. Leaving the ``with`` early stops it
+    before the connection is closed."""
+
+    def __init__(self, chunks: Iterator[_Chunk]) -> None:
+        self._chunks = chunks
+        self._handoff: queue.Queue[tuple[_Chunk | None, BaseException | None, bool]]
+        self._handoff = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fetch, name="sql-prefetch", daemon=True)
+
+    def __enter__(self) -> Iterator[_Chunk]:
+        self._thread.start()
+        return self._received()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # free its slot so a blocked put returns
+            with contextlib.suppress(queue.Empty):
+                self._handoff.get(timeout=0.05)
+        self._thread.join()
+
+    def _received(self) -> Iterator[_Chunk]:
+        while True:
+            chunk, error, done = self._handoff.get()
+            if error is not None:
+                raise error
+            if done:
+                return
+            yield cast(_Chunk, chunk)
+
+    def _fetch(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._handoff.put((chunk, None, False))
+        except BaseException as exc:  # handed over: raised where the chunk was awaited
+            self._handoff.put((None, exc, True))
+            return
+        self._handoff.put((None, None, True))
+
+
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
     return {str(name): _text(value) for name, value in row.items()}
 
 
 def _cell_text(value: object) -> str:
+    kind = type(value)  # ids and text columns first: every row's id is read
+    if kind is str:
+        return cast(str, value)
+    if kind is int:
+        return str(value)
     return _text(value) or ""
 
 
