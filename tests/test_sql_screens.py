@@ -3,13 +3,13 @@ real PostgreSQL: a ``date``/``timestamp``/``timestamptz`` cell is typed exactly 
 would be (UTC for a value without offset, midnight UTC for a bare date), in sessions at UTC+14,
 UTC-11 and in Berlin (a DST fold, pre-1893 local mean time); and a screened SQL pass plans
 exactly what the CSV of the same values (the text path) plans and what evaluating every record
-finds. Also: the fetching thread stops with the pass and hands over the database's errors.
+finds. Also: psycopg's streamed rows stop with the pass and hand over the database's errors.
 """
 
 from __future__ import annotations
 
 import csv
-import threading
+import gc
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -215,31 +215,28 @@ def test_screened_sql_pass_plans_what_the_text_path_plans(
         assert screened, (born, at)  # the grid has due records and skips in every variant
 
 
-def _prefetching() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "sql-prefetch"]
-
-
-def test_a_pass_that_stops_early_stops_fetching(server: str, tmp_path: Path) -> None:
+def test_a_pass_that_stops_early_leaves_the_connection_usable(server: str, tmp_path: Path) -> None:
+    """psycopg streams the rows; a pass that stops early (an error in a rule, a shutdown)
+    cancels the rest before the connection goes back to the pool."""
     mapping = tmp_path / "queries.yaml"
     mapping.write_text(
-        "customer:\n  query: SELECT n AS id FROM generate_series(1, 5000) AS n\n",
+        "customer:\n  query: SELECT n AS id FROM generate_series(1, 500000) AS n\n",
         encoding="utf-8",
     )
     source = SqlSource(server, load_mapping(mapping), chunk_rows=100)
     try:
-        assert source.prefetch
+        assert source.streams
         records = source.iter_records("customer")
         assert [next(records).id for _ in range(3)] == ["1", "2", "3"]
-        assert len(_prefetching()) == 1
         records.close()
-        assert _prefetching() == []
-        assert source.engine.pool.checkedout() == 0  # the connection went back to the pool
-        assert sum(1 for _ in source.iter_records("customer")) == 5000  # and is usable
+        assert source.engine.pool.checkedout() == 0
+        assert source.get("customer", "7") is not None  # a pooled connection that works
+        assert sum(1 for _ in source.iter_records("customer")) == 500000
     finally:
         source.close()
 
 
-def test_an_error_while_fetching_ahead_reaches_the_pass(server: str, tmp_path: Path) -> None:
+def test_an_error_after_the_first_rows_reaches_the_pass(server: str, tmp_path: Path) -> None:
     mapping = tmp_path / "queries.yaml"
     mapping.write_text(  # the database fails on row 2500, long after the first chunk
         "customer:\n  query: SELECT n AS id, 1 / (n - 2500) AS x"
@@ -252,7 +249,51 @@ def test_an_error_while_fetching_ahead_reaches_the_pass(server: str, tmp_path: P
         with pytest.raises(SourceError, match="division by zero"):
             for _ in source.iter_records("customer"):
                 seen += 1
-        assert seen == 2400  # every row before the failing chunk, then the error
-        assert _prefetching() == []
+        assert seen == 2400  # every row of the chunks before the failing one, then the error
+        assert source.engine.pool.checkedout() == 0
+        assert source.get("customer", "7") is not None
+    finally:
+        source.close()
+
+
+def test_the_streamed_statement_is_the_one_sqlalchemy_sends(server: str, tmp_path: Path) -> None:
+    """A literal ``%``, an escaped colon and ``%%`` mean what they mean through SQLAlchemy."""
+    mapping = tmp_path / "queries.yaml"
+    mapping.write_text(
+        "customer:\n  query: SELECT 1 AS id, 'a%' AS a, 'at \\:noon' AS b, '%%' AS c\n",
+        encoding="utf-8",
+    )
+    source = SqlSource(server, load_mapping(mapping))
+    try:
+        streamed = [dict(r.fields) for r in source.iter_records("customer")]
+        got = source.get("customer", "1")  # through SQLAlchemy's own execution
+        assert got is not None
+        assert streamed == [dict(got.fields)]
+        assert streamed[0]["a"] == "a%" and streamed[0]["b"] == "at :noon"
+        assert streamed[0]["c"] == "%%"
+    finally:
+        source.close()
+
+
+def test_an_abandoned_pass_collected_in_a_cycle_frees_its_connection(
+    server: str, tmp_path: Path
+) -> None:
+    """A pass left suspended inside a reference cycle (a failed test's traceback, say) is
+    collected in any order: the pool's rollback must not wait on the stream it interrupts."""
+    mapping = tmp_path / "queries.yaml"
+    mapping.write_text(
+        "customer:\n  query: SELECT n AS id FROM generate_series(1, 500000) AS n\n",
+        encoding="utf-8",
+    )
+    source = SqlSource(server, load_mapping(mapping), chunk_rows=100)
+    try:
+        records = source.iter_records("customer")
+        assert next(records).id == "1"
+        cycle: list[Any] = [records]
+        cycle.append(cycle)
+        del records, cycle
+        gc.collect()
+        assert source.engine.pool.checkedout() == 0
+        assert source.get("customer", "7") is not None
     finally:
         source.close()
