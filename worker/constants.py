@@ -74,8 +74,8 @@ MAX_DISPLAY_NAME_CHARS = 300
 #: characters, over RFC 2047's limit of 75; at 76 they stay within it.
 ENCODED_HEADER_FOLD_COLUMNS = 76
 
-#: Rows fetched per round trip when a pass streams an entity from a SQL source (server-side
-#: cursor): memory stays bounded by this, whatever the size of the CRM's tables.
+#: Rows per chunk when a pass streams an entity from a SQL source (psycopg's stream, or a
+#: server-side cursor's round trip): memory stays bounded by this, whatever the table's size.
 SQL_FETCH_CHUNK_ROWS = 1_000
 #: Records a pass evaluates together once screened: their customers are fetched in one
 #: ``get_many`` (one query on a SQL source, within any driver's parameter limit).

@@ -8,7 +8,7 @@ Pure apart from reading the source: nothing is claimed, queued or sent here, whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -23,7 +23,6 @@ from worker.events import Event, EventLog
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, SendAction
 from worker.sources.base import Record, RowKeep, Source
-from worker.sources.schema import FIELD_TYPES, Parser, parse_field
 from worker.triggers import (
     NotApplicable,
     Occurrence,
@@ -271,7 +270,7 @@ def _plan_entity(
         waiting[rule.id] = []
     chunk: list[tuple[Record, list[int]]] = []
     entity = rules[0].trigger.spec.entity
-    for record in source.iter_records(entity, _row_keep(entity, checks)):
+    for record in source.iter_records(entity, _row_keep(checks)):
         passed = [n for n, (_, _, test) in enumerate(checks) if test is None or test(record)]
         if passed:
             chunk.append((record, passed))
@@ -281,25 +280,21 @@ def _plan_entity(
     yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
 
 
-def _row_keep(
-    entity: str, checks: list[tuple[Rule, TriggerWindow, Screen | None]]
-) -> RowKeep | None:
-    """The rules' screens as a hint on the rows' text (a row any rule may find due is kept);
-    None when a rule has no screen. Each text is typed as the record's field would be."""
+def _row_keep(checks: list[tuple[Rule, TriggerWindow, Screen | None]]) -> RowKeep | None:
+    """The rules' screens as a hint on the rows' typed fields (a row any rule may find due is
+    kept); None when a rule has no screen."""
     tests: dict[str, list[ValueScreen]] = {}
     for rule, window, _ in checks:
         found = screen_value(rule, window, _month_days(window))
         if found is None:
             return None
         tests.setdefault(found[0], []).append(found[1])
-    parsers = FIELD_TYPES.get(entity, {})
-    return {name: _text_test(name, parsers.get(name), each) for name, each in tests.items()}
+    return {name: each[0] if len(each) == 1 else _any_of(each) for name, each in tests.items()}
 
 
-def _text_test(name: str, parser: Parser | None, tests: list[ValueScreen]) -> Callable[[str], bool]:
-    def keep(text: str) -> bool:
-        value, problem = parse_field(name, text, parser)
-        return any(test(value, problem is not None) for test in tests)
+def _any_of(tests: list[ValueScreen]) -> ValueScreen:
+    def keep(value: object, unusable: bool) -> bool:
+        return any(test(value, unusable) for test in tests)
 
     return keep
 

@@ -25,10 +25,12 @@ class Record:
         return self.fields.get(name)
 
 
-#: A pass's hint to a source: field name → a test on that field's stripped text. A source may
-#: drop a row (with a usable id) for which every test is False, before it becomes a record;
-#: the pass screens the records it gets again, so a source that ignores the hint is right too.
-RowKeep = Mapping[str, Callable[[str], bool]]
+#: A pass's hint to a source: field name → a test on that field's typed value and whether the
+#: value was unusable (``(None, True)``: it has a problem), as the record's field would be.
+#: A source may drop a row (with a usable id) for which every test is False, before it becomes
+#: a record; the pass screens the records it gets again, so a source that ignores the hint is
+#: right too.
+RowKeep = Mapping[str, Callable[[Any, bool], bool]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,11 @@ class CsvSource:
             header = [h.strip() for h in next(reader, [])]
             layout = RowLayout(entity, header)
             tests = layout.tests(keep)
-            where = f"{path.name}:{{}}".format
+            name = f"{path.name}:{{}}".format
+
+            def where() -> str:  # one function, not one per row: called for a skipped row
+                return name(reader.line_num)
+
             while True:
                 try:
                     cells = next(reader)
@@ -118,7 +122,7 @@ class CsvSource:
                     continue
                 if not cells:
                     continue
-                result = layout.record(cells, lambda: where(reader.line_num), tests)
+                result = layout.record(cells, where, tests)
                 if result is None:
                     continue
                 if isinstance(result, RowSkip):

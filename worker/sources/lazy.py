@@ -2,9 +2,10 @@
 
 A planning pass looks at one field of most rows (the birthday, the purchase date) and drops the
 row when that date is far from the window; typing every column of every row (dates, flags, time
-zone lookups) was most of the cost of a pass. :class:`RowLayout` turns a row's text cells into a
-:class:`Record` at once and types a field only when someone reads it, with exactly the rules of
-:func:`worker.sources.schema.to_record` (same values, same ``problems``).
+zone lookups) was most of the cost of a pass. :class:`RowLayout` turns a row's cells (text, or
+a database driver's values) into a :class:`Record` at once and types a field only when someone
+reads it, with exactly the rules of :func:`worker.sources.schema.to_record` (same values, same
+``problems``).
 
 Example::
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from worker.sources.base import Record, RowKeep, RowSkip
-from worker.sources.schema import FIELD_TYPES, parse_field, usable_id
+from worker.sources.schema import FIELD_TYPES, parse_field, parse_native, usable_id
 
 
 class RowLayout:
@@ -30,29 +31,55 @@ class RowLayout:
     ) -> None:
         self.entity = entity
         #: How a cell becomes its text (a database value: as a CSV export would write it);
-        #: None for cells that are text already. Applied only to the cells that are read.
+        #: None for cells that are text already. Applied only to the cells that are read, and
+        #: not to the date and time values :func:`~worker.sources.schema.parse_native` types
+        #: as they are.
         self.text = text
         # Like dict(zip(header, cells)): a repeated column name means its last cell.
         self.columns = {name: n for n, name in enumerate(header)}
         self.id_column = self.columns.get("id")
         self.types = FIELD_TYPES.get(entity, {})
 
-    def tests(self, keep: RowKeep | None) -> list[tuple[int, Callable[[str], bool]]] | None:
-        """``keep`` as (cell index, test) for :meth:`record`; None (keep every row) without
-        a hint or when it names a column this layout does not have."""
+    def tests(self, keep: RowKeep | None) -> list[tuple[int, Callable[[Any], bool]]] | None:
+        """``keep`` as (cell index, test on the cell) for :meth:`record`; None (keep every
+        row) without a hint or when it names a column this layout does not have."""
         if not keep or any(name not in self.columns for name in keep):
             return None
-        return [(self.columns[name], test) for name, test in keep.items()]
+        return [(self.columns[name], self._cell_test(name, test)) for name, test in keep.items()]
+
+    def typed(self, name: str, cell: Any) -> tuple[Any, str | None]:
+        """One cell of field ``name`` as ``(value, problem)``, as ``to_record`` types it."""
+        parser = self.types.get(name)
+        if self.text is None:
+            return parse_field(name, cell.strip(), parser)
+        return parse_native(name, cell, parser, self.text)
+
+    def _cell_test(self, name: str, test: Callable[[Any, bool], bool]) -> Callable[[Any], bool]:
+        # typed() unrolled per column: this runs on every row of a pass.
+        parser, text = self.types.get(name), self.text
+        if text is None:
+
+            def on_text(cell: str) -> bool:
+                value, problem = parse_field(name, cell.strip(), parser)
+                return test(value, problem is not None)
+
+            return on_text
+
+        def on_value(cell: Any) -> bool:
+            value, problem = parse_native(name, cell, parser, text)
+            return test(value, problem is not None)
+
+        return on_value
 
     def record(
         self,
         cells: Sequence[Any],
         where: Callable[[], str],
-        tests: list[tuple[int, Callable[[str], bool]]] | None = None,
+        tests: list[tuple[int, Callable[[Any], bool]]] | None = None,
     ) -> Record | RowSkip | None:
         """A record over ``cells``; a row without a usable id is skipped, as by ``to_record``.
         ``where`` names the row for the skip reason (called only then: most rows are fine).
-        None: every one of ``tests`` (from :meth:`tests`) is False for the row's text."""
+        None: every one of ``tests`` (from :meth:`tests`) is False for the row's cells."""
         index = self.id_column
         record_id = self.cell(cells, index) if index is not None else ""
         if not usable_id(record_id):
@@ -60,8 +87,8 @@ class RowLayout:
             return RowSkip(self.entity, where(), reason)
         if tests is not None:
             for column, test in tests:
-                # The text LazyFields types: stripped, empty for a ragged row's missing cell.
-                if test(self.cell(cells, column)):
+                # The cell LazyFields types: empty for a ragged row's missing cell.
+                if test(cells[column] if column < len(cells) else ""):
                     break
             else:
                 return None
@@ -101,12 +128,8 @@ class LazyFields(Mapping[str, Any]):
             index = self._layout.columns.get(name)
         if index is None:
             return default
-        cells, convert = self._cells, self._layout.text  # inline cell(): the hot path
-        if index >= len(cells):
-            text = ""
-        else:
-            text = (cells[index] if convert is None else convert(cells[index])).strip()
-        value, problem = parse_field(name, text, self._layout.types.get(name))
+        cells = self._cells
+        value, problem = self._layout.typed(name, cells[index] if index < len(cells) else "")
         if problem:
             self._problems[name] = problem
         self._typed[name] = value

@@ -140,6 +140,30 @@ def parse_field(name: str, text: str, parser: Parser | None) -> tuple[Any, str |
         return None, f"{name} {text[:40]!r} is not usable ({exc})"
 
 
+def parse_native(
+    name: str, value: object, parser: Parser | None, text: Callable[[Any], str]
+) -> tuple[Any, str | None]:
+    """A driver's value (a database cell) as ``parse_field(name, text(value).strip(), parser)``
+    types it, where ``text`` writes the value as a CSV export would (a ``date``/``datetime`` as
+    ISO 8601). The date and time values a pass screens on every row skip the text: a datetime
+    is the same instant in UTC, one without offset read as UTC (as :func:`_parse_datetime`
+    reads the text), a date is midnight UTC; exactly the values the text gives. Anything else
+    goes through the text."""
+    # type() is, not isinstance: a datetime is a date, and a subclass may write other text.
+    if parser is _parse_datetime:
+        if type(value) is datetime:
+            if value.utcoffset() is None:  # isoformat() writes no offset: read as UTC
+                return value.replace(tzinfo=UTC, fold=0), None
+            return value.astimezone(UTC), None
+        if type(value) is date:
+            return datetime(value.year, value.month, value.day, tzinfo=UTC), None
+    elif parser is _parse_date and type(value) is date:
+        return value, None  # date.fromisoformat(value.isoformat()) == value
+    if value is None:
+        return (None if parser is not None else ""), None  # the text of NULL is empty
+    return parse_field(name, text(value).strip(), parser)
+
+
 def to_record(entity: str, raw: Mapping[str, str | None], where: str) -> Record | RowSkip:
     """Type one raw row; ``where`` (e.g. ``customers.csv:17``) goes into skip reasons."""
     record_id = (raw.get("id") or "").strip()

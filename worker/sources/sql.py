@@ -4,12 +4,16 @@
 ``mysql+pymysql://…``, ``sqlite:///crm.db``) and ``CRM_SOURCE_QUERIES`` the operator's mapping
 file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our field names.
 
-* Streaming: a pass reads an entity through a server-side cursor (``stream_results``) in chunks
-  of :data:`~worker.constants.SQL_FETCH_CHUNK_ROWS` rows, never the whole table at once.
-  :meth:`SqlSource.get` is one query by id (an indexed lookup when ``id`` is a key column).
-* Typing: every value is turned into the text a CSV export would hold (dates ISO 8601, flags
-  ``true``/``false``, decimals as written) and typed by :func:`~worker.sources.schema.to_record`,
-  so the CSV and SQL sources give identical records and identical plans for the same data.
+* Streaming: a pass reads an entity in chunks of :data:`~worker.constants.SQL_FETCH_CHUNK_ROWS`
+  rows, never the whole table at once: with psycopg 3 through its ``stream`` (the database
+  keeps sending while the pass screens; :meth:`SqlSource._streamed`), with other drivers
+  through a server-side cursor (``stream_results``). :meth:`SqlSource.get` is one query by id
+  (an indexed lookup when ``id`` is a key column).
+* Typing: every value is typed as :func:`~worker.sources.schema.to_record` types the text a
+  CSV export would hold for it (dates ISO 8601, flags ``true``/``false``, decimals as written),
+  so the CSV and SQL sources give identical records and identical plans for the same data;
+  dates and datetimes, which a pass screens on every row, skip the text with the same result
+  (:func:`~worker.sources.schema.parse_native`).
 * Read-only: every connection is made read-only before first use (PostgreSQL and MySQL:
   session transaction mode; SQLite: ``PRAGMA query_only``), on top of the mapping file's
   SELECT-only check. Still, give the worker a database user that can only read.
@@ -22,11 +26,10 @@ file (:mod:`worker.sources.mapping`) that turns the CRM's own tables into our fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -104,37 +107,98 @@ class SqlSource:
             raise SourceError(
                 f"CRM_SOURCE {self.display}: the database driver is not installed ({exc.name})"
             ) from None
-        statement = _READ_ONLY.get(self.engine.dialect.name)
+        dialect = self.engine.dialect
+        #: psycopg 3 streams a pass's rows in chunks as the database sends them (see
+        #: :meth:`_streamed`); other drivers go through SQLAlchemy's server-side cursor.
+        self.streams = dialect.driver == "psycopg"
+        statement = _READ_ONLY.get(dialect.name)
         if statement is not None:
             event.listen(self.engine, "connect", _read_only_hook(statement))
+        if self.streams:
+            event.listen(self.engine, "reset", _end_stream)
 
     def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
-        """Every usable record, streamed in chunks through a server-side cursor."""
+        """Every usable record, streamed in chunks (never the whole table at once)."""
         queries = self.mapping.of(entity)
         where = f"{self.mapping.path.name} {entity}"
         with self._connect() as conn:
-            streaming = conn.execution_options(stream_results=True)
             try:
-                # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the option
-                # for text() statements and grows its buffer from 1 row instead.
-                result = streaming.execute(text(queries.query)).yield_per(self.chunk_rows)
-                # As from CSV: a value becomes text (as an export writes it) and is typed only
-                # when its field is read (a pass reads one date of most rows), with the same
-                # values and problems.
-                names = result.keys()  # a Result: iterating it would fetch rows
-                layout = RowLayout(entity, [str(name) for name in names], _cell_text)
-                tests = layout.tests(keep)
-                row_name = f"{where} row {{}}".format
-                for n, row in enumerate(result, start=1):
-                    record = layout.record(row, partial(row_name, n), tests)
-                    if record is None:
-                        continue
-                    if isinstance(record, RowSkip):
-                        log.warning("%s: row skipped: %s", record.where, record.reason)
-                        continue
-                    yield record
+                if self.streams:
+                    names, rows = self._streamed(conn, queries.query)
+                else:
+                    # Result.yield_per, not the execution option: SQLAlchemy 2.1 ignores the
+                    # option for text() statements and grows its buffer from 1 row instead.
+                    result = (
+                        conn.execution_options(stream_results=True)
+                        .execute(text(queries.query))
+                        .yield_per(self.chunk_rows)
+                    )
+                    keys = result.keys()  # a Result: iterating it would fetch rows
+                    names, rows = (lambda: [str(name) for name in keys]), iter(result)
+                try:
+                    yield from self._records(entity, where, names, rows, keep)
+                finally:
+                    close = getattr(rows, "close", None)
+                    if close is not None:
+                        close()  # psycopg: cancel what is still coming before the reuse
             except SQLAlchemyError as exc:
                 raise self._failure(exc, f"{where} query") from None
+
+    def _records(
+        self,
+        entity: str,
+        where: str,
+        names: Callable[[], list[str]],
+        rows: Iterator[Sequence[Any]],
+        keep: RowKeep | None,
+    ) -> Iterator[Record]:
+        """The records over ``rows`` (``names``: their columns, known once a row came)."""
+        # As from CSV: a value is typed only when its field is read (a pass reads one date of
+        # most rows), with the same values and problems as its text would give.
+        layout: RowLayout | None = None
+        tests = None
+        row_name = f"{where} row {{}}".format
+        n = 0
+
+        def row_where() -> str:  # one function, not one per row: called for a skipped row
+            return row_name(n)
+
+        for row in rows:
+            n += 1
+            if layout is None:
+                layout = RowLayout(entity, names(), _cell_text)
+                tests = layout.tests(keep)
+            record = layout.record(row, row_where, tests)
+            if record is None:
+                continue
+            if isinstance(record, RowSkip):
+                log.warning("%s: row skipped: %s", record.where, record.reason)
+                continue
+            yield record
+
+    def _streamed(
+        self, conn: Connection, query: str
+    ) -> tuple[Callable[[], list[str]], Iterator[Sequence[Any]]]:
+        """The rows of ``query`` through psycopg's ``stream`` (and their column names, known
+        with the first row): the database sends rows while the pass screens the ones it has,
+        in chunks of ``chunk_rows``, as plain tuples. A server-side cursor waits for each
+        FETCH, so the database idled while the pass worked and the pass while it fetched. The
+        same connection, so the same read-only session and transaction handling; the
+        statement is the very text SQLAlchemy sends for ``text(query)``."""
+        statement = str(text(query).compile(dialect=self.engine.dialect))
+        driver = conn.connection.driver_connection
+        assert driver is not None  # a checked-out connection has its driver connection
+        cursor = driver.cursor()
+
+        def names() -> list[str]:
+            return [column.name for column in cursor.description or ()]
+
+        rows = cursor.stream(statement, {}, size=self.chunk_rows)
+        # psycopg holds the connection's lock while a stream is open: whoever returns the
+        # connection to the pool must end the stream first (_end_stream), even when a pass
+        # left suspended is collected after its connection.
+        conn.connection.info[_STREAM] = rows
+        return names, _raised_as_sqlalchemy(rows, statement, driver.Error)
 
     def get(self, entity: str, record_id: str) -> Record | None:
         """One record by id, read fresh; ``None`` when no row has that id."""
@@ -239,11 +303,42 @@ def _read_only_hook(statement: str) -> Any:
     return make_read_only
 
 
+#: Where a pooled connection keeps the psycopg stream it is busy with (``Connection.info``).
+_STREAM = "crm_worker_stream"
+
+
+def _end_stream(_dbapi_connection: Any, record: Any, _state: Any) -> None:
+    """Pool reset hook: close the connection's open stream (psycopg cancels the query and
+    releases the connection's lock) before the pool rolls the connection back."""
+    rows = record.info.pop(_STREAM, None)
+    if rows is not None:
+        rows.close()
+
+
+def _raised_as_sqlalchemy(
+    rows: Generator[Sequence[Any], None, None], statement: str, errors: type[Exception]
+) -> Generator[Sequence[Any], None, None]:
+    """``rows`` with the driver's errors raised as SQLAlchemy raises them for a query (so an
+    unreachable database is :class:`SourceUnavailableError`, as elsewhere). Closing this
+    closes ``rows``: psycopg then cancels the query and reads what was already sent."""
+    try:
+        yield from rows
+    except errors as exc:
+        raise DBAPIError.instance(statement, {}, exc, errors) from None
+    finally:
+        rows.close()
+
+
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
     return {str(name): _text(value) for name, value in row.items()}
 
 
 def _cell_text(value: object) -> str:
+    kind = type(value)  # ids and text columns first: every row's id is read
+    if kind is str:
+        return cast(str, value)
+    if kind is int:
+        return str(value)
     return _text(value) or ""
 
 
