@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from worker.constants import TEMPLATE_RECHECK_S
 from worker.errors import RenderLimitError, TemplateError
 from worker.rendering import TemplateRenderer, locale_chain
 
@@ -94,3 +97,24 @@ def test_html_is_escaped_but_subject_and_text_are_literal(tmp_path):
     assert message.subject == f"{name} Bcc: x"
     assert message.text == name
     assert "&lt;script&gt;" in message.html and "<script>" not in message.html
+
+
+def test_edited_templates_and_new_locale_folders_are_picked_up(tmp_path):
+    """Hot reload: the disk is looked at again once TEMPLATE_RECHECK_S has passed, so an edit
+    made while the worker runs reaches the next messages (waits the interval once)."""
+    renderer = renderer_with(tmp_path, "Old {{ n }}")
+    assert renderer.render("t", "de", {"n": 1}).subject == "Old 1"
+    subject = tmp_path / "t" / "en" / "subject.txt.j2"
+    subject.write_text("New {{ n }}", encoding="utf-8")
+    # A later modification time than the one loaded, even on a coarse-grained file system.
+    later = subject.stat().st_mtime + 10
+    os.utime(subject, (later, later))
+    german = tmp_path / "t" / "de"
+    german.mkdir()
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (german / part).write_text("Neu {{ n }}", encoding="utf-8")
+    time.sleep(TEMPLATE_RECHECK_S + 0.2)
+    assert renderer.render("t", "en", {"n": 2}).subject == "New 2"
+    message = renderer.render("t", "de", {"n": 3})
+    assert (message.locale, message.subject) == ("de", "Neu 3")
+    assert renderer.locales("t") == ["de", "en"]

@@ -14,6 +14,11 @@ Safety (Jinja ≥ 3.1.6 with :class:`ImmutableSandboxedEnvironment`):
   an empty string (never "Hello None"), also when joined with ``~``;
 * autoescape is on for ``*.html.j2`` only (``select_autoescape(["html"])`` would not match it).
 
+Hot reload: an edited template file, and a locale folder added or removed, are used by messages
+rendered at most :data:`~worker.constants.TEMPLATE_RECHECK_S` after the change; in between, the
+disk is not looked at again (a stat per file and a folder listing per message would otherwise
+cost more than the rendering of a short template).
+
 Example::
 
     >>> renderer = TemplateRenderer(Path("templates"), default_locale="en")
@@ -26,23 +31,32 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, nodes
+from babel import Locale
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    nodes,
+)
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from worker.constants import (
+    MAX_CACHED_LOCALE_CHOICES,
     MAX_RENDERED_BYTES,
     MAX_SUBJECT_CHARS,
     MAX_TEMPLATE_RANGE,
     MAX_TEMPLATE_VALUE_LEN,
     RENDER_DEADLINE_S,
+    TEMPLATE_RECHECK_S,
 )
 from worker.errors import RenderLimitError, TemplateError
 from worker.filters import FILTERS, babel_locale, formatting_locale
@@ -151,10 +165,34 @@ def locale_chain(locale: str | None, default: str) -> list[str]:
     return chain
 
 
+class _RecheckingLoader(FileSystemLoader):
+    """A :class:`FileSystemLoader` whose templates look at their file's modification time at
+    most every :data:`TEMPLATE_RECHECK_S`: Jinja's ``auto_reload`` asks for every
+    ``get_template`` (each part, each layout it extends), i.e. several stat() calls per message.
+    A change is still found by the first check after it, which compares with the time the file
+    had when it was loaded, exactly as before."""
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        checked = time.monotonic()
+
+        def fresh() -> bool:
+            nonlocal checked
+            now = time.monotonic()
+            if now - checked < TEMPLATE_RECHECK_S:
+                return True
+            checked = now
+            return uptodate()
+
+        return source, filename, fresh
+
+
 def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     """The sandboxed Jinja environment every template is rendered with."""
     env = _LimitedEnvironment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=_RecheckingLoader(str(templates_dir)),
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
         finalize=_finalize,
@@ -175,13 +213,26 @@ class TemplateRenderer:
         self.templates_dir = templates_dir
         self.default_locale = default_locale
         self.env = make_environment(templates_dir)
+        # name → (when listed, locale folders); (name, locale) → (when chosen, folder, Babel
+        # locale). Both trusted for TEMPLATE_RECHECK_S (see the module docstring).
+        self._listed: dict[str, tuple[float, list[str]]] = {}
+        self._chosen: dict[tuple[str, str | None], tuple[float, str, Locale]] = {}
 
     def locales(self, name: str) -> list[str]:
-        """Locale folders that exist for template ``name``."""
+        """Locale folders that exist for template ``name`` (as listed at most
+        :data:`TEMPLATE_RECHECK_S` ago)."""
+        now = time.monotonic()
+        listed = self._listed.get(name)
+        if listed is not None and now - listed[0] < TEMPLATE_RECHECK_S:
+            return list(listed[1])
         folder = self.templates_dir / name
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
+        found = (
+            sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
+            if folder.is_dir()
+            else []
+        )
+        self._listed[name] = (now, found)
+        return list(found)
 
     def missing(self, name: str) -> str | None:
         """Why template ``name`` cannot serve every customer (no folder for the default locale,
@@ -214,18 +265,32 @@ class TemplateRenderer:
         fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
         return self._render_parts(name, locale, (part,), context)[1][0]
 
+    def _choose(self, name: str, locale: str | None) -> tuple[str, Locale]:
+        """The locale folder for ``locale`` (:meth:`resolve_locale`) and the Babel locale money
+        and dates are written in, remembered for :data:`TEMPLATE_RECHECK_S`."""
+        now = time.monotonic()
+        remembered = self._chosen.get((name, locale))
+        if remembered is not None and now - remembered[0] < TEMPLATE_RECHECK_S:
+            return remembered[1], remembered[2]
+        chosen = self.resolve_locale(name, locale)
+        # Money and dates follow the customer's own variant (de-AT) of the template's language.
+        language = chosen.lower().partition("-")[0]
+        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
+        formatting = babel_locale(variants)
+        if len(self._chosen) >= MAX_CACHED_LOCALE_CHOICES:
+            self._chosen.clear()
+        self._chosen[(name, locale)] = (now, chosen, formatting)
+        return chosen, formatting
+
     def _render_parts(
         self, name: str, locale: str | None, parts: tuple[str, ...], context: Mapping[str, Any]
     ) -> tuple[str, list[str]]:
         """The locale chosen by fallback and ``parts`` rendered in it, under one deadline."""
-        chosen = self.resolve_locale(name, locale)
+        chosen, formatting = self._choose(name, locale)
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
-        # Money and dates follow the customer's own variant (de-AT) of the template's language.
-        language = chosen.lower().partition("-")[0]
-        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
         try:
-            with formatting_locale(babel_locale(variants)):
+            with formatting_locale(formatting):
                 rendered = [
                     self._render_part(f"{name}/{chosen}/{part}", context, deadline)
                     for part in parts
