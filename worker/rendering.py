@@ -42,6 +42,7 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
+    Template,
     TemplateNotFound,
     nodes,
 )
@@ -234,6 +235,13 @@ class TemplateRenderer:
         self._listed[name] = (now, found)
         return list(found)
 
+    def reread(self) -> None:
+        """Forget what was read from the templates folder: the next render and listing look
+        at the disk again (``check`` reports on the files as they are now)."""
+        self._listed.clear()
+        self._chosen.clear()
+        self.env.cache.clear()  # type: ignore[union-attr]
+
     def missing(self, name: str) -> str | None:
         """Why template ``name`` cannot serve every customer (no folder for the default locale,
         the end of every fallback chain), or ``None`` when it can."""
@@ -290,19 +298,22 @@ class TemplateRenderer:
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
         try:
+            # What Template.generate() gives every part, built once for all of them: the
+            # environment's globals overridden by the context (templates only read it).
+            variables = dict(self.env.globals, **context)
             with formatting_locale(formatting):
                 rendered = [
-                    self._render_part(f"{name}/{chosen}/{part}", context, deadline)
+                    self._render_part(f"{name}/{chosen}/{part}", variables, deadline)
                     for part in parts
                 ]
         finally:
             _active_deadline.reset(token)
         return chosen, rendered
 
-    def _render_part(self, path: str, context: Mapping[str, Any], deadline: _Deadline) -> str:
+    def _render_part(self, path: str, variables: dict[str, Any], deadline: _Deadline) -> str:
         try:
             template = self.env.get_template(path)
-            return _collect(template.generate(context), path, deadline)
+            return _collect(_generate(self.env, template, variables), path, deadline)
         except TemplateNotFound as exc:
             raise TemplateError(path, f"file {exc.name} not found") from None
         except TemplateSyntaxError as exc:
@@ -351,15 +362,33 @@ def _line_in(exc: BaseException, path: str) -> int:
     return line
 
 
+def _generate(env: Environment, template: Template, variables: dict[str, Any]) -> Iterator[str]:
+    """``template.generate(variables)`` without its two copies of the variables and the
+    globals per part: ``variables`` already holds the globals (see ``_render_parts``), so the
+    template's context takes it as its parent as it is (``shared``). Errors are rewritten by
+    ``handle_exception`` exactly as ``generate`` does, so tracebacks still name template lines
+    (:func:`_line_in`)."""
+    context = template.new_context(variables, shared=True)
+    try:
+        yield from template.root_render_func(context)
+    except Exception:
+        yield env.handle_exception()
+
+
 def _collect(chunks: Iterator[str], path: str, deadline: _Deadline) -> str:
+    """The output, with the size limit and the deadline checked after every chunk."""
     out: list[str] = []
+    append = out.append
+    clock = time.monotonic
+    expires = deadline.expires
     size = 0
     for chunk in chunks:
         size += len(chunk)
         if size > MAX_RENDERED_BYTES:
             raise RenderLimitError(path, f"output larger than {MAX_RENDERED_BYTES} characters")
-        deadline.check(path)
-        out.append(chunk)
+        if clock() > expires:
+            deadline.check(path)
+        append(chunk)
     return "".join(out)
 
 
