@@ -15,9 +15,10 @@ Safety (Jinja ≥ 3.1.6 with :class:`ImmutableSandboxedEnvironment`):
 * autoescape is on for ``*.html.j2`` only (``select_autoescape(["html"])`` would not match it).
 
 Hot reload: an edited template file, and a locale folder added or removed, are used by messages
-rendered at most :data:`~worker.constants.TEMPLATE_RECHECK_S` after the change; in between, the
-disk is not looked at again (a stat per file and a folder listing per message would otherwise
-cost more than the rendering of a short template).
+rendered at most :data:`~worker.constants.TEMPLATE_RECHECK_S` after the change; in between, a
+message does not look at the disk again (a stat per file and a folder listing per message would
+otherwise cost more than rendering a short template). :meth:`TemplateRenderer.locales` and
+:meth:`TemplateRenderer.resolve_locale` always list the folders; ``check`` rereads everything.
 
 Example::
 
@@ -214,31 +215,20 @@ class TemplateRenderer:
         self.templates_dir = templates_dir
         self.default_locale = default_locale
         self.env = make_environment(templates_dir)
-        # name → (when listed, locale folders); (name, locale) → (when chosen, folder, Babel
-        # locale). Both trusted for TEMPLATE_RECHECK_S (see the module docstring).
-        self._listed: dict[str, tuple[float, list[str]]] = {}
+        # (name, customer locale) → (when chosen, locale folder, Babel locale): what a message
+        # renders with, trusted for TEMPLATE_RECHECK_S (see the module docstring).
         self._chosen: dict[tuple[str, str | None], tuple[float, str, Locale]] = {}
 
     def locales(self, name: str) -> list[str]:
-        """Locale folders that exist for template ``name`` (as listed at most
-        :data:`TEMPLATE_RECHECK_S` ago)."""
-        now = time.monotonic()
-        listed = self._listed.get(name)
-        if listed is not None and now - listed[0] < TEMPLATE_RECHECK_S:
-            return list(listed[1])
+        """Locale folders that exist for template ``name``."""
         folder = self.templates_dir / name
-        found = (
-            sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
-            if folder.is_dir()
-            else []
-        )
-        self._listed[name] = (now, found)
-        return list(found)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
 
     def reread(self) -> None:
         """Forget what was read from the templates folder: the next render and listing look
         at the disk again (``check`` reports on the files as they are now)."""
-        self._listed.clear()
         self._chosen.clear()
         self.env.cache.clear()  # type: ignore[union-attr]
 
@@ -274,8 +264,9 @@ class TemplateRenderer:
         return self._render_parts(name, locale, (part,), context)[1][0]
 
     def _choose(self, name: str, locale: str | None) -> tuple[str, Locale]:
-        """The locale folder for ``locale`` (:meth:`resolve_locale`) and the Babel locale money
-        and dates are written in, remembered for :data:`TEMPLATE_RECHECK_S`."""
+        """The locale folder for ``locale`` (:meth:`resolve_locale`, which lists the folders)
+        and the Babel locale money and dates are written in, remembered for
+        :data:`TEMPLATE_RECHECK_S`."""
         now = time.monotonic()
         remembered = self._chosen.get((name, locale))
         if remembered is not None and now - remembered[0] < TEMPLATE_RECHECK_S:
