@@ -179,14 +179,17 @@ class _RecheckingLoader(FileSystemLoader):
     ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template)
         checked = time.monotonic()
+        stale = False
 
         def fresh() -> bool:
-            nonlocal checked
+            nonlocal checked, stale
             now = time.monotonic()
-            if now - checked < TEMPLATE_RECHECK_S:
-                return True
+            if stale or now - checked < TEMPLATE_RECHECK_S:
+                return not stale
             checked = now
-            return uptodate()
+            # Once out of date, always: whoever asks next must load the file again.
+            stale = not uptodate()
+            return not stale
 
         return source, filename, fresh
 
@@ -218,6 +221,9 @@ class TemplateRenderer:
         # (name, customer locale) → (when chosen, locale folder, Babel locale): what a message
         # renders with, trusted for TEMPLATE_RECHECK_S (see the module docstring).
         self._chosen: dict[tuple[str, str | None], tuple[float, str, Locale]] = {}
+        # "name/locale/part" → its template, as long as it is up to date (the environment's
+        # own cache takes a lock and reorders an LRU list on every look-up).
+        self._templates: dict[str, Template] = {}
 
     def locales(self, name: str) -> list[str]:
         """Locale folders that exist for template ``name``."""
@@ -230,6 +236,7 @@ class TemplateRenderer:
         """Forget what was read from the templates folder: the next render and listing look
         at the disk again (``check`` reports on the files as they are now)."""
         self._chosen.clear()
+        self._templates.clear()
         self.env.cache.clear()  # type: ignore[union-attr]
 
     def missing(self, name: str) -> str | None:
@@ -303,7 +310,9 @@ class TemplateRenderer:
 
     def _render_part(self, path: str, variables: dict[str, Any], deadline: _Deadline) -> str:
         try:
-            template = self.env.get_template(path)
+            template = self._templates.get(path)
+            if template is None or not template.is_up_to_date:
+                template = self._templates[path] = self.env.get_template(path)
             return _collect(_generate(self.env, template, variables), path, deadline)
         except TemplateNotFound as exc:
             raise TemplateError(path, f"file {exc.name} not found") from None
