@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -118,3 +119,17 @@ def test_edited_templates_and_new_locale_folders_are_picked_up(tmp_path):
     message = renderer.render("t", "de", {"n": 3})
     assert (message.locale, message.subject) == ("de", "Neu 3")
     assert renderer.locales("t") == ["de", "en"]
+
+
+def test_a_locale_folder_removed_after_it_was_chosen_falls_back_instead_of_failing(tmp_path):
+    """The choice of folder is remembered for a second; a part not loaded yet that is gone
+    from it sends the message through the fallback, as without the remembered choice."""
+    renderer = renderer_with(tmp_path, "Hello {{ n }}")
+    german = tmp_path / "t" / "de"
+    german.mkdir()
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (german / part).write_text("Hallo {{ n }}", encoding="utf-8")
+    assert renderer.render_part("t", "de", "body.txt.j2", {"n": 1}) == "Hallo 1"
+    shutil.rmtree(german)
+    message = renderer.render("t", "de", {"n": 2})
+    assert (message.locale, message.subject) == ("en", "Hello 2")

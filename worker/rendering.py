@@ -293,6 +293,21 @@ class TemplateRenderer:
     ) -> tuple[str, list[str]]:
         """The locale chosen by fallback and ``parts`` rendered in it, under one deadline."""
         chosen, formatting = self._choose(name, locale)
+        try:
+            return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+        except TemplateError:
+            if (self.templates_dir / name / chosen).is_dir():
+                raise
+        # The folder was removed since the choice was made (at most TEMPLATE_RECHECK_S ago):
+        # choose again from the disk, as a message rendered without a remembered choice would.
+        self._chosen.pop((name, locale), None)
+        chosen, formatting = self._choose(name, locale)
+        return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+
+    def _render_in(
+        self, folder: str, formatting: Locale, parts: tuple[str, ...], context: Mapping[str, Any]
+    ) -> list[str]:
+        """``parts`` of ``folder`` (``name/locale``) rendered under one deadline."""
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
         try:
@@ -300,13 +315,11 @@ class TemplateRenderer:
             # environment's globals overridden by the context (templates only read it).
             variables = dict(self.env.globals, **context)
             with formatting_locale(formatting):
-                rendered = [
-                    self._render_part(f"{name}/{chosen}/{part}", variables, deadline)
-                    for part in parts
+                return [
+                    self._render_part(f"{folder}/{part}", variables, deadline) for part in parts
                 ]
         finally:
             _active_deadline.reset(token)
-        return chosen, rendered
 
     def _render_part(self, path: str, variables: dict[str, Any], deadline: _Deadline) -> str:
         try:
