@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from worker.constants import TEMPLATE_RECHECK_S
 from worker.errors import RenderLimitError, TemplateError
 from worker.rendering import TemplateRenderer, locale_chain
 
@@ -94,3 +98,38 @@ def test_html_is_escaped_but_subject_and_text_are_literal(tmp_path):
     assert message.subject == f"{name} Bcc: x"
     assert message.text == name
     assert "&lt;script&gt;" in message.html and "<script>" not in message.html
+
+
+def test_edited_templates_and_new_locale_folders_are_picked_up(tmp_path):
+    """Hot reload: the disk is looked at again once TEMPLATE_RECHECK_S has passed, so an edit
+    made while the worker runs reaches the next messages (waits the interval once)."""
+    renderer = renderer_with(tmp_path, "Old {{ n }}")
+    assert renderer.render("t", "de", {"n": 1}).subject == "Old 1"
+    subject = tmp_path / "t" / "en" / "subject.txt.j2"
+    subject.write_text("New {{ n }}", encoding="utf-8")
+    # A later modification time than the one loaded, even on a coarse-grained file system.
+    later = subject.stat().st_mtime + 10
+    os.utime(subject, (later, later))
+    german = tmp_path / "t" / "de"
+    german.mkdir()
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (german / part).write_text("Neu {{ n }}", encoding="utf-8")
+    time.sleep(TEMPLATE_RECHECK_S + 0.2)
+    assert renderer.render("t", "en", {"n": 2}).subject == "New 2"
+    message = renderer.render("t", "de", {"n": 3})
+    assert (message.locale, message.subject) == ("de", "Neu 3")
+    assert renderer.locales("t") == ["de", "en"]
+
+
+def test_a_locale_folder_removed_after_it_was_chosen_falls_back_instead_of_failing(tmp_path):
+    """The choice of folder is remembered for a second; a part not loaded yet that is gone
+    from it sends the message through the fallback, as without the remembered choice."""
+    renderer = renderer_with(tmp_path, "Hello {{ n }}")
+    german = tmp_path / "t" / "de"
+    german.mkdir()
+    for part in ("subject.txt.j2", "body.txt.j2", "body.html.j2"):
+        (german / part).write_text("Hallo {{ n }}", encoding="utf-8")
+    assert renderer.render_part("t", "de", "body.txt.j2", {"n": 1}) == "Hallo 1"
+    shutil.rmtree(german)
+    message = renderer.render("t", "de", {"n": 2})
+    assert (message.locale, message.subject) == ("en", "Hello 2")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import random
+import string
+from urllib.parse import quote
+
 import pytest
 
 from worker.errors import UnsubscribeTokenError
-from worker.unsubscribe import UnsubscribeRequest, sign, verify
+from worker.unsubscribe import Unsubscriber, UnsubscribeRequest, sign, verify
 
 SECRET = b"0123456789abcdef"
 
@@ -64,3 +71,33 @@ def test_without_a_configured_secret_all_processes_share_one_through_redis(
     assert configured.secret == b"explicit"
     with pytest.raises(UnsubscribeTokenError):
         configured.verify(token)
+
+
+def test_tokens_and_links_are_those_of_the_first_format():
+    """Links in mail already sent must keep working: the MAC is HMAC-SHA256 over
+    ``crm-unsubscribe:1:<customer>:<channel>``, and the mailto subject is quote()d."""
+    rng = random.Random(5)
+    alphabet = string.ascii_letters + string.digits + "_.@-"
+    unsubscriber = Unsubscriber(SECRET, "https://shop.example.com/u/", "leave@shop.example.com")
+    for _ in range(2_000):
+        customer = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 128)))
+        channel = rng.choice(["email", "webhook", "preview", "sms-gw_2"])
+        secret = rng.choice([SECRET, b"k", bytes(range(200))])
+        payload = f"{customer}:{channel}".encode()
+        digest = hmac.new(secret, b"crm-unsubscribe:1:" + payload, hashlib.sha256).digest()
+        expected = ".".join(
+            [
+                "1",
+                *(
+                    base64.urlsafe_b64encode(p).rstrip(b"=").decode()
+                    for p in (payload, digest[:16])
+                ),
+            ]
+        )
+        assert sign(secret, customer, channel) == expected
+        links = unsubscriber.links(customer, channel)
+        token = sign(SECRET, customer, channel)
+        assert links.url == f"https://shop.example.com/u/{token}"
+        assert (
+            links.mailto == f"mailto:leave@shop.example.com?subject={quote('unsubscribe ' + token)}"
+        )

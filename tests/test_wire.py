@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import random
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from email import contentmanager
+from email.utils import format_datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -95,3 +99,51 @@ def test_random_names_and_subjects_give_the_same_header_lines(seed: int) -> None
         ):
             reference = policy.fold_binary(*policy.header_store_parse(name, value))
             assert wire.header_line(policy, name, value) == reference, (name, text)
+
+
+def test_date_value_is_format_datetime() -> None:
+    rng = random.Random(7)
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-11, minutes=-30))]
+    zones += [ZoneInfo("Europe/Berlin"), ZoneInfo("Pacific/Auckland"), None]
+    for _ in range(3_000):
+        seconds = rng.randrange(-2_000_000_000, 8_000_000_000)
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=17)
+        for zone in zones:
+            value = moment.replace(tzinfo=None) if zone is None else moment.astimezone(zone)
+            assert wire.date_value(value) == format_datetime(value), value
+
+
+def test_encoded_words_are_the_email_packages() -> None:
+    encode = importlib.import_module("email._encoded_words").encode
+    rng = random.Random(11)
+    alphabet = "aZ09 _-!*+/=?.,()<>@\"'\\ üéñßÖ¡—🎂\u200d\x00\x7f\xa0"
+    samples = ["", " ", "ü", "üü", "=?", "a" * 80, "ü" * 80, "🎂" * 30]
+    samples += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(5_000)
+    ]
+    for text in samples:
+        assert wire._encoded_word(text) == encode(text, charset="utf-8"), text
+
+
+def test_text_bodies_are_encoded_as_contentmanager_encodes_them() -> None:
+    encode_text = contentmanager._encode_text  # type: ignore[attr-defined]
+    rng = random.Random(13)
+    pieces = ["a", "Z", " ", "ü", "🎂", "\n", "\r\n", "\r", "\x0b", "\x1c", "\u2028", "=", "."]
+    samples = ["", "\n", "x" * 998, "x" * 999, "ü" * 499, "ü" * 500, "a\n" * 20 + "ü" * 600]
+    for _ in range(2_000):
+        samples.append("".join(rng.choice(pieces) for _ in range(rng.randint(0, 80))))
+        samples.append(rng.choice(["x", "ü"]) * rng.randint(990, 1010))
+    seven_bit = mail.WIRE_POLICY.clone(cte_type="7bit")
+    for policy in (mail.WIRE_POLICY, seven_bit):
+        for text in samples:
+            cte, payload = encode_text(text, "utf-8", None, policy)
+            body = payload.encode("ascii", "surrogateescape")
+            expected = (cte, b"\r\n".join(body.splitlines()) + b"\r\n")
+            assert wire._body(policy, text) == expected, text
+
+
+def test_control_characters_in_names_become_spaces() -> None:
+    for code in [*range(32), 127, 128, 0x85, 0x2028]:
+        name = f"Ann{chr(code)}Smith"
+        expected = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
+        assert mail.mailbox(name, "a@example.com").display_name == expected

@@ -60,6 +60,14 @@ MAX_SUBJECT_CHARS = 200
 MAX_TEMPLATE_VALUE_LEN = 100_000
 #: Largest range() a template may iterate over.
 MAX_TEMPLATE_RANGE = 10_000
+#: How long a rendered message trusts a template file, and the locale folder the fallback chose,
+#: without looking at the disk again. Templates are hot-reloaded: an edit (or a new locale
+#: folder) is used by messages rendered at most this long after it was saved; looking once a
+#: second instead of once per message saves a stat() per file and a listdir per template.
+TEMPLATE_RECHECK_S = 1.0
+#: Distinct (template, customer locale) answers of the locale fallback kept between rechecks
+#: (the locale is CRM data: a dirty column must not grow the cache without bound).
+MAX_CACHED_LOCALE_CHOICES = 4096
 
 #: The random unsubscribe secret used when CRM_UNSUBSCRIBE_SECRET is unset (never expires:
 #: losing it breaks the unsubscribe link of every mail already sent).

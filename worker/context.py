@@ -28,9 +28,16 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+#: Values :func:`plain` returns as they are, told apart by exact type without a call.
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
 def record_data(record: Record) -> dict[str, Any]:
     """A record's fields as plain data, with ``id``."""
-    data = {name: plain(value) for name, value in record.fields.items()}
+    data = {
+        name: value if type(value) in _AS_IS else plain(value)
+        for name, value in record.fields.items()
+    }
     data["id"] = record.id
     return data
 

@@ -16,17 +16,18 @@ ASCII (``jürgen@…``) can only be written as UTF-8 (RFC 6532); such a message 
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
-from email.utils import format_datetime, parseaddr
+from email.utils import parseaddr
 from functools import lru_cache
 
 from worker.constants import ENCODED_HEADER_FOLD_COLUMNS, MAX_DISPLAY_NAME_CHARS
 from worker.rendering import RenderedMessage
 from worker.unsubscribe import UnsubscribeLinks
-from worker.wire import message_bytes
+from worker.wire import date_value, message_bytes
 
 
 class _WirePolicy(EmailPolicy):
@@ -43,6 +44,10 @@ class _WirePolicy(EmailPolicy):
             return super().fold_binary(name, value)
         narrow = self.clone(max_line_length=ENCODED_HEADER_FOLD_COLUMNS)
         return EmailPolicy.fold_binary(narrow, name, value)
+
+
+#: Characters of a display name that become spaces (C0 controls and DEL).
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 #: The serialization policy of every mail we send (see module docstring).
@@ -67,7 +72,7 @@ def mailbox(name: str, address: str) -> Address:
     """One mailbox: control characters in the name become spaces, the name is one phrase
     of at most :data:`MAX_DISPLAY_NAME_CHARS` characters."""
     local, _, domain = address.rpartition("@")
-    clean = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
+    clean = " ".join(_CONTROL.sub(" ", name).split())
     if len(clean) > MAX_DISPLAY_NAME_CHARS:
         clean = clean[: MAX_DISPLAY_NAME_CHARS - 1].rstrip() + "…"
     return Address(display_name=clean, username=local, domain=domain)
@@ -112,7 +117,7 @@ def compose(
         headers.append(("Reply-To", parse_mailbox(reply_to)))
     headers += [
         ("Subject", message.subject),
-        ("Date", format_datetime(date)),
+        ("Date", date_value(date)),
         ("Message-ID", message_id),
         ("Auto-Submitted", "auto-generated"),
     ]

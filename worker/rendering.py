@@ -14,6 +14,12 @@ Safety (Jinja ≥ 3.1.6 with :class:`ImmutableSandboxedEnvironment`):
   an empty string (never "Hello None"), also when joined with ``~``;
 * autoescape is on for ``*.html.j2`` only (``select_autoescape(["html"])`` would not match it).
 
+Hot reload: an edited template file, and a locale folder added or removed, are used by messages
+rendered at most :data:`~worker.constants.TEMPLATE_RECHECK_S` after the change; in between, a
+message does not look at the disk again (a stat per file and a folder listing per message would
+otherwise cost more than rendering a short template). :meth:`TemplateRenderer.locales` and
+:meth:`TemplateRenderer.resolve_locale` always list the folders; ``check`` rereads everything.
+
 Example::
 
     >>> renderer = TemplateRenderer(Path("templates"), default_locale="en")
@@ -26,23 +32,33 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, nodes
+from babel import Locale
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    nodes,
+)
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from worker.constants import (
+    MAX_CACHED_LOCALE_CHOICES,
     MAX_RENDERED_BYTES,
     MAX_SUBJECT_CHARS,
     MAX_TEMPLATE_RANGE,
     MAX_TEMPLATE_VALUE_LEN,
     RENDER_DEADLINE_S,
+    TEMPLATE_RECHECK_S,
 )
 from worker.errors import RenderLimitError, TemplateError
 from worker.filters import FILTERS, babel_locale, formatting_locale
@@ -151,10 +167,37 @@ def locale_chain(locale: str | None, default: str) -> list[str]:
     return chain
 
 
+class _RecheckingLoader(FileSystemLoader):
+    """A :class:`FileSystemLoader` whose templates look at their file's modification time at
+    most every :data:`TEMPLATE_RECHECK_S`: Jinja's ``auto_reload`` asks for every
+    ``get_template`` (each part, each layout it extends), i.e. several stat() calls per message.
+    A change is still found by the first check after it, which compares with the time the file
+    had when it was loaded, exactly as before."""
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        checked = time.monotonic()
+        stale = False
+
+        def fresh() -> bool:
+            nonlocal checked, stale
+            now = time.monotonic()
+            if stale or now - checked < TEMPLATE_RECHECK_S:
+                return not stale
+            checked = now
+            # Once out of date, always: whoever asks next must load the file again.
+            stale = not uptodate()
+            return not stale
+
+        return source, filename, fresh
+
+
 def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     """The sandboxed Jinja environment every template is rendered with."""
     env = _LimitedEnvironment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=_RecheckingLoader(str(templates_dir)),
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
         finalize=_finalize,
@@ -175,6 +218,12 @@ class TemplateRenderer:
         self.templates_dir = templates_dir
         self.default_locale = default_locale
         self.env = make_environment(templates_dir)
+        # (name, customer locale) → (when chosen, locale folder, Babel locale): what a message
+        # renders with, trusted for TEMPLATE_RECHECK_S (see the module docstring).
+        self._chosen: dict[tuple[str, str | None], tuple[float, str, Locale]] = {}
+        # "name/locale/part" → its template, as long as it is up to date (the environment's
+        # own cache takes a lock and reorders an LRU list on every look-up).
+        self._templates: dict[str, Template] = {}
 
     def locales(self, name: str) -> list[str]:
         """Locale folders that exist for template ``name``."""
@@ -182,6 +231,13 @@ class TemplateRenderer:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE.match(p.name))
+
+    def reread(self) -> None:
+        """Forget what was read from the templates folder: the next render and listing look
+        at the disk again (``check`` reports on the files as they are now)."""
+        self._chosen.clear()
+        self._templates.clear()
+        self.env.cache.clear()  # type: ignore[union-attr]
 
     def missing(self, name: str) -> str | None:
         """Why template ``name`` cannot serve every customer (no folder for the default locale,
@@ -214,30 +270,63 @@ class TemplateRenderer:
         fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
         return self._render_parts(name, locale, (part,), context)[1][0]
 
+    def _choose(self, name: str, locale: str | None) -> tuple[str, Locale]:
+        """The locale folder for ``locale`` (:meth:`resolve_locale`, which lists the folders)
+        and the Babel locale money and dates are written in, remembered for
+        :data:`TEMPLATE_RECHECK_S`."""
+        now = time.monotonic()
+        remembered = self._chosen.get((name, locale))
+        if remembered is not None and now - remembered[0] < TEMPLATE_RECHECK_S:
+            return remembered[1], remembered[2]
+        chosen = self.resolve_locale(name, locale)
+        # Money and dates follow the customer's own variant (de-AT) of the template's language.
+        language = chosen.lower().partition("-")[0]
+        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
+        formatting = babel_locale(variants)
+        if len(self._chosen) >= MAX_CACHED_LOCALE_CHOICES:
+            self._chosen.clear()
+        self._chosen[(name, locale)] = (now, chosen, formatting)
+        return chosen, formatting
+
     def _render_parts(
         self, name: str, locale: str | None, parts: tuple[str, ...], context: Mapping[str, Any]
     ) -> tuple[str, list[str]]:
         """The locale chosen by fallback and ``parts`` rendered in it, under one deadline."""
-        chosen = self.resolve_locale(name, locale)
+        chosen, formatting = self._choose(name, locale)
+        try:
+            return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+        except TemplateError:
+            if (self.templates_dir / name / chosen).is_dir():
+                raise
+        # The folder was removed since the choice was made (at most TEMPLATE_RECHECK_S ago):
+        # choose again from the disk, as a message rendered without a remembered choice would.
+        self._chosen.pop((name, locale), None)
+        chosen, formatting = self._choose(name, locale)
+        return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+
+    def _render_in(
+        self, folder: str, formatting: Locale, parts: tuple[str, ...], context: Mapping[str, Any]
+    ) -> list[str]:
+        """``parts`` of ``folder`` (``name/locale``) rendered under one deadline."""
         deadline = _Deadline(RENDER_DEADLINE_S)
         token = _active_deadline.set(deadline)
-        # Money and dates follow the customer's own variant (de-AT) of the template's language.
-        language = chosen.lower().partition("-")[0]
-        variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
         try:
-            with formatting_locale(babel_locale(variants)):
-                rendered = [
-                    self._render_part(f"{name}/{chosen}/{part}", context, deadline)
-                    for part in parts
+            # What Template.generate() gives every part, built once for all of them: the
+            # environment's globals overridden by the context (templates only read it).
+            variables = dict(self.env.globals, **context)
+            with formatting_locale(formatting):
+                return [
+                    self._render_part(f"{folder}/{part}", variables, deadline) for part in parts
                 ]
         finally:
             _active_deadline.reset(token)
-        return chosen, rendered
 
-    def _render_part(self, path: str, context: Mapping[str, Any], deadline: _Deadline) -> str:
+    def _render_part(self, path: str, variables: dict[str, Any], deadline: _Deadline) -> str:
         try:
-            template = self.env.get_template(path)
-            return _collect(template.generate(context), path, deadline)
+            template = self._templates.get(path)
+            if template is None or not template.is_up_to_date:
+                template = self._templates[path] = self.env.get_template(path)
+            return _collect(_generate(self.env, template, variables), path, deadline)
         except TemplateNotFound as exc:
             raise TemplateError(path, f"file {exc.name} not found") from None
         except TemplateSyntaxError as exc:
@@ -286,15 +375,33 @@ def _line_in(exc: BaseException, path: str) -> int:
     return line
 
 
+def _generate(env: Environment, template: Template, variables: dict[str, Any]) -> Iterator[str]:
+    """``template.generate(variables)`` without its two copies of the variables and the
+    globals per part: ``variables`` already holds the globals (see ``_render_parts``), so the
+    template's context takes it as its parent as it is (``shared``). Errors are rewritten by
+    ``handle_exception`` exactly as ``generate`` does, so tracebacks still name template lines
+    (:func:`_line_in`)."""
+    context = template.new_context(variables, shared=True)
+    try:
+        yield from template.root_render_func(context)
+    except Exception:
+        yield env.handle_exception()
+
+
 def _collect(chunks: Iterator[str], path: str, deadline: _Deadline) -> str:
+    """The output, with the size limit and the deadline checked after every chunk."""
     out: list[str] = []
+    append = out.append
+    clock = time.monotonic
+    expires = deadline.expires
     size = 0
     for chunk in chunks:
         size += len(chunk)
         if size > MAX_RENDERED_BYTES:
             raise RenderLimitError(path, f"output larger than {MAX_RENDERED_BYTES} characters")
-        deadline.check(path)
-        out.append(chunk)
+        if clock() > expires:
+            deadline.check(path)
+        append(chunk)
     return "".join(out)
 
 

@@ -49,6 +49,8 @@ def check_all(
     names in CRM_WEBHOOKS), also every enabled rule that posts to a webhook not configured (a
     rule shipped switched off, waiting for its webhook, is no problem yet)."""
     problems = list(catalog.refresh())
+    # Templates as they are on disk now, not as rendered up to a second ago (hot reload).
+    renderer.reread()
     for rule in catalog:
         problems.extend(_check_rule(rule, catalog, renderer, source))
         if webhooks is not None and rule.enabled:

@@ -56,10 +56,12 @@ class CsvSource:
         self.folder = folder
         self._indexes: dict[str, _Index] = {}
         self._lock = threading.Lock()
+        # The files of the known entities, joined once: three Path joins were a tenth of a get.
+        self._paths = {entity: folder / f"{table}.csv" for entity, table in ENTITY_TABLES.items()}
 
     def path(self, entity: str) -> Path:
-        table = ENTITY_TABLES.get(entity, f"{entity}s")
-        return self.folder / f"{table}.csv"
+        known = self._paths.get(entity)
+        return known if known is not None else self.folder / f"{entity}s.csv"
 
     def _open(self, entity: str) -> BinaryIO:
         try:
