@@ -94,7 +94,9 @@ class _Sending:
         self.lease_ends = leased_at + lease_s * BATCH_LEASE_SHARE
         suppression = deliverer.suppression
         self.suppressed = (
-            suppression.reasons(_planned(a).to for _, a in attempts) if suppression else {}
+            suppression.reasons(_planned(a).to for _, a in attempts)
+            if suppression is not None
+            else {}
         )
         self.halt: timedelta | None = None  # set when the relay refused us: sending is paused
         self.in_flight: dict[str, tuple[int, Attempt]] = {}
@@ -135,7 +137,7 @@ class _Sending:
             return
         result = self.deliverer.conclude(attempt, outcome, self.effective_now)
         self.results[index] = result
-        if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression:
+        if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression is not None:
             # Suppressed by conclude(): a later message of this batch to it is skipped too.
             self.suppressed[_planned(attempt).to] = str(outcome)
         paused = isinstance(outcome, RelayUnavailableError | SenderRejectedError)

@@ -94,7 +94,7 @@ class Deliverer:
         planned = self.recheck(attempt, effective_now)
         if isinstance(planned, DeliveryResult):
             return planned
-        suppressed = self.suppression.reason(planned.to) if self.suppression else None
+        suppressed = self.suppression.reason(planned.to) if self.suppression is not None else None
         screened = self.screen(attempt, suppressed)
         if screened is not None:
             return screened
