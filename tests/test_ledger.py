@@ -3,9 +3,12 @@ lease, each gets its delivery-log entry, and one that lost its lease does not st
 
 from __future__ import annotations
 
+import pytest
+import redis
+
 from tests.faultkit import NOW
 from worker.delivery_log import LogEntry
-from worker.ledger import Finish
+from worker.ledger import Finish, Ledger
 from worker.localtime import utc_now
 
 
@@ -46,3 +49,32 @@ def test_finish_many_records_each_outcome_with_its_own_lease(make_runtime):
         (keys[3], "sent"),  # the log tells what the worker saw, even without the lease
     ]
     assert ledger.finish_many([]) == []
+
+
+def test_many_at_once_survives_redis_losing_its_scripts_and_raises_real_errors(make_runtime):
+    runtime = make_runtime()
+    ledger, client = runtime.ledger, runtime.redis
+    keys = [f"birthday-greeting:customer:{n}:2026/email" for n in range(3)]
+    client.script_flush()  # as after a restart of Redis without persistence
+    assert ledger.claim_many([(key, "birthday-greeting", NOW) for key in keys], now=NOW) == [
+        True,
+        True,
+        True,
+    ]
+    client.script_flush()
+    ledger.mark_queued(keys)
+    client.script_flush()
+    begins = ledger.begin_many(keys, now=utc_now(), owner="me")
+    assert [b.verdict for b in begins] == ["go", "go", "go"]
+    client.script_flush()
+    now = utc_now()
+    assert ledger.finish_many([Finish(key, "sent", "me", "", "250", now) for key in keys]) == [
+        True,
+        True,
+        True,
+    ]
+    assert set(ledger.states(keys).values()) == {"sent"}
+
+    client.set(Ledger.redis_key("broken"), "not a hash")  # a script error is not swallowed
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        ledger.begin_many(["birthday-greeting:customer:9:2026/email", "broken"], now=now, owner="x")

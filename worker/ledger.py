@@ -28,6 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from worker.constants import CLAIM_STALE_AFTER, LEDGER_KEY_PREFIX, LEDGER_TTL, SEND_LEASE
 
@@ -169,18 +171,15 @@ class Ledger:
         thousands); one result per item, in order."""
         stale_before = _ts(now - CLAIM_STALE_AFTER)
         ttl_s = int(LEDGER_TTL.total_seconds())
-        with self.client.pipeline(transaction=False) as pipe:
-            for key, rule_id, due_at in items:
-                args: list[str | int] = [rule_id, _ts(due_at), _ts(now), stale_before, ttl_s]
-                self._claim(keys=[self.redis_key(key)], args=args, client=pipe)
-            return [bool(claimed) for claimed in pipe.execute()]
+        calls: list[tuple[list[str], list[str | int]]] = [
+            ([self.redis_key(key)], [rule_id, _ts(due_at), _ts(now), stale_before, ttl_s])
+            for key, rule_id, due_at in items
+        ]
+        return [bool(claimed) for claimed in _run_each(self.client, self._claim, calls)]
 
     def mark_queued(self, keys: Iterable[str]) -> None:
         """Record that these claimed deliveries are on the queue."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                self._queued(keys=[self.redis_key(key)], args=[], client=pipe)
-            pipe.execute()
+        _run_each(self.client, self._queued, [([self.redis_key(key)], []) for key in keys])
 
     def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
         """Take the send lease for ``key`` (see :class:`Begin`)."""
@@ -189,11 +188,11 @@ class Ledger:
     def begin_many(self, keys: Iterable[str], *, now: datetime, owner: str) -> list[Begin]:
         """:meth:`begin` for a worker's whole batch in one round trip; one result per key, in
         order. Each key is still its own atomic step: a batch is no lock on all of them."""
-        args = [_ts(now), _ts(now + self.send_lease), owner]
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                self._begin(keys=[self.redis_key(key)], args=args, client=pipe)
-            return [_begin(verdict, value) for verdict, value in pipe.execute()]
+        args: list[str | int] = [_ts(now), _ts(now + self.send_lease), owner]
+        calls = [([self.redis_key(key)], args) for key in keys]
+        return [
+            _begin(verdict, value) for verdict, value in _run_each(self.client, self._begin, calls)
+        ]
 
     def finish(
         self,
@@ -226,11 +225,8 @@ class Ledger:
         """:meth:`finish` for several outcomes in one round trip (the outcomes of a worker's
         connections that were answered together); each is still its own atomic step. One
         result per item, in order."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for item in items:
-                keys, args = self._finish_call(item)
-                self._finish(keys=keys, args=args, client=pipe)
-            return [bool(finished) for finished in pipe.execute()]
+        calls = [self._finish_call(item) for item in items]
+        return [bool(finished) for finished in _run_each(self.client, self._finish, calls)]
 
     def _finish_call(self, item: Finish) -> tuple[list[str], list[str | int]]:
         keys = [self.redis_key(item.key)]
@@ -281,6 +277,37 @@ class Ledger:
                 pipe.hget(self.redis_key(key), "state")
             values = pipe.execute()
         return {key: _text(value) if value else "" for key, value in zip(keys, values, strict=True)}
+
+
+def _run_each(
+    client: redis.Redis, script: Script, calls: Sequence[tuple[list[str], list[str | int]]]
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` in one round trip; the results in order.
+
+    A script called on a redis-py pipeline first asks Redis whether it exists (SCRIPT EXISTS,
+    a second round trip for every pipeline: ~9 % of a worker's CPU); here each call is an
+    EVALSHA, and when Redis answers NOSCRIPT (restarted, or SCRIPT FLUSH) the script is loaded
+    and exactly the calls that were refused run again. Any other error is raised."""
+    results = _evalsha_each(client, script.sha, calls)
+    missing = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        client.script_load(script.script)
+        again = _evalsha_each(client, script.sha, [calls[n] for n in missing])
+        for n, result in zip(missing, again, strict=True):
+            results[n] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def _evalsha_each(
+    client: redis.Redis, sha: str, calls: Sequence[tuple[list[str], list[str | int]]]
+) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
 
 
 def _text(value: Any) -> str:
