@@ -291,7 +291,7 @@ def run_product(
         started = time.perf_counter()
         report = runtime.scheduler.run_pass(NOW)
         pass_s = time.perf_counter() - started
-        states = runtime.wait_for(report.queued, timeout_s=1800, poll_s=0.2)
+        states = runtime.wait_for(report.queued, timeout_s=1800, poll_s=0.02)
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
     finally:

@@ -133,3 +133,41 @@ def test_a_locale_folder_removed_after_it_was_chosen_falls_back_instead_of_faili
     shutil.rmtree(german)
     message = renderer.render("t", "de", {"n": 2})
     assert (message.locale, message.subject) == ("en", "Hello 2")
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "customer.first_name",
+        "customer.items",  # a dict method: the attribute wins, as in Jinja
+        "customer.get('first_name')",
+        "customer.keys() | list",
+        "customer.__class__",  # refused by the sandbox either way
+        "customer.mro",
+        "customer.nested.deeper",
+        "customer.missing is defined",
+        "customer['first_name']",
+        "occurrence.tag",
+        "(customer.nested | dictsort)",
+    ],
+)
+def test_dict_attributes_read_exactly_as_jinjas_sandbox_reads_them(expression):
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from worker.rendering import make_environment
+
+    context = {
+        "customer": {"first_name": "Ana", "items": "field called items", "nested": {"deeper": 1}},
+        "occurrence": {"tag": "2026"},
+    }
+
+    def render(env):
+        try:
+            return env.from_string("{{ " + expression + " }}").render(context)
+        except Exception as exc:  # the same error, from both
+            return f"{type(exc).__name__}: {exc}"
+
+    ours = make_environment(Path())
+    jinja = ImmutableSandboxedEnvironment(undefined=StrictUndefined, finalize=ours.finalize)
+    assert render(ours) == render(jinja)

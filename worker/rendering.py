@@ -112,11 +112,26 @@ def _blank_none(expr: nodes.Expr) -> nodes.Filter:
     return nodes.Filter(expr, _BLANK_NONE, [], [], None, None, lineno=expr.lineno)
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class _LimitedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox plus bounds on what a template may compute."""
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # ``customer.first_name`` on the plain dicts of a message's context: Jinja tries the
+        # attribute first, and raising that AttributeError cost ~5 % of a worker's CPU. A plain
+        # dict has exactly the attributes of its type, so for any other name the answer is
+        # the item, as Jinja's fallback would find it (or undefined, as there).
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
