@@ -3,10 +3,14 @@ lease, each gets its delivery-log entry, and one that lost its lease does not st
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import redis
 
+import worker.ledger
 from tests.faultkit import NOW
+from worker.constants import CLAIM_STALE_AFTER
 from worker.delivery_log import LogEntry
 from worker.ledger import Finish, Ledger
 from worker.localtime import utc_now
@@ -78,3 +82,40 @@ def test_many_at_once_survives_redis_losing_its_scripts_and_raises_real_errors(m
     client.set(Ledger.redis_key("broken"), "not a hash")  # a script error is not swallowed
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         ledger.begin_many(["birthday-greeting:customer:9:2026/email", "broken"], now=now, owner="x")
+
+
+def test_claims_and_leases_of_a_batch_are_each_decided_as_alone(make_runtime, monkeypatch):
+    monkeypatch.setattr(worker.ledger, "LEDGER_SCRIPT_KEYS", 2)  # several script calls
+    runtime = make_runtime()
+    ledger, client = runtime.ledger, runtime.redis
+    k = [f"birthday-greeting:customer:{n}:2026/email" for n in range(6)]
+    now = utc_now()
+    long_ago = now - CLAIM_STALE_AFTER - timedelta(seconds=1)
+    assert ledger.claim_many(
+        [(k[1], "r1", NOW), (k[2], "r1", NOW), (k[3], "r1", NOW)], now=long_ago
+    )
+    ledger.mark_queued([k[3]])  # queued long ago: never claimable again
+    ledger.claim_many([(k[1], "r1", NOW)], now=now)  # k1: claimed now, fresh
+
+    claimed = ledger.claim_many([(key, f"rule{n}", NOW) for n, key in enumerate(k)], now=now)
+
+    assert claimed == [True, False, True, False, True, True]  # k2's claim had gone stale
+    assert [ledger.get(k[n])["rule"] for n in (0, 4, 5)] == ["rule0", "rule4", "rule5"]
+    assert ledger.get(k[2])["claimed_at"] == f"{now.timestamp():.3f}"
+    assert ledger.states(k) == dict.fromkeys(k, "claimed") | {k[3]: "queued"}
+
+    ledger.mark_queued(k[:3])
+    ledger.finish_many([])  # nothing
+    ledger.begin_many([k[0]], now=now, owner="a")  # k0: leased to a, until now + lease
+    ledger.begin_many([k[1]], now=long_ago, owner="b")  # k1: a lease that has run out
+    ledger.begin_many([k[2]], now=now, owner="c")
+    ledger.finish(k[2], "sent", owner="c", now=now)
+    client.delete(Ledger.redis_key(k[5]))
+
+    begins = ledger.begin_many(k, now=now, owner="me")
+
+    assert [b.verdict for b in begins] == ["busy", "go", "done", "go", "go", "missing"]
+    assert begins[0].lease_until == float(f"{(now + ledger.send_lease).timestamp():.3f}")
+    assert begins[1].attempt == 2 and begins[3].attempt == 1 and begins[2].state == "sent"
+    assert ledger.get(k[1])["lease_owner"] == "me" and ledger.get(k[0])["lease_owner"] == "a"
+    assert ledger.begin_many([], now=now, owner="me") == []

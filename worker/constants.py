@@ -31,6 +31,9 @@ BATCH_LEASE_RETRY = timedelta(seconds=1)
 #: How many occurrence keys one Dramatiq message carries (ids only, a few hundred bytes
 #: each): one message per email would cost more in queue overhead than the email itself.
 DELIVERY_BATCH_SIZE = 50
+#: Ledger keys one Lua call claims, queues or leases (a batch is one call; Redis runs nothing
+#: else during a call, so a long list goes in several).
+LEDGER_SCRIPT_KEYS = 500
 #: Keys ``Runtime.wait_for`` reads per poll (oldest first; a key seen final is not read again).
 WAIT_POLL_WINDOW = 500
 #: Transient failures are retried this many times per delivery, then it is failed.

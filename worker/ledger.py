@@ -25,55 +25,82 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from worker.constants import CLAIM_STALE_AFTER, LEDGER_KEY_PREFIX, LEDGER_TTL, SEND_LEASE
+from worker.constants import (
+    CLAIM_STALE_AFTER,
+    LEDGER_KEY_PREFIX,
+    LEDGER_SCRIPT_KEYS,
+    LEDGER_TTL,
+    SEND_LEASE,
+)
+
+T = TypeVar("T")
 
 State = Literal["claimed", "queued", "sending", "retrying", "sent", "skipped", "failed", "unknown"]
 FINAL_STATES: frozenset[str] = frozenset({"sent", "skipped", "failed", "unknown"})
 #: Final states an operator may send again (``crm-worker retry-failed``).
 RETRYABLE_STATES: frozenset[str] = frozenset({"failed", "unknown"})
 
+# The scripts that take many keys loop over KEYS, each key its own step exactly as a script of
+# one key would be; one call per batch instead of one per key (a pass claims thousands).
+# Several keys in one script are fine on one Redis (Dramatiq's broker needs one too), not on a
+# Redis Cluster.
+
+# ARGV: now, stale_before, ttl, then rule and due_at per key.
 _CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('HSET', KEYS[1], 'state', 'claimed', 'rule', ARGV[1], 'due_at', ARGV[2],
-             'claimed_at', ARGV[3], 'attempts', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  return 1
+local out = {}
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HGET', key, 'state')
+  out[i] = 0
+  if not state then
+    redis.call('HSET', key, 'state', 'claimed', 'rule', ARGV[2 + 2 * i],
+               'due_at', ARGV[3 + 2 * i], 'claimed_at', ARGV[1], 'attempts', 0)
+    redis.call('EXPIRE', key, ARGV[3])
+    out[i] = 1
+  elseif state == 'claimed'
+     and tonumber(redis.call('HGET', key, 'claimed_at') or '0') < tonumber(ARGV[2]) then
+    redis.call('HSET', key, 'claimed_at', ARGV[1])
+    out[i] = 1
+  end
 end
-local claimed_at = tonumber(redis.call('HGET', KEYS[1], 'claimed_at') or '0')
-if state == 'claimed' and claimed_at < tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[1], 'claimed_at', ARGV[3])
-  return 1
-end
-return 0
+return out
 """
 
 _QUEUED = """
-if redis.call('HGET', KEYS[1], 'state') == 'claimed' then
-  redis.call('HSET', KEYS[1], 'state', 'queued')
+for _, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'state') == 'claimed' then
+    redis.call('HSET', key, 'state', 'queued')
+  end
 end
 return 1
 """
 
+# ARGV: now, lease_until, owner. Returns verdict and value per key, one flat list.
 _BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing', '0'} end
-if state == 'sent' or state == 'skipped' or state == 'failed' or state == 'unknown' then
-  return {'done', state}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local verdict, value = 'go', '0'
+  local state = redis.call('HGET', key, 'state')
+  if not state then
+    verdict = 'missing'
+  elseif state == 'sent' or state == 'skipped' or state == 'failed' or state == 'unknown' then
+    verdict, value = 'done', state
+  elseif state == 'sending'
+     and tonumber(redis.call('HGET', key, 'lease_until') or '0') > tonumber(ARGV[1]) then
+    verdict, value = 'busy', redis.call('HGET', key, 'lease_until')
+  end
+  if verdict == 'go' then
+    value = tostring(redis.call('HINCRBY', key, 'attempts', 1))
+    redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3])
+  end
+  out[2 * i - 1], out[2 * i] = verdict, value
 end
-if state == 'sending' then
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if lease > tonumber(ARGV[1]) then return {'busy', tostring(lease)} end
-end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3])
-return {'go', tostring(attempts)}
+return out
 """
 
 _FINISH = """
@@ -167,32 +194,42 @@ class Ledger:
     def claim_many(
         self, items: Iterable[tuple[str, str, datetime]], *, now: datetime
     ) -> list[bool]:
-        """:meth:`claim` for many ``(key, rule_id, due_at)`` in one round trip (a pass claims
-        thousands); one result per item, in order."""
-        stale_before = _ts(now - CLAIM_STALE_AFTER)
-        ttl_s = int(LEDGER_TTL.total_seconds())
-        calls: list[tuple[list[str], list[str | int]]] = [
-            ([self.redis_key(key)], [rule_id, _ts(due_at), _ts(now), stale_before, ttl_s])
-            for key, rule_id, due_at in items
+        """:meth:`claim` for many ``(key, rule_id, due_at)``, one script call per
+        ``LEDGER_SCRIPT_KEYS`` (a pass claims thousands); one result per item, in order."""
+        items = list(items)
+        head: list[str | int] = [
+            _ts(now),
+            _ts(now - CLAIM_STALE_AFTER),
+            int(LEDGER_TTL.total_seconds()),
         ]
-        return [bool(claimed) for claimed in _run_each(self.client, self._claim, calls)]
+        claimed: list[bool] = []
+        for chunk in _chunks(items):
+            args = head + [arg for _, rule_id, due_at in chunk for arg in (rule_id, _ts(due_at))]
+            keys = [self.redis_key(key) for key, _, _ in chunk]
+            claimed += [bool(one) for one in self._claim(keys=keys, args=args)]
+        return claimed
 
     def mark_queued(self, keys: Iterable[str]) -> None:
         """Record that these claimed deliveries are on the queue."""
-        _run_each(self.client, self._queued, [([self.redis_key(key)], []) for key in keys])
+        for chunk in _chunks(list(keys)):
+            self._queued(keys=[self.redis_key(key) for key in chunk], args=[])
 
     def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
         """Take the send lease for ``key`` (see :class:`Begin`)."""
         return self.begin_many([key], now=now, owner=owner)[0]
 
     def begin_many(self, keys: Iterable[str], *, now: datetime, owner: str) -> list[Begin]:
-        """:meth:`begin` for a worker's whole batch in one round trip; one result per key, in
-        order. Each key is still its own atomic step: a batch is no lock on all of them."""
+        """:meth:`begin` for a worker's whole batch in one script call; one result per key, in
+        order. Each key is decided as if alone (a busy or finished key does not hold up the
+        others)."""
         args: list[str | int] = [_ts(now), _ts(now + self.send_lease), owner]
-        calls = [([self.redis_key(key)], args) for key in keys]
-        return [
-            _begin(verdict, value) for verdict, value in _run_each(self.client, self._begin, calls)
-        ]
+        begins: list[Begin] = []
+        for chunk in _chunks(list(keys)):
+            flat = self._begin(keys=[self.redis_key(key) for key in chunk], args=args)
+            begins += [
+                _begin(verdict, value) for verdict, value in zip(flat[::2], flat[1::2], strict=True)
+            ]
+        return begins
 
     def finish(
         self,
@@ -277,6 +314,12 @@ class Ledger:
                 pipe.hget(self.redis_key(key), "state")
             values = pipe.execute()
         return {key: _text(value) if value else "" for key, value in zip(keys, values, strict=True)}
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in runs of at most ``LEDGER_SCRIPT_KEYS`` (one script call each)."""
+    for start in range(0, len(items), LEDGER_SCRIPT_KEYS):
+        yield items[start : start + LEDGER_SCRIPT_KEYS]
 
 
 def _run_each(
