@@ -34,6 +34,9 @@ DELIVERY_BATCH_SIZE = 50
 #: Ledger keys one Lua call claims, queues or leases (a batch is one call; Redis runs nothing
 #: else during a call, so a long list goes in several).
 LEDGER_SCRIPT_KEYS = 500
+#: Allocations between collections of young objects in a long-running worker or scheduler
+#: (Python's default is 700; see ``worker.runtime._settle_garbage_collector``).
+GC_YOUNG_THRESHOLD = 10_000
 #: Keys ``Runtime.wait_for`` reads per poll (oldest first; a key seen final is not read again).
 WAIT_POLL_WINDOW = 500
 #: Transient failures are retried this many times per delivery, then it is failed.
