@@ -425,7 +425,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="worker processes (b, c)")
     parser.add_argument("--threads", type=int, default=1, help="threads per process (b, c)")
     parser.add_argument(
-        "--connections", type=int, default=4, help="SMTP connections per thread (b)"
+        "--connections", type=int, default=8, help="SMTP connections per thread (b)"
     )
     parser.add_argument(
         "--naive-threads", type=int, default=8, help="threads per process (c): its best setting"

@@ -37,8 +37,9 @@ LEDGER_SCRIPT_KEYS = 500
 #: Allocations between collections of young objects in a long-running worker or scheduler
 #: (Python's default is 700; see ``worker.runtime._settle_garbage_collector``).
 GC_YOUNG_THRESHOLD = 10_000
-#: Keys ``Runtime.wait_for`` reads per poll (oldest first; a key seen final is not read again).
-WAIT_POLL_WINDOW = 500
+#: Keys ``Runtime.wait_for`` reads per poll (oldest first; a key seen final is not read again;
+#: two batches, so a poll while the oldest batch is still going costs little).
+WAIT_POLL_WINDOW = 100
 #: Transient failures are retried this many times per delivery, then it is failed.
 MAX_DELIVERY_ATTEMPTS = 6
 #: Backoff for transient failures: first delay, doubling up to the cap.
