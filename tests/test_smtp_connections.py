@@ -78,20 +78,27 @@ def _channel(make_settings: Any, sink: SmtpSink, **env: str) -> SmtpChannel:
     return SmtpChannel(make_settings(CRM_SMTP_HOST=sink.host, CRM_SMTP_PORT=str(sink.port), **env))
 
 
+def _tls_channel(
+    make_settings: Any, sink: SmtpSink, mode: str, certificate: Any, password: str = PASSWORD
+) -> SmtpChannel:
+    """A channel that logs in as ``crm`` over ``mode`` (tls or starttls), trusting our CA."""
+    return _channel(
+        make_settings,
+        sink,
+        CRM_SMTP_SECURITY=mode,
+        CRM_SMTP_CA_FILE=str(certificate[0]),
+        CRM_SMTP_USERNAME="crm",
+        CRM_SMTP_PASSWORD=password,
+    )
+
+
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "stepwise"])
 @pytest.mark.parametrize("mode", ["starttls", "tls"])
 def test_tls_modes_with_authentication_reuse_one_connection(
     make_settings, serve, certificate, mode, pipelining, caplog
 ):
     sink = serve(mode, pipelining=pipelining)
-    channel = _channel(
-        make_settings,
-        sink,
-        CRM_SMTP_SECURITY=mode,
-        CRM_SMTP_CA_FILE=str(certificate[0]),
-        CRM_SMTP_USERNAME="crm",
-        CRM_SMTP_PASSWORD=PASSWORD,
-    )
+    channel = _tls_channel(make_settings, sink, mode, certificate)
     try:
         for n in range(5):
             channel.send(_mail(n))
@@ -111,14 +118,7 @@ def test_a_tls_connection_lost_after_the_content_is_unknown(
 ):
     sink = serve(mode)
     sink.drop_after_data = 1
-    channel = _channel(
-        make_settings,
-        sink,
-        CRM_SMTP_SECURITY=mode,
-        CRM_SMTP_CA_FILE=str(certificate[0]),
-        CRM_SMTP_USERNAME="crm",
-        CRM_SMTP_PASSWORD=PASSWORD,
-    )
+    channel = _tls_channel(make_settings, sink, mode, certificate)
     try:
         with pytest.raises(UncertainDeliveryError, match="may have been delivered"):
             channel.send(_mail(1))
@@ -142,14 +142,7 @@ def test_an_untrusted_certificate_is_retried_later_not_sent_in_clear(make_settin
 
 def test_wrong_password_is_our_problem_and_never_logged(make_settings, serve, certificate, caplog):
     sink = serve("tls")
-    channel = _channel(
-        make_settings,
-        sink,
-        CRM_SMTP_SECURITY="tls",
-        CRM_SMTP_CA_FILE=str(certificate[0]),
-        CRM_SMTP_USERNAME="crm",
-        CRM_SMTP_PASSWORD="wrong-" + PASSWORD,
-    )
+    channel = _tls_channel(make_settings, sink, "tls", certificate, password="wrong-" + PASSWORD)
     try:
         with pytest.raises(SenderRejectedError) as caught:
             channel.send(_mail(1))
