@@ -101,6 +101,17 @@ def test_random_names_and_subjects_give_the_same_header_lines(seed: int) -> None
             assert wire.header_line(policy, name, value) == reference, (name, text)
 
 
+def test_a_utf8_policy_writes_non_ascii_header_lines_as_the_email_package_does() -> None:
+    policy = mail.WIRE_POLICY_UTF8
+    for name, value in (
+        ("Subject", "Alles Gute, Jürgen!"),
+        ("Subject", "Reclamación C124 aún abierta (aviso 1): El pedido llegó dañado"),
+        ("To", mail.mailbox("Jürgen Müller", "j@example.com")),
+    ):
+        reference = policy.fold_binary(*policy.header_store_parse(name, value))
+        assert wire.header_line(policy, name, value) == reference, value
+
+
 def test_date_value_is_format_datetime() -> None:
     rng = random.Random(7)
     zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-11, minutes=-30))]

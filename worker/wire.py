@@ -144,7 +144,8 @@ def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
     )
     if text is not None and fits and _plain(text):
         return f"{name}: {text}\r\n".encode("ascii")
-    if _encode_word is not None:
+    # Under a UTF-8 policy (RFC 6532) the email package writes non-ASCII text as it is.
+    if _encode_word is not None and not policy.utf8:
         line = _encoded_line(name, value)
         if line is not None:
             return f"{line}\r\n".encode("ascii")
