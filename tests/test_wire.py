@@ -36,6 +36,7 @@ SUBJECTS = [
     "🎉 " * 40,
     "=?utf-8?q?not?= encoded",
     "a" * 199,
+    "Reclamación C124 aún abierta (aviso 1): El pedido llegó dañado y falta una pieza",
 ]
 BODIES = [
     ("Hi Ann,\nhappy birthday.\n", "<p>Hi</p>"),
@@ -99,6 +100,123 @@ def test_random_names_and_subjects_give_the_same_header_lines(seed: int) -> None
         ):
             reference = policy.fold_binary(*policy.header_store_parse(name, value))
             assert wire.header_line(policy, name, value) == reference, (name, text)
+
+
+#: Words of long subjects: ASCII, accented, emoji, CJK (base64 encoded words), digits and
+#: punctuation (the q encoding writes "=", "?", "_", "," and more as =XX).
+SUBJECT_WORDS = [
+    "a", "de", "und", "Ihr", "C124", "2026", "(aviso", "1):", "—", "¿Qué?", "día,", "x=y", "a?",
+    "50%", "_", "<3", "für", "über", "Größe", "Reclamación", "aún", "dañado,", "ñandú", "é_è",
+    "🎉", "🎂🎉", "日本語", "ü" * 30,
+]  # fmt: skip
+#: Now and then a word that fills a line or more; the ASCII ones from 75 characters on do not
+#: fit on a line of their own, and the email package encodes them to split them.
+LONG_WORDS = ["x" * 40, "y" * 74, "z" * 75, "w" * 90, "ß" * 80]
+
+
+def _long_subject(rng: random.Random) -> str:
+    words, length = [], rng.randint(40, 300)
+    while sum(map(len, words)) < length:
+        words.append(rng.choice(LONG_WORDS if rng.random() < 0.03 else SUBJECT_WORDS))
+        words.append(rng.choice([" "] * 5 + ["  "]))
+    return "".join(words[:-1])
+
+
+def _header_lines(
+    monkeypatch: pytest.MonkeyPatch, values: list[str]
+) -> list[tuple[str, bytes, bytes, bool]]:
+    """Each value, the email package's Subject line, ours, and whether ours called the email
+    package (observed on the policy's fold_binary, through which the fallback goes)."""
+    policy = mail.WIRE_POLICY
+    references = [policy.fold_binary(*policy.header_store_parse("Subject", v)) for v in values]
+    calls: list[str] = []
+    fold_binary = mail._WirePolicy.fold_binary
+
+    def counted(self: mail._WirePolicy, name: str, value: str) -> bytes:
+        calls.append(name)
+        return fold_binary(self, name, value)
+
+    results = []
+    with monkeypatch.context() as patch:
+        patch.setattr(mail._WirePolicy, "fold_binary", counted)
+        for value, reference in zip(values, references, strict=True):
+            before = len(calls)
+            line = wire.header_line(policy, "Subject", value)
+            results.append((value, reference, line, len(calls) > before))
+    return results
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_long_subjects_are_folded_as_the_email_package_folds_them(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(seed)
+    values = [_long_subject(rng) for _ in range(250)]
+    results = _header_lines(monkeypatch, values)
+    for value, reference, line, _ in results:
+        assert line == reference, value
+    # Most of them (about 85 %) are folded here: several lines, no call to the email package.
+    # The rest fit on one line, have an ASCII word too long for a line, or a stale last_ew
+    # over an encoded word (see wire._folded_unstructured).
+    folded = [value for value, _, line, fallback in results if b"\r\n " in line and not fallback]
+    assert len(folded) >= 0.75 * len(values)
+
+
+def test_long_german_and_spanish_subjects_do_not_call_the_email_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(3)
+    complaints = [
+        "El pedido llegó dañado y falta una pieza",
+        "Factura de marzo duplicada, por favor revísenla",
+        "No recibí el reembolso después de la devolución",
+        "Lieferung beschädigt, Rücksendung gewünscht",
+        "Rechnung für März doppelt gebucht, bitte prüfen",
+        "Größe passt nicht, Umtausch gegen eine größere möglich?",
+    ]
+    values = []
+    for complaint in complaints:
+        for _ in range(10):
+            number, notice = rng.randrange(1, 10 ** rng.randint(1, 7)), rng.randint(1, 9)
+            values.append(f"Reclamación C{number} aún abierta (aviso {notice}): {complaint}")
+            values.append(f"Wir kümmern uns weiter um Ihr Anliegen C{number}: {complaint}")
+    for value, reference, line, fallback in _header_lines(monkeypatch, values):
+        assert line == reference, value
+        assert not fallback, value
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        # No room for the 🎉 after the x's: an empty encoded word, then a new line.
+        "x" * 50 + " 🎉 y",
+        # The ü needs a new line, where last_ew keeps the column of the previous line: the
+        # encoded é takes with it what follows that column ("kkkkk").
+        "aaaaaaaaaa bbbbbbbbbb cccccccccc dddddddddd eeeeeeeeee ffff ü gggggggggg hhhhhhhhhh "
+        "iiiiiiiiii jjjjjjjjjj kkkkkkkkkk é",
+        # The first encoded word is split just before " für": when "März" merges with the
+        # second line's part, its leading space is written unencoded (two spaces open the
+        # line), and last_ew stays before that space when "gewünscht," merges.
+        "Sie prüfen schnell Größe beschädigt, für März gewünscht,",
+    ],
+)
+def test_the_email_packages_folding_quirks_are_reproduced(
+    subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [(_, reference, line, fallback)] = _header_lines(monkeypatch, [subject])
+    assert line == reference
+    assert not fallback
+
+
+def test_a_utf8_policy_writes_non_ascii_header_lines_as_the_email_package_does() -> None:
+    policy = mail.WIRE_POLICY_UTF8
+    for name, value in (
+        ("Subject", "Alles Gute, Jürgen!"),
+        ("Subject", "Reclamación C124 aún abierta (aviso 1): El pedido llegó dañado"),
+        ("To", mail.mailbox("Jürgen Müller", "j@example.com")),
+    ):
+        reference = policy.fold_binary(*policy.header_store_parse(name, value))
+        assert wire.header_line(policy, name, value) == reference, value
 
 
 def test_date_value_is_format_datetime() -> None:

@@ -3,14 +3,16 @@
 Building an ``EmailMessage`` and flattening it parses every header value back into a token tree
 and refolds it; for a birthday card that is about 1.8 ms, more than rendering the templates and
 sending over SMTP together, and the largest cost of a delivery. Most header values are plain
-ASCII that the email package writes unchanged, and most of the rest are short names and subjects
+ASCII that the email package writes unchanged; most of the rest are short names and subjects
 with a few non-ASCII words (Jürgen Müller, ¡Feliz cumpleaños!) that it writes as one line with
-one encoded word; this module writes both kinds itself (with the email package's own RFC 2047
-encoder) and hands anything else (a quoted name, a header that needs folding) to the same
-policy, header by header. The output is byte for byte what :func:`worker.mail.compose` writes
-through the email package (the MIME boundary aside, which is random in both);
-``tests/test_wire.py`` checks that over many kinds of names, subjects and bodies, fixed and
-random.
+one encoded word, and longer German or Spanish subjects that it folds into lines of 76 columns
+with encoded words split and merged across them (:func:`_folded_unstructured` repeats the steps
+of its folder, quirks included). This module writes these kinds itself (with the email
+package's own RFC 2047 encoder) and hands anything else (a quoted name, a long non-ASCII display
+name, a subject with ``=?`` or unusual whitespace) to the same policy, header by header. The
+output is byte for byte what :func:`worker.mail.compose` writes through the email package (the
+MIME boundary aside, which is random in both); ``tests/test_wire.py`` checks that over many
+kinds of names, subjects and bodies, fixed and random.
 
 Anything unusual (a recipient that needs SMTPUTF8, a boundary that occurs in a body) returns
 ``None`` and the caller takes the email package path.
@@ -57,6 +59,8 @@ _Q_BYTES: tuple[str, ...] | None = (
 )
 #: The bytes the q encoding writes as one character.
 _Q_SHORT = bytes(b for b in range(256) if _Q_BYTES is not None and len(_Q_BYTES[b]) == 1)
+#: The chrome of each encoded word we write: ``=?utf-8?q?`` (or ``b``) and ``?=``.
+_EW_CHROME = len("=?utf-8?q??=")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: contentmanager's choice of transfer encoding (7bit, 8bit, quoted-printable, base64) for a
@@ -129,14 +133,145 @@ def _encoded_line(name: str, value: str | Address) -> str | None:
             return None
         phrase = _encoded_run(value.display_name, phrase=True)
         text = phrase and f"{phrase} <{value.username}@{value.domain}>"
+    elif len(name) + 2 + len(value) + _EW_CHROME > ENCODED_HEADER_FOLD_COLUMNS:
+        # An encoded word is at least as long as its text plus the chrome: it cannot fit.
+        return None
     else:
         text = _encoded_run(value, phrase=False)
     line = text and f"{name}: {text}"
     return line if line and len(line) <= ENCODED_HEADER_FOLD_COLUMNS else None
 
 
+#: An unstructured value as the email package reads it: words and the runs of spaces between.
+_SPACES = re.compile("( +)")
+#: A word with a non-ASCII character, in a value of printable words separated by spaces.
+_WIDE_WORD = re.compile(r"((?<![^ ])[!-~]*+[^\x00-\x7f][^ ]*)")
+
+
+def _q_length(data: bytes) -> int:
+    return len(data) + 2 * len(data.translate(None, _Q_SHORT))
+
+
+def _ew_length(q_length: int, size: int) -> int:
+    """``len(_encoded_word(text))`` for a text of ``size`` UTF-8 bytes and that q length."""
+    b_length = (size + 2) // 3 * 4
+    return _EW_CHROME + (q_length if q_length - b_length < 5 else b_length)
+
+
+def _fitting_prefix(text: str, room: int) -> int:
+    """How many characters of ``text`` ``_fold_as_ew`` puts in an encoded word of at most
+    ``room`` columns: it takes ``room - 12`` characters and drops one at a time from the end
+    until the word fits (here each drop updates the lengths instead of encoding again)."""
+    n = min(len(text), room - _EW_CHROME)
+    data = text[:n].encode()
+    q_length, size = _q_length(data), len(data)
+    while _ew_length(q_length, size) > room:
+        n -= 1
+        char = text[n].encode()
+        q_length -= _q_length(char)
+        size -= len(char)
+    return n
+
+
+def _steal_trailing_space(lines: list[str]) -> str:
+    """``_steal_trailing_WSP_if_exists``: the space a new line takes from the end of the last."""
+    if lines[-1].endswith(" "):
+        lines[-1] = lines[-1][:-1]
+        return " "
+    return ""
+
+
+def _folded_unstructured(name: str, value: str) -> str | None:
+    """The lines (CRLF between them) the email package writes for an unstructured header
+    (``Subject``) with non-ASCII words under :data:`worker.mail.WIRE_POLICY`: the steps of
+    ``_refold_parse_tree`` and ``_fold_as_ew`` at
+    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`, for a value of printable words
+    separated by spaces; ``None`` for anything else.
+
+    The email package reads such a value as words and runs of spaces. ASCII ones are written as
+    they are, on a new line (with the space before them) when they do not fit. A non-ASCII word
+    becomes an encoded word that fills the line and continues on the next ones; a later
+    non-ASCII word on the same line is merged into it, together with everything written since
+    (``_fold_as_ew`` decodes the line from ``last_ew`` on and encodes it again with the word).
+    """
+    if value.isascii() or not value.isprintable() or "=?" in value or value != value.strip(" "):
+        # isprintable: the only whitespace left is " " (no tab, NBSP or line break); "=?" would
+        # be read as an encoded word; leading or trailing spaces are left to the email package.
+        return None
+    width = ENCODED_HEADER_FOLD_COLUMNS
+    lines = [f"{name}: "]
+    # The email package's last_ew: the column of the last line from which a next non-ASCII
+    # word merges. It is not always where that line's encoded word starts (see below).
+    last_ew: int | None = None
+    # The last encoded word written: line, column, the word and the text it encodes.
+    written = (-1, -1, "", "")
+    # The ASCII words and spaces between non-ASCII words, then a non-ASCII word, and so on.
+    for index, piece in enumerate(_WIDE_WORD.split(value)):
+        if index % 2 == 0:
+            if len(piece) <= width - len(lines[-1]):
+                lines[-1] += piece  # what writing them one at a time does when all fit
+                continue
+            for token in _SPACES.split(piece):
+                if len(token) <= width - len(lines[-1]):
+                    lines[-1] += token
+                    continue
+                newline = _steal_trailing_space(lines)
+                if len(token) + 1 > width or not (newline or token.startswith(" ")):
+                    # Too long for a line of its own (or no space to fold at): the email
+                    # package writes it as an encoded word to split it.
+                    return None
+                lines.append(newline + token)
+                last_ew = None
+            continue
+        text = piece
+        if last_ew is not None:
+            # _fold_as_ew reads the line from last_ew on back with get_unstructured: our
+            # encoded word decodes to its text, and the rest (spaces, ASCII words, or pieces of
+            # an encoded word after a stale last_ew) reads as itself if it has no "=?" (else
+            # it is left to the email package).
+            tail = lines[-1][last_ew:]
+            line, column, word, decoded = written
+            start = column - last_ew
+            if line == len(lines) - 1 and start >= 0 and tail.startswith(word, start):
+                spaces, rest = tail[:start], tail[start + len(word) :]
+                if spaces.strip(" ") or "=?" in rest:
+                    return None
+                tail = spaces + decoded + rest
+            elif "=?" in tail:
+                return None
+            text = tail + piece
+            lines[-1] = lines[-1][:last_ew]
+        if text.startswith(" "):
+            # The encoded word read back started with a space (a split fell just before one):
+            # _fold_as_ew writes that space unencoded, and last_ew stays before it.
+            text = text[1:]
+            if len(lines[-1]) == width:
+                lines.append(_steal_trailing_space(lines))
+            lines[-1] += " "
+        new_last_ew = len(lines[-1]) if last_ew is None else last_ew
+        while text:
+            room = width - len(lines[-1])
+            if room <= _EW_CHROME:
+                # No room for a character: a new line, and (as in _fold_as_ew) new_last_ew
+                # still the column of the previous line, which is how last_ew goes stale.
+                lines.append(" ")
+                continue
+            n = _fitting_prefix(text, room)
+            word = _encoded_word(text[:n])
+            written = (len(lines) - 1, len(lines[-1]), word, text[:n])
+            lines[-1] += word
+            text = text[n:]
+            if text:
+                lines.append(" ")
+                new_last_ew = 1
+        last_ew = new_last_ew
+    return "\r\n".join(lines)
+
+
 def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
-    """``Name: value`` with CRLF, as ``policy`` writes it in a flattened message."""
+    """``Name: value`` with CRLF, as ``policy`` writes it in a flattened message; ``policy`` is
+    :data:`worker.mail.WIRE_POLICY` (or its UTF-8 clone), whose encoded words are folded at
+    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`."""
     text = _plain_address(value) if isinstance(value, Address) else value
     # The policy leaves an ASCII line unfolded up to its max_line_length (998, see worker.mail).
     fits = policy.max_line_length is not None and len(name) + 2 + len(text or "") <= (
@@ -144,8 +279,12 @@ def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
     )
     if text is not None and fits and _plain(text):
         return f"{name}: {text}\r\n".encode("ascii")
-    if _encode_word is not None:
+    # Under a UTF-8 policy (RFC 6532) the email package writes non-ASCII text as it is.
+    if _encode_word is not None and not policy.utf8:
         line = _encoded_line(name, value)
+        if line is None and name == "Subject" and isinstance(value, str) and _Q_BYTES is not None:
+            # Too long for one line: fold it here, the email package's slow part.
+            line = _folded_unstructured(name, value)
         if line is not None:
             return f"{line}\r\n".encode("ascii")
     return policy.fold_binary(*policy.header_store_parse(name, value))
