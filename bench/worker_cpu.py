@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/worker_cpu.py                 # 10,000 messages
     .venv/bin/python bench/worker_cpu.py -n 5000 --profile
+    .venv/bin/python bench/worker_cpu.py --postgres postgresql://postgres@127.0.0.1:5432
 
 A real scheduler pass queues N due birthday messages (the CRM of ``bench/delivery.py``), then
 this process calls ``worker.batch.deliver_batch`` on the keys, DELIVERY_BATCH_SIZE at a time,
@@ -10,6 +11,9 @@ as a worker thread does: lease, re-check against the CSV, render, MIME, send ove
 Prints messages/s and the CPU (user + system) this process spent per message; Redis and the
 sink run in their own processes and are not counted. ``--profile`` adds cProfile's top
 functions (which inflates the CPU figure; use py-spy for shares, see bench/README.md).
+``--postgres SERVER`` loads the same CRM into the database ``crm_bench_due_<N>`` on that server
+and re-checks through the SQL source (``bench/queries.yaml``), as a deployment on the CRM's
+database does; the database's own CPU is not counted either, the wall-clock rate shows it.
 
 Used to compare one change to the worker's code with the one before it: run each a few times
 in alternating order; the machine's noise is about ±10 %.
@@ -29,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from delivery import DAY, NOW, free_port, product_env, runtime_for, start_redis, start_sink
-from synthetic_crm import write_due_crm
+from synthetic_crm import load_postgres, write_due_crm
+
+QUERIES = Path(__file__).resolve().parent / "queries.yaml"
 
 
 def cpu_seconds() -> float:
@@ -43,6 +49,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections")
     parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 40")
+    parser.add_argument("--postgres", metavar="SERVER", help="re-check through PostgreSQL")
     args = parser.parse_args()
 
     from worker.batch import deliver_batch
@@ -57,6 +64,11 @@ def main() -> None:
         redis_proc, redis_url = start_redis(folder)
         try:
             env = product_env(folder / "crm", redis_url, smtp_port, 1, args.connections)
+            if args.postgres:
+                dsn = f"{args.postgres.rstrip('/')}/crm_bench_due_{args.messages}"
+                load_postgres(folder / "crm", dsn)
+                env["CRM_SOURCE"] = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+                env["CRM_SOURCE_QUERIES"] = str(QUERIES)
             runtime = runtime_for(env)
             runtime.actor  # noqa: B018 - declares the queue the pass sends to
             keys = runtime.scheduler.run_pass(NOW).queued
@@ -78,7 +90,11 @@ def main() -> None:
             sink.terminate()
             redis_proc.terminate()
     sent = sum(1 for state in states.values() if state == "sent")
-    print(f"sink: {sink_name}; {args.connections} SMTP connections; {sent:,} of {len(keys):,} sent")
+    source = "PostgreSQL" if args.postgres else "CSV"
+    print(
+        f"sink: {sink_name}; {args.connections} SMTP connections; source: {source}; "
+        f"{sent:,} of {len(keys):,} sent"
+    )
     print(
         f"{len(keys) / elapsed:,.0f} msg/s in one thread; "
         f"CPU {1000 * cpu / max(len(keys), 1):.3f} ms per message (this process)"
