@@ -29,6 +29,7 @@ import sqlalchemy
 from sqlalchemy import create_engine, text
 
 from tests.conftest import REPO
+from worker.batch import deliver_batch
 from worker.channels import MemoryChannel
 from worker.constants import MAX_DELIVERY_ATTEMPTS
 from worker.errors import SourceError, SourceUnavailableError
@@ -483,6 +484,58 @@ def test_delivery_retries_while_the_database_is_down(postgres: Database, make_ru
     assert PASSWORD not in runtime.ledger.get(key)["reason"]
     again = runtime.deliverer.deliver(key, as_of=now, enqueued_at=now, now=now)
     assert again.outcome == "sent" and [m.key for m in channel.sent] == [key]
+    runtime.source.close()
+
+
+def test_a_batch_reads_its_records_with_one_query_per_entity(
+    postgres: Database, make_runtime: Any
+) -> None:
+    """A worker re-checks a batch of keys against records read together: one query per entity
+    (and one for the customers of purchases and complaints), not one or two per key; every
+    delivery is still re-checked and sent as the pass planned it."""
+    channel = MemoryChannel()
+    source = SqlSource(postgres.url, load_mapping(QUERIES))
+    runtime = make_runtime(source=source, channel=channel)
+    now = parse_instant(INSTANTS[0])
+    planned = {p[1]: p[2] for p in _plan(source, INSTANTS[0]) if p[0] == "send"}
+    keys = runtime.scheduler.run_pass(now).queued
+    assert sorted(keys) == sorted(planned)
+    entities = {key.split(":")[1] for key in keys}
+    assert entities == {"customer", "purchase", "complaint"}  # the test covers all three
+    selects: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sqlalchemy.event.listen(source.engine, "before_cursor_execute", count)
+    try:
+        results = deliver_batch(runtime.deliverer, keys, as_of=now, enqueued_at=now, now=now)
+    finally:
+        sqlalchemy.event.remove(source.engine, "before_cursor_execute", count)
+    assert [r.outcome for r in results] == ["sent"] * len(keys)
+    assert {m.key: m.recipient for m in channel.sent} == planned
+    assert len(selects) == len(entities) + 1, selects  # 15 deliveries, 24 queries before
+    source.close()
+
+
+def test_a_batch_whose_records_cannot_be_read_retries_every_key(
+    postgres: Database, make_runtime: Any
+) -> None:
+    """When the batch's read fails (the CRM database is down), each key is re-checked alone
+    and meets the outage itself: a refunded retry, as for a single delivery."""
+    runtime = make_runtime(source=SqlSource(postgres.url, load_mapping(QUERIES)))
+    now = parse_instant(INSTANTS[0])
+    keys = runtime.scheduler.run_pass(now).queued
+    down = SqlSource(
+        f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{_free_port()}/crm",
+        load_mapping(QUERIES),
+    )
+    outage = dataclasses.replace(runtime.deliverer, source=down)
+    results = deliver_batch(outage, keys, as_of=now, enqueued_at=now, now=now)
+    assert {r.outcome for r in results} == {"retry"}
+    assert set(runtime.ledger.states(keys).values()) == {"retrying"}
+    assert all(runtime.ledger.get(key)["attempts"] == "0" for key in keys)
     runtime.source.close()
 
 

@@ -2,11 +2,13 @@
 the Redis round trips and the event loop shared by the whole batch.
 
 A Dramatiq message carries up to ``DELIVERY_BATCH_SIZE`` keys. Key by key, each delivery took
-five Redis round trips (pause, lease, suppression, outcome, log) and entered the SMTP channel's
-event loop once; per batch it takes one round trip for the pause, one for all the leases and
-one for all the suppressed addresses, then one for the outcomes (ledger and log together) of
-the messages the relay answered in the same turn of the event loop, and the messages go out in
-one run of the thread's event loop.
+five Redis round trips (pause, lease, suppression, outcome, log) and one or two reads of the
+CRM, and entered the SMTP channel's event loop once; per batch it takes one round trip for the
+pause, one for all the leases, one read of the CRM per entity for the re-checks (one query on
+a database: :meth:`~worker.delivery.Deliverer.fetch`) and one round trip for all the
+suppressed addresses, then one for the outcomes (ledger and log together) of the messages the
+relay answered in the same turn of the event loop, and the messages go out in one run of the
+thread's event loop.
 
 What does not change, key by key: each lease and each outcome is its own atomic step in the
 ledger, each delivery is re-checked against fresh CRM data and rendered right before it goes
@@ -17,18 +19,21 @@ still leaves at most one acknowledged but unrecorded message per connection.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from worker.channels.base import Outgoing, Receipt, send_each
 from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
-from worker.delivery import Deliverer, lease_owner
+from worker.delivery import Deliverer, Fetched, lease_owner
 from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
 from worker.ledger import Finish
 from worker.localtime import utc_now
 from worker.outcome import Attempt, DeliveryResult
 from worker.planning import PlannedDelivery
+
+log = logging.getLogger(__name__)
 
 
 def deliver_batch(
@@ -52,17 +57,21 @@ def deliver_batch(
     begins = deliverer.ledger.begin_many(keys, now=now, owner=owner)
     effective_now = as_of + (now - enqueued_at)
     results: list[DeliveryResult | None] = [None] * len(keys)
-    attempts: list[tuple[int, Attempt]] = []
+    opened: list[tuple[int, Attempt]] = []
     for index, (key, begin) in enumerate(zip(keys, begins, strict=True)):
-        opened = deliverer.open(key, begin, now, owner)
-        if isinstance(opened, DeliveryResult):
-            results[index] = opened
-            continue
-        rechecked = deliverer.recheck(opened, effective_now)
+        attempt = deliverer.open(key, begin, now, owner)
+        if isinstance(attempt, DeliveryResult):
+            results[index] = attempt
+        else:
+            opened.append((index, attempt))
+    fetched = _fetch(deliverer, [attempt.key for _, attempt in opened])
+    attempts: list[tuple[int, Attempt]] = []
+    for index, attempt in opened:
+        rechecked = deliverer.recheck(attempt, effective_now, fetched)
         if isinstance(rechecked, DeliveryResult):
             results[index] = rechecked
         else:
-            attempts.append((index, opened))
+            attempts.append((index, attempt))
     sending = _Sending(deliverer, attempts, results, effective_now, leased_at)
     try:
         send_each(deliverer.channel, sending.messages(), sending.done)
@@ -155,6 +164,19 @@ class _Sending:
             finished = self.deliverer.ledger.finish_many([final for _, _, final in sent])
         for (index, attempt, final), ok in zip(sent, finished, strict=True):
             self.results[index] = attempt.recorded(final, ok)
+
+
+def _fetch(deliverer: Deliverer, keys: list[str]) -> Fetched | None:
+    """The batch's records read together (:meth:`Deliverer.fetch`); ``None`` when that fails,
+    so that each re-check reads its own and meets the failure itself (a CRM outage becomes a
+    refunded retry per key, anything else that key's recorded failure), as without it."""
+    if not keys:
+        return None
+    try:
+        return deliverer.fetch(keys)
+    except Exception as exc:
+        log.warning("reading a batch's CRM records at once failed (%s); reading each alone", exc)
+        return None
 
 
 def _planned(attempt: Attempt) -> PlannedDelivery:
