@@ -3,6 +3,7 @@
     .venv/bin/python bench/delivery.py                      # 10,000 messages each
     .venv/bin/python bench/delivery.py -n 500               # quick check
     .venv/bin/python bench/delivery.py --processes 2 --threads 8
+    .venv/bin/python bench/delivery.py --postgres postgresql://postgres@127.0.0.1:5432
 
 All three send to the same local SMTP sink: Postfix's ``smtp-sink`` (Debian package
 ``postfix``) when installed, else an aiosmtpd sink in a subprocess (said so in the output).
@@ -18,6 +19,11 @@ README asks of production) unless ``--redis-url`` names one (its database is flu
 (c) naive: one Dramatiq message per customer (its row as the payload), an actor that renders
     the same templates and sends with ``smtplib`` over a new connection per message, with
     the same worker processes and threads as (b).
+
+``--postgres SERVER`` loads the same CRM into the database ``crm_bench_due_<N>`` on that server
+and points (b) and (c) at it through the SQL source (``bench/queries.yaml``), as a deployment
+beside the CRM's database reads it (the database's own CPU is not in the CPU shares: its
+backends start with the workers' connections).
 
 Targets (issue 7): b/a ≥ 0.5 and b/c ≥ 3.
 """
@@ -40,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthetic_crm import write_due_crm  # noqa: E402
+from synthetic_crm import load_postgres, write_due_crm  # noqa: E402
 
 DAY = date(2026, 6, 15)
 #: Noon UTC: every synthetic customer (UTC … UTC+2, greeted at 09:00 local) is due.
@@ -50,6 +56,8 @@ NAIVE_NAMESPACE = "bench-naive"
 NAIVE_DONE_KEY = "bench-naive:done"
 NAIVE_QUEUE = "bench-naive"
 SECRET = "bench-unsubscribe-secret"
+#: How the SQL source reads the synthetic CRM's tables (see bench/README.md).
+QUERIES = Path(__file__).resolve().parent / "queries.yaml"
 
 
 def free_port() -> int:
@@ -144,6 +152,15 @@ def product_env(
         }
     )
     return env
+
+
+def use_postgres(env: dict[str, str], crm: Path, server: str, n: int) -> None:
+    """Load the CSV CRM ``crm`` into ``crm_bench_due_<n>`` on ``server`` and point ``env``'s
+    source at it."""
+    dsn = f"{server.rstrip('/')}/crm_bench_due_{n}"
+    load_postgres(crm, dsn)
+    env["CRM_SOURCE"] = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    env["CRM_SOURCE_QUERIES"] = str(QUERIES)
 
 
 def runtime_for(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -434,6 +451,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only …")
     parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
     parser.add_argument("--keep", type=Path, help="keep the CRM and logs in this folder")
+    parser.add_argument("--postgres", metavar="SERVER", help="(b, c) read the CRM from PostgreSQL")
     parser.add_argument("--aiosmtpd-sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--naive-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -461,7 +479,11 @@ def main() -> None:
         crm = tmp / "crm"
         write_due_crm(crm, args.messages, DAY)
         env = product_env(crm, redis_url, smtp_port, args.threads, args.connections)
-        print(f"sink: {sink_name} on 127.0.0.1:{smtp_port}; redis: {redis_url}")
+        source = "CSV folder"
+        if args.postgres:
+            use_postgres(env, crm, args.postgres, args.messages)
+            source = "PostgreSQL (SQL source)"
+        print(f"sink: {sink_name} on 127.0.0.1:{smtp_port}; redis: {redis_url}; CRM: {source}")
         print(
             f"{args.messages:,} customers due on {DAY}; workers: "
             f"(b) {args.processes} processes × {args.threads} threads × {args.connections} SMTP "

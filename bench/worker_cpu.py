@@ -32,10 +32,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from delivery import DAY, NOW, free_port, product_env, runtime_for, start_redis, start_sink
-from synthetic_crm import load_postgres, write_due_crm
-
-QUERIES = Path(__file__).resolve().parent / "queries.yaml"
+from delivery import (
+    DAY,
+    NOW,
+    free_port,
+    product_env,
+    runtime_for,
+    start_redis,
+    start_sink,
+    use_postgres,
+)
+from synthetic_crm import write_due_crm
 
 
 def cpu_seconds() -> float:
@@ -65,10 +72,7 @@ def main() -> None:
         try:
             env = product_env(folder / "crm", redis_url, smtp_port, 1, args.connections)
             if args.postgres:
-                dsn = f"{args.postgres.rstrip('/')}/crm_bench_due_{args.messages}"
-                load_postgres(folder / "crm", dsn)
-                env["CRM_SOURCE"] = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-                env["CRM_SOURCE_QUERIES"] = str(QUERIES)
+                use_postgres(env, folder / "crm", args.postgres, args.messages)
             runtime = runtime_for(env)
             runtime.actor  # noqa: B018 - declares the queue the pass sends to
             keys = runtime.scheduler.run_pass(NOW).queued
