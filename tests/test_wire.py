@@ -6,6 +6,7 @@ import importlib
 import itertools
 import random
 import re
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from email import contentmanager
 from email.utils import format_datetime
@@ -122,6 +123,10 @@ def _long_subject(rng: random.Random) -> str:
     return "".join(words[:-1])
 
 
+#: Whether this Python's email package folds long subjects as wire._folded_unstructured does.
+FOLD_TRUSTED = wire._folding_agrees(mail.WIRE_POLICY)
+
+
 def _header_lines(
     monkeypatch: pytest.MonkeyPatch, values: list[str]
 ) -> list[tuple[str, bytes, bytes, bool]]:
@@ -129,6 +134,7 @@ def _header_lines(
     package (observed on the policy's fold_binary, through which the fallback goes)."""
     policy = mail.WIRE_POLICY
     references = [policy.fold_binary(*policy.header_store_parse("Subject", v)) for v in values]
+    wire._folding_agrees(policy)  # its once-per-process check calls fold_binary: not counted
     calls: list[str] = []
     fold_binary = mail._WirePolicy.fold_binary
 
@@ -159,7 +165,7 @@ def test_long_subjects_are_folded_as_the_email_package_folds_them(
     # The rest fit on one line, have an ASCII word too long for a line, or a stale last_ew
     # over an encoded word (see wire._folded_unstructured).
     folded = [value for value, _, line, fallback in results if b"\r\n " in line and not fallback]
-    assert len(folded) >= 0.75 * len(values)
+    assert len(folded) >= 0.75 * len(values) or not FOLD_TRUSTED
 
 
 def test_long_german_and_spanish_subjects_do_not_call_the_email_package(
@@ -182,7 +188,7 @@ def test_long_german_and_spanish_subjects_do_not_call_the_email_package(
             values.append(f"Wir kümmern uns weiter um Ihr Anliegen C{number}: {complaint}")
     for value, reference, line, fallback in _header_lines(monkeypatch, values):
         assert line == reference, value
-        assert not fallback, value
+        assert not fallback or not FOLD_TRUSTED, value
 
 
 @pytest.mark.parametrize(
@@ -205,7 +211,38 @@ def test_the_email_packages_folding_quirks_are_reproduced(
 ) -> None:
     [(_, reference, line, fallback)] = _header_lines(monkeypatch, [subject])
     assert line == reference
-    assert not fallback
+    assert not fallback or not FOLD_TRUSTED
+
+
+def test_the_fold_is_trusted_on_the_python_it_repeats() -> None:
+    """On Python 3.11 (production's, see docker-compose.yml) long subjects take the fast
+    fold, so the tests above check it; elsewhere the email package may write them."""
+    if sys.version_info[:2] == (3, 11):
+        assert FOLD_TRUSTED
+
+
+def test_a_fold_that_disagrees_with_the_email_package_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on a Python whose email package folds differently: the once-per-process check
+    finds out, and long subjects are written by the email package."""
+    policy = mail.WIRE_POLICY
+    subject = "Wir kümmern uns weiter um Ihr Anliegen C123: Rechnung für März doppelt gebucht"
+    folded = wire._folded_unstructured
+
+    def different(name: str, value: str) -> str | None:
+        line = folded(name, value)
+        return line and line.replace("\r\n ", "\r\n  ", 1)
+
+    monkeypatch.setattr(wire, "_folded_unstructured", different)
+    wire._folding_agrees.cache_clear()
+    try:
+        assert not wire._folding_agrees(policy)
+        reference = policy.fold_binary(*policy.header_store_parse("Subject", subject))
+        assert wire.header_line(policy, "Subject", subject) == reference
+    finally:
+        monkeypatch.undo()
+        wire._folding_agrees.cache_clear()
 
 
 def test_a_utf8_policy_writes_non_ascii_header_lines_as_the_email_package_does() -> None:

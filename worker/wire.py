@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import logging
 import random
 import re
 from collections.abc import Iterable
@@ -36,9 +37,12 @@ from email import contentmanager
 from email.headerregistry import Address
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any
 
 from worker.constants import ENCODED_HEADER_FOLD_COLUMNS
+
+log = logging.getLogger(__name__)
 
 #: RFC 5322 atext words separated by single spaces: a display name written without quotes.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -268,6 +272,38 @@ def _folded_unstructured(name: str, value: str) -> str | None:
     return "\r\n".join(lines)
 
 
+#: Words of the subjects :func:`_folding_agrees` folds both ways: ASCII, accented, emoji,
+#: q-encoded punctuation (with a word that fills half a line, see there).
+_PROBE_WORDS = ("a", "de", "für", "Größe", "aún", "Reclamación", "(aviso", "1):", "🎉", "x=y")
+
+
+@lru_cache(maxsize=4)
+def _folding_agrees(policy: EmailPolicy) -> bool:
+    """Does :func:`_folded_unstructured` write what this Python's email package writes under
+    ``policy``? It repeats the folder of Python 3.11, which later releases changed (3.13 folds
+    some long subjects differently), so each process checks once, on subjects that reach its
+    merges, splits and quirks, and leaves long subjects to the email package if not."""
+    rng = random.Random(2047)
+    probes = [
+        "x" * 50 + " 🎉 y",
+        "Sie prüfen schnell Größe beschädigt, für März gewünscht,",
+        *(
+            " ".join(rng.choices([*_PROBE_WORDS, "x" * 36], k=rng.randint(8, 30)))
+            for _ in range(40)
+        ),
+    ]
+    for probe in probes:
+        line = _folded_unstructured("Subject", probe)
+        reference = policy.fold_binary(*policy.header_store_parse("Subject", probe))
+        if line is not None and f"{line}\r\n".encode("ascii") != reference:
+            log.warning(
+                "this Python's email package folds long subjects differently from 3.11's: "
+                "long non-ASCII subjects are written by the email package (slower)"
+            )
+            return False
+    return True
+
+
 def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
     """``Name: value`` with CRLF, as ``policy`` writes it in a flattened message; ``policy`` is
     :data:`worker.mail.WIRE_POLICY` (or its UTF-8 clone), whose encoded words are folded at
@@ -282,7 +318,13 @@ def header_line(policy: EmailPolicy, name: str, value: str | Address) -> bytes:
     # Under a UTF-8 policy (RFC 6532) the email package writes non-ASCII text as it is.
     if _encode_word is not None and not policy.utf8:
         line = _encoded_line(name, value)
-        if line is None and name == "Subject" and isinstance(value, str) and _Q_BYTES is not None:
+        if (
+            line is None
+            and name == "Subject"
+            and isinstance(value, str)
+            and _Q_BYTES is not None
+            and _folding_agrees(policy)
+        ):
             # Too long for one line: fold it here, the email package's slow part.
             line = _folded_unstructured(name, value)
         if line is not None:
