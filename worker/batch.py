@@ -19,21 +19,18 @@ still leaves at most one acknowledged but unrecorded message per connection.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from worker.channels.base import Outgoing, Receipt, send_each
 from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
-from worker.delivery import Deliverer, Fetched, lease_owner
+from worker.delivery import Deliverer, lease_owner
 from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
 from worker.ledger import Finish
 from worker.localtime import utc_now
 from worker.outcome import Attempt, DeliveryResult
 from worker.planning import PlannedDelivery
-
-log = logging.getLogger(__name__)
 
 
 def deliver_batch(
@@ -64,7 +61,7 @@ def deliver_batch(
             results[index] = attempt
         else:
             opened.append((index, attempt))
-    fetched = _fetch(deliverer, [attempt.key for _, attempt in opened])
+    fetched = deliverer.fetch(attempt.key for _, attempt in opened)
     attempts: list[tuple[int, Attempt]] = []
     for index, attempt in opened:
         rechecked = deliverer.recheck(attempt, effective_now, fetched)
@@ -164,19 +161,6 @@ class _Sending:
             finished = self.deliverer.ledger.finish_many([final for _, _, final in sent])
         for (index, attempt, final), ok in zip(sent, finished, strict=True):
             self.results[index] = attempt.recorded(final, ok)
-
-
-def _fetch(deliverer: Deliverer, keys: list[str]) -> Fetched | None:
-    """The batch's records read together (:meth:`Deliverer.fetch`); ``None`` when that fails,
-    so that each re-check reads its own and meets the failure itself (a CRM outage becomes a
-    refunded retry per key, anything else that key's recorded failure), as without it."""
-    if not keys:
-        return None
-    try:
-        return deliverer.fetch(keys)
-    except Exception as exc:
-        log.warning("reading a batch's CRM records at once failed (%s); reading each alone", exc)
-        return None
 
 
 def _planned(attempt: Attempt) -> PlannedDelivery:
