@@ -23,7 +23,8 @@ README asks of production) unless ``--redis-url`` names one (its database is flu
 ``--postgres SERVER`` loads the same CRM into the database ``crm_bench_due_<N>`` on that server
 and points (b) and (c) at it through the SQL source (``bench/queries.yaml``), as a deployment
 beside the CRM's database reads it (the database's own CPU is not in the CPU shares: its
-backends start with the workers' connections).
+backends start with the workers' connections). (c) reads the database once, to enqueue: its
+messages carry the row, so its workers do not query it.
 
 Targets (issue 7): b/a ≥ 0.5 and b/c ≥ 3.
 """
@@ -159,7 +160,8 @@ def use_postgres(env: dict[str, str], crm: Path, server: str, n: int) -> None:
     source at it."""
     dsn = f"{server.rstrip('/')}/crm_bench_due_{n}"
     load_postgres(crm, dsn)
-    env["CRM_SOURCE"] = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    rest = dsn.partition("://")[2]  # postgres:// or postgresql://, as psql takes them
+    env["CRM_SOURCE"] = f"postgresql+psycopg://{rest}"
     env["CRM_SOURCE_QUERIES"] = str(QUERIES)
 
 
