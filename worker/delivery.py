@@ -35,7 +35,14 @@ from worker.mail import compose, message_id_for
 from worker.outcome import Attempt, DeliveryResult
 from worker.pause import SendPause
 from worker.payload import webhook_message
-from worker.planning import DeliveryKey, PlannedDelivery, Related, Skip, prepare_delivery
+from worker.planning import (
+    DeliveryKey,
+    PlannedDelivery,
+    Related,
+    Skip,
+    customer_id_of,
+    prepare_delivery,
+)
 from worker.rendering import RenderedMessage, TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger
@@ -150,12 +157,10 @@ class Deliverer:
         customers = fetched.get("customer", {})
         missing = {
             customer_id
-            for entity, records in fetched.items()
-            if entity != "customer"
+            for records in fetched.values()
             for record in records.values()
             if record is not None
-            and isinstance(customer_id := record["customer_id"], str)
-            and customer_id
+            and (customer_id := customer_id_of(record))
             and customer_id not in customers
         }
         more = self._get_many("customer", missing) if missing else None

@@ -98,6 +98,15 @@ class Skip:
     key: str = ""
 
 
+def customer_id_of(record: Record) -> str | None:
+    """The id of the customer a purchase or complaint belongs to (``None`` for a customer, or
+    when the record names none)."""
+    customer_id = record["customer_id"]
+    if record.entity != "customer" and isinstance(customer_id, str) and customer_id:
+        return customer_id
+    return None
+
+
 def subject_records(
     rule: Rule,
     record: Record,
@@ -107,8 +116,8 @@ def subject_records(
     """The records a message of ``rule`` about ``record`` is built from, by entity name
     (``customers``: customers already fetched for a chunk of records, by id)."""
     records = {record.entity: record}
-    customer_id = record["customer_id"]
-    if record.entity != "customer" and isinstance(customer_id, str) and customer_id:
+    customer_id = customer_id_of(record)
+    if customer_id is not None:
         if customers is not None and customer_id in customers:
             customer = customers[customer_id]
         else:
@@ -315,10 +324,7 @@ def _plan_chunk(
     ids = {
         customer_id
         for record, passed in chunk
-        if record.entity != "customer"
-        and not screened.isdisjoint(passed)
-        and isinstance(customer_id := record["customer_id"], str)
-        and customer_id
+        if not screened.isdisjoint(passed) and (customer_id := customer_id_of(record))
     }
     customers = source.get_many("customer", ids) if ids else None
     for record, passed in chunk:
