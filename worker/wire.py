@@ -89,12 +89,24 @@ def _encoded_word(text: str) -> str:
     if _Q_BYTES is None:
         return str(_encode_word(text, charset="utf-8"))
     data = text.encode("utf-8")
-    q_length = len(data) + 2 * len(data.translate(None, _Q_SHORT))
-    groups, leftover = divmod(len(data), 3)
-    b_length = groups * 4 + (4 if leftover else 0)
-    if q_length - b_length < 5:
+    if _q_wins(_q_length(data), len(data)):
         return f"=?utf-8?q?{''.join(map(_Q_BYTES.__getitem__, data))}?="
     return f"=?utf-8?b?{base64.b64encode(data).decode('ascii')}?="
+
+
+def _q_length(data: bytes) -> int:
+    """Length of the q encoding of ``data``: three characters for each byte not in _Q_SHORT."""
+    return len(data) + 2 * len(data.translate(None, _Q_SHORT))
+
+
+def _b_length(size: int) -> int:
+    """Length of the base64 encoding of ``size`` bytes."""
+    return (size + 2) // 3 * 4
+
+
+def _q_wins(q_length: int, size: int) -> bool:
+    """The email package's choice: q unless it is five or more characters longer than b."""
+    return q_length - _b_length(size) < 5
 
 
 def _plain(value: str) -> bool:
@@ -152,14 +164,9 @@ _SPACES = re.compile("( +)")
 _WIDE_WORD = re.compile(r"((?<![^ ])[!-~]*+[^\x00-\x7f][^ ]*)")
 
 
-def _q_length(data: bytes) -> int:
-    return len(data) + 2 * len(data.translate(None, _Q_SHORT))
-
-
 def _ew_length(q_length: int, size: int) -> int:
     """``len(_encoded_word(text))`` for a text of ``size`` UTF-8 bytes and that q length."""
-    b_length = (size + 2) // 3 * 4
-    return _EW_CHROME + (q_length if q_length - b_length < 5 else b_length)
+    return _EW_CHROME + (q_length if _q_wins(q_length, size) else _b_length(size))
 
 
 def _fitting_prefix(text: str, room: int) -> int:
