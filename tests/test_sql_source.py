@@ -159,6 +159,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _unreachable_source() -> SqlSource:
+    """A PostgreSQL source at a port where nothing listens: the CRM database is down."""
+    url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{_free_port()}/crm"
+    return SqlSource(url, load_mapping(QUERIES))
+
+
 def _catalog() -> RuleCatalog:
     catalog = RuleCatalog(REPO / "rules")
     catalog.refresh()
@@ -470,11 +476,7 @@ def test_delivery_retries_while_the_database_is_down(postgres: Database, make_ru
     now = parse_instant(INSTANTS[0])
     report = runtime.scheduler.run_pass(now)
     key = report.queued[0]
-    down = SqlSource(
-        f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{_free_port()}/crm",
-        load_mapping(QUERIES),
-    )
-    outage = dataclasses.replace(runtime.deliverer, source=down)
+    outage = dataclasses.replace(runtime.deliverer, source=_unreachable_source())
     result = outage.deliver(key, as_of=now, enqueued_at=now, now=now)
     assert result.outcome == "retry" and result.retry_after == timedelta(seconds=30)
     assert runtime.ledger.get(key)["state"] == "retrying"
@@ -527,11 +529,7 @@ def test_a_batch_whose_records_cannot_be_read_retries_every_key(
     runtime = make_runtime(source=SqlSource(postgres.url, load_mapping(QUERIES)))
     now = parse_instant(INSTANTS[0])
     keys = runtime.scheduler.run_pass(now).queued
-    down = SqlSource(
-        f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{_free_port()}/crm",
-        load_mapping(QUERIES),
-    )
-    outage = dataclasses.replace(runtime.deliverer, source=down)
+    outage = dataclasses.replace(runtime.deliverer, source=_unreachable_source())
     results = deliver_batch(outage, keys, as_of=now, enqueued_at=now, now=now)
     assert {r.outcome for r in results} == {"retry"}
     assert set(runtime.ledger.states(keys).values()) == {"retrying"}
