@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -69,7 +70,7 @@ def server() -> Iterator[str]:
     admin = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:5432/postgres"
     if not _reachable(admin):
         pytest.skip("no PostgreSQL at 127.0.0.1:5432")
-    name = "crm_test_sql_screens"
+    name = f"crm_test_sql_screens_{os.getpid()}"
     with _scratch(admin, name):
         yield admin.rsplit("/", 1)[0] + "/" + name
 
