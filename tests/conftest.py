@@ -249,6 +249,16 @@ def smtp_server() -> Iterator[SmtpSink]:
     yield from _serve(pipelining=True)
 
 
+@pytest.fixture
+def smtp_env(smtp_server: SmtpSink) -> dict[str, str]:
+    """Settings that send to :func:`smtp_server` in plain text: ``make_settings(**smtp_env)``."""
+    return {
+        "CRM_SMTP_HOST": smtp_server.host,
+        "CRM_SMTP_PORT": str(smtp_server.port),
+        "CRM_SMTP_SECURITY": "none",
+    }
+
+
 @pytest.fixture(params=[True, False], ids=["pipelining", "stepwise"])
 def any_smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
     """The test SMTP server twice: offering PIPELINING, and not (commands one at a time)."""
