@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -39,15 +40,23 @@ def renderer(tmp_path: Path, subject: str = LINE) -> TemplateRenderer:
     ],
 )
 def test_formats_follow_the_customers_locale(tmp_path, locale, expected):
-    message = renderer(tmp_path).render("t", locale, CONTEXT | {"zone": "Europe/Berlin"})
+    # The customer (the reader) is in Berlin: their own time, no zone named.
+    message = renderer(tmp_path).render(
+        "t", locale, CONTEXT | {"zone": "Europe/Berlin"}, ZoneInfo("Europe/Berlin")
+    )
     assert message.text == expected
     # The subject is one clean line: non-breaking spaces become plain ones.
     assert message.subject == " ".join(expected.split())
 
 
-def test_unknown_time_zone_shows_utc(tmp_path):
-    message = renderer(tmp_path).render("t", "de", CONTEXT | {"zone": "Mars/Olympus"})
-    assert message.text.endswith("14.03.26, 08:00")
+def test_unknown_time_zone_shows_the_readers_time(tmp_path):
+    templates = renderer(tmp_path)
+    message = templates.render("t", "de", CONTEXT | {"zone": "Mars/Olympus"})
+    assert message.text.endswith("14.03.26, 08:00")  # no reader's zone given: UTC
+    message = templates.render(
+        "t", "de", CONTEXT | {"zone": "Mars/Olympus"}, ZoneInfo("Asia/Tokyo")
+    )
+    assert message.text.endswith("14.03.26, 17:00")
 
 
 @pytest.mark.parametrize(

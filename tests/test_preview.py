@@ -128,7 +128,7 @@ def test_preview_of_a_webhook_rule_shows_the_body_it_posts(tmp_path, redis_clien
     lines = result.stdout.splitlines()
     assert lines[0].startswith(
         "== complaint-sales-chat → webhook sales-chat (for m1@example.com) · template "
-        "complaint-alert · due 2026-03-14T10:00:00+00:00 · key "
+        "complaint-alert · due 2026-03-14 10:00 UTC · key "
         "complaint-sales-chat:complaint:C7:1/webhook"
     )
     assert lines[1:3] == ["Content-Type: application/json", "-- body --"]

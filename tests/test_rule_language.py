@@ -7,6 +7,7 @@ import csv
 import json
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -106,13 +107,20 @@ def world(tmp_path):
     return crm, rules
 
 
-def line(rule, key, to, due, template, locale, entity, record_id, channel="email"):
+ZONES = {"1": "Pacific/Auckland", "2": "America/Los_Angeles", "3": "Europe/Berlin"}
+
+
+def line(rule, key, to, due, template, locale, entity, record_id, customer, channel="email"):
+    zone = ZONES[customer]
     return {
         "rule": rule,
         "key": key,
         "channel": channel,
         "to": to,
         "due_at": due,
+        # When it goes out on the customer's own clock.
+        "due_local": parse_instant(due).astimezone(ZoneInfo(zone)).isoformat(),
+        "timezone": zone,
         "template": template,
         "locale": locale,
         "entity": entity,
@@ -128,19 +136,20 @@ def test_plan_json_lines_at_23_30_utc(world, tmp_path, redis_client):
     assert [json.loads(x) for x in result.stdout.splitlines()] == [
         # Anniversary and delivery: on Ana's calendar in Auckland, 10:00 NZDT = 21:00 UTC.
         line("anniversary", "anniversary:purchase:P1:1/email", "ana@example.com",
-             "2026-03-13T21:00:00Z", "purchase-anniversary", "en", "purchase", "P1"),
+             "2026-03-13T21:00:00Z", "purchase-anniversary", "en", "purchase", "P1", "1"),
         # Birthdays: Ana (Mar 14 09:00 NZDT) and Bob (Mar 13 09:00 PDT); Cy opted out.
         line("birthday", "birthday:customer:1:2026/email", "ana@example.com",
-             "2026-03-13T20:00:00Z", "birthday", "en", "customer", "1"),
+             "2026-03-13T20:00:00Z", "birthday", "en", "customer", "1", "1"),
         line("birthday", "birthday:customer:2:2026/email", "bob@example.com",
-             "2026-03-13T16:00:00Z", "birthday", "de", "customer", "2"),
-        # Bob's open complaint: a note to him and an alert to his account manager.
+             "2026-03-13T16:00:00Z", "birthday", "de", "customer", "2", "2"),
+        # Bob's open complaint: a note to him in his language, and an alert to his account
+        # manager in the internal language (CRM_DEFAULT_LOCALE here).
         line("complaint", "complaint:complaint:C1:1/customer", "bob@example.com",
-             "2026-03-13T23:30:00Z", "complaint-follow-up", "de", "complaint", "C1"),
+             "2026-03-13T23:30:00Z", "complaint-follow-up", "de", "complaint", "C1", "2"),
         line("complaint", "complaint:complaint:C1:1/escalation", "m2@example.com",
-             "2026-03-13T23:30:00Z", "complaint-escalation", "de", "complaint", "C1"),
+             "2026-03-13T23:30:00Z", "complaint-escalation", "en", "complaint", "C1", "2"),
         line("delivered", "delivered:purchase:P1:once/email", "ana@example.com",
-             "2026-03-13T21:00:00Z", "delivery-follow-up", "en", "purchase", "P1"),
+             "2026-03-13T21:00:00Z", "delivery-follow-up", "en", "purchase", "P1", "1"),
     ]  # fmt: skip
 
 
@@ -179,7 +188,8 @@ def test_plan_explains_every_rule_for_a_customer(world, make_runtime, make_setti
     bob = verdicts("2")
     assert bob[("anniversary", "purchase P3")] == (
         "not due",
-        "not the date: was due 2025-02-28T18:00:00+00:00, longer ago than 1d",
+        "not the date: was due 2025-02-28 10:00 America/Los_Angeles (18:00 UTC), longer ago "
+        "than 1d",
     )
     assert bob[("delivered", "purchase P3")] == (
         "no data",
@@ -275,7 +285,9 @@ def test_complaint_follow_up_reaches_customer_and_account_manager(
     customer_mail = by_recipient["bob@example.com"]
     alert = by_recipient["m2@example.com"]
     assert "Late delivery" in customer_mail["Subject"] or "Late delivery" in alert["Subject"]
-    assert alert["Subject"].startswith("Reklamation C1 noch offen (Erinnerung 1)")
+    # Bob reads German; his account manager reads the internal language (README, "Dates and
+    # time zones": a message is written for its reader).
+    assert alert["Subject"].startswith("Complaint C1 still open (follow-up 1)")
     assert alert["List-Unsubscribe"] is None  # an internal alert is no subscription
     assert alert["To"] == "m2@example.com"  # not addressed by the customer's name
     follow_ups = [

@@ -40,6 +40,7 @@ from worker.planning import (
     PlannedDelivery,
     Related,
     Skip,
+    StaffReader,
     customer_id_of,
     prepare_delivery,
 )
@@ -54,6 +55,7 @@ from worker.unsubscribe import NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
 
 log = logging.getLogger(__name__)
 
+_UTC = ZoneInfo("UTC")
 #: A due time this far after the pass instant still counts as "due" (clock skew between hosts).
 DUE_TOLERANCE = timedelta(minutes=5)
 
@@ -82,6 +84,13 @@ class Deliverer:
     pause: SendPause | None = None
     delivery_log: DeliveryLog | None = None
     retry_backoff: timedelta = RETRY_BACKOFF_FIRST
+    #: Language and zone of internal mail whose send step names none (default: UTC, the
+    #: default locale).
+    staff: StaffReader | None = None
+
+    def reader(self, planned: PlannedDelivery) -> tuple[str | None, ZoneInfo]:
+        """The language and zone ``planned`` is written in (:meth:`PlannedDelivery.reader`)."""
+        return planned.reader(self.default_zone, self.staff or StaffReader(None, _UTC))
 
     def deliver(
         self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
@@ -328,8 +337,13 @@ class Deliverer:
         if planned.action.channel == "webhook":
             links = self.unsubscribe_links(planned)
             unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT
+            locale, zone = self.reader(planned)
             return webhook_message(
-                self.renderer, planned, {**planned.context, "unsubscribe": unsubscribe}
+                self.renderer,
+                planned,
+                {**planned.context, "unsubscribe": unsubscribe},
+                locale=locale,
+                zone=zone,
             )
         return self.build(planned, now)[1]
 
@@ -346,7 +360,8 @@ class Deliverer:
             **planned.context,
             "unsubscribe": links.as_context() if links else NO_LINKS_CONTEXT,
         }
-        message = self.renderer.render(planned.action.template, planned.locale, context)
+        locale, zone = self.reader(planned)
+        message = self.renderer.render(planned.action.template, locale, context, zone)
         message_id = message_id_for(planned.key, self.sender_domain)
         data = compose(
             message,

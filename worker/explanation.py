@@ -25,11 +25,12 @@ from zoneinfo import ZoneInfo
 from worker.contact_policy import ContactPolicy, counted
 from worker.events import EventLog
 from worker.ledger import Ledger
+from worker.localtime import describe_local
 from worker.planning import Related, Skip, occurrences, prepare_delivery, subjects
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, format_duration
 from worker.sources.base import Source
-from worker.triggers import NotApplicable, TriggerWindow
+from worker.triggers import NotApplicable, Occurrence, TriggerWindow
 
 Verdict = Literal["disabled", "no data", "not due", "skipped", "already", "capped", "due"]
 
@@ -135,8 +136,12 @@ class Explainer:
                         rule.id, where, "capped", self.contact_policy.reason(), item.key, item.to
                     )
                     continue
-                reason = f"due {occurrence.due_at.isoformat()}"
+                reason = f"due {self._local(occurrence)}"
                 yield Explanation(rule.id, where, "due", reason, item.key, item.to)
+
+    def _local(self, occurrence: Occurrence) -> str:
+        """The occurrence's calendar date and send time on the customer's clock, and UTC."""
+        return describe_local(occurrence.due_at, occurrence.zone or self.default_zone)
 
     def _not_due(self, rule: Rule, subject: Related, now: datetime) -> str:
         if subject.event is not None:
@@ -148,7 +153,7 @@ class Explainer:
         except NotApplicable as exc:
             return exc.reason
         if ahead:
-            return f"not the date: next due {ahead[0].due_at.isoformat()}"
+            return f"not the date: next due {self._local(ahead[0])}"
         grace = format_duration(rule.grace)
         try:
             past = occurrences(
@@ -157,7 +162,7 @@ class Explainer:
         except NotApplicable as exc:
             return exc.reason
         if past:
-            return f"not the date: was due {past[-1].due_at.isoformat()}, longer ago than {grace}"
+            return f"not the date: was due {self._local(past[-1])}, longer ago than {grace}"
         field = getattr(rule.trigger.spec, "field", "")
         if field and subject.record[field.partition(".")[2]] in (None, ""):
             return f"no {field} yet"

@@ -42,6 +42,50 @@ def local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
+def later_on_calendar(
+    start: date | datetime, delay: timedelta, zone: ZoneInfo, at: time | None = None
+) -> datetime:
+    """The instant ``delay`` after ``start``, counted on the calendar of ``zone``.
+
+    Whole days are calendar days: the same wall-clock time that many days later, whatever a
+    DST change in between did to the length of a day; what is left of ``delay`` (hours,
+    minutes) is elapsed time on top. A calendar date (a ``date``) starts at local midnight.
+    With ``at``, the result is that local time on the day the delay ends.
+
+    >>> la = ZoneInfo("America/Los_Angeles")
+    >>> later_on_calendar(date(2026, 2, 28), timedelta(days=7), la, time(10))
+    datetime.datetime(2026, 3, 7, 18, 0, tzinfo=datetime.timezone.utc)
+    >>> later_on_calendar(datetime(2026, 3, 7, 18, tzinfo=UTC), timedelta(days=2), la)
+    datetime.datetime(2026, 3, 9, 17, 0, tzinfo=datetime.timezone.utc)
+    """
+    if isinstance(start, datetime):
+        local = (start if start.tzinfo else start.replace(tzinfo=UTC)).astimezone(zone)
+        day, wall = local.date(), local.time()  # time() keeps the fold of a repeated hour
+    else:
+        day, wall = start, time(0)
+    whole = timedelta(days=delay.days)
+    due = local_instant(day + whole, wall, zone) + (delay - whole)
+    if at is not None:
+        due = local_instant(due.astimezone(zone).date(), at, zone)
+    return due
+
+
+def describe_local(instant: datetime, zone: ZoneInfo) -> str:
+    """``instant`` as the people it is for read it: the local date and time, the zone named,
+    and UTC beside it (``2027-02-28 10:00 America/Los_Angeles (18:00 UTC)``).
+
+    >>> describe_local(datetime(2027, 2, 28, 18, tzinfo=UTC), ZoneInfo("America/Los_Angeles"))
+    '2027-02-28 10:00 America/Los_Angeles (18:00 UTC)'
+    """
+    local = instant.astimezone(zone)
+    utc = instant.astimezone(UTC)
+    shown = f"{local:%Y-%m-%d %H:%M} {zone.key}"
+    if zone.key in ("UTC", "Etc/UTC"):
+        return shown
+    other = f"{utc:%H:%M}" if utc.date() == local.date() else f"{utc:%Y-%m-%d %H:%M}"
+    return f"{shown} ({other} UTC)"
+
+
 def in_send_window(instant: datetime, start: time, end: time, zone: ZoneInfo) -> datetime:
     """``instant`` if its local time in ``zone`` is within ``[start, end)``, else the next
     local ``start`` (quiet hours). ``start`` after ``end`` is a window across midnight.

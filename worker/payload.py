@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from worker.channels.base import Outgoing
 from worker.errors import TemplateError
@@ -36,12 +37,17 @@ class Payload:
 
 
 def render_payload(
-    renderer: TemplateRenderer, name: str, locale: str | None, context: Mapping[str, Any]
+    renderer: TemplateRenderer,
+    name: str,
+    locale: str | None,
+    context: Mapping[str, Any],
+    zone: ZoneInfo | None = None,
 ) -> Payload:
-    """The webhook body of template ``name``; :class:`TemplateError` if it cannot be made."""
+    """The webhook body of template ``name`` for a reader in ``locale`` and ``zone``;
+    :class:`TemplateError` if it cannot be made."""
     chosen = renderer.resolve_locale(name, locale)
     if (renderer.templates_dir / name / chosen / WEBHOOK_JSON).is_file():
-        text = renderer.render_part(name, chosen, WEBHOOK_JSON, context)
+        text = renderer.render_part(name, chosen, WEBHOOK_JSON, context, zone)
         try:
             json.loads(text)
         except ValueError as exc:
@@ -50,15 +56,21 @@ def render_payload(
                 f"does not render to valid JSON ({exc}); insert values with | tojson",
             ) from None
         return Payload(text.encode("utf-8"), "application/json")
-    text = renderer.render_part(name, chosen, WEBHOOK_TEXT, context)
+    text = renderer.render_part(name, chosen, WEBHOOK_TEXT, context, zone)
     return Payload(text.encode("utf-8"), "text/plain; charset=utf-8")
 
 
 def webhook_message(
-    renderer: TemplateRenderer, planned: PlannedDelivery, context: Mapping[str, Any]
+    renderer: TemplateRenderer,
+    planned: PlannedDelivery,
+    context: Mapping[str, Any],
+    *,
+    locale: str | None,
+    zone: ZoneInfo | None,
 ) -> Outgoing:
-    """The request a webhook delivery posts: its body, to the endpoint its rule names."""
-    payload = render_payload(renderer, planned.action.template, planned.locale, context)
+    """The request a webhook delivery posts: its body, written for a reader in ``locale`` and
+    ``zone``, to the endpoint its rule names."""
+    payload = render_payload(renderer, planned.action.template, locale, context, zone)
     return Outgoing(
         key=planned.key,
         channel=planned.action.channel,

@@ -67,6 +67,15 @@ class DeliveryKey:
 
 
 @dataclass(frozen=True)
+class StaffReader:
+    """Language and time zone of internal mail (alerts to account managers) whose send step
+    names none: ``CRM_INTERNAL_LOCALE`` / ``CRM_INTERNAL_TIMEZONE``."""
+
+    locale: str | None
+    zone: ZoneInfo
+
+
+@dataclass(frozen=True)
 class PlannedDelivery:
     """A message that is due: who gets which template, through which channel, and when."""
 
@@ -75,12 +84,23 @@ class PlannedDelivery:
     action: SendAction
     to: str
     recipient_name: str
+    #: The reader's language and time zone: the customer's own for a message to the customer;
+    #: the send step's ``locale:``/``timezone:`` for staff, None meaning the internal defaults
+    #: (CRM_INTERNAL_LOCALE / CRM_INTERNAL_TIMEZONE), applied where the message is written.
     locale: str | None
     context: Mapping[str, object]
+    zone: ZoneInfo | None = None
 
     @property
     def rule_id(self) -> str:
         return self.occurrence.rule_id
+
+    def reader(self, default_zone: ZoneInfo, staff: StaffReader) -> tuple[str | None, ZoneInfo]:
+        """The language and zone this message is written in: the customer's (their zone, else
+        ``default_zone``), or for staff the send step's, else ``staff``'s defaults."""
+        if self.action.to_customer:
+            return self.locale, self.zone or default_zone
+        return self.locale or staff.locale, self.zone or staff.zone
 
     @property
     def due_at(self) -> datetime:
@@ -195,11 +215,15 @@ def prepare_delivery(
         return skip(f"{action.to}: {exc.reason} ({exc.address!r})")
     customer = context.get("customer")
     name_parts = []
-    locale = None
-    if isinstance(customer, Mapping) and action.to_customer:
-        name_parts = [str(customer.get(f) or "") for f in ("first_name", "last_name")]
-    if isinstance(customer, Mapping):
-        locale = str(customer.get("locale") or "") or None
+    if action.to_customer:
+        # A message is written for its reader: the customer's language and calendar.
+        locale, zone = None, occurrence.zone
+        if isinstance(customer, Mapping):
+            name_parts = [str(customer.get(f) or "") for f in ("first_name", "last_name")]
+            locale = str(customer.get("locale") or "") or None
+    else:
+        locale = action.locale
+        zone = ZoneInfo(action.timezone) if action.timezone else None
     return PlannedDelivery(
         key=key,
         occurrence=occurrence,
@@ -208,6 +232,7 @@ def prepare_delivery(
         recipient_name=" ".join(p for p in name_parts if p),
         locale=locale,
         context=context,
+        zone=zone,
     )
 
 

@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email import message_from_bytes
+from zoneinfo import ZoneInfo
 
 from worker.addresses import normalize_recipient
 from worker.channels.base import Outgoing, Receipt
 from worker.delivery import Deliverer
 from worker.errors import PreviewError
+from worker.localtime import describe_local
 from worker.planning import (
     PlannedDelivery,
     Related,
@@ -38,7 +40,7 @@ from worker.planning import (
 from worker.rendering import RenderedMessage
 from worker.rules.models import Rule
 from worker.sources.base import Record
-from worker.triggers import NotApplicable, Occurrence, TriggerWindow
+from worker.triggers import NotApplicable, Occurrence, TriggerWindow, record_zone
 from worker.unsubscribe import PREVIEW_CHANNEL
 
 
@@ -128,19 +130,22 @@ def _occurrence(
 ) -> tuple[Occurrence, str]:
     """The occurrence due at ``now``, else a stand-in dated ``now`` with a note saying so."""
     window = TriggerWindow(now - rule.grace, now)
+    related = Related(rule, record, deliverer.source)
+    # A stand-in is still written on the customer's calendar.
+    zone = record_zone(related.customer() or record, deliverer.default_zone)
+    stand_in = Occurrence(rule.id, record.entity, record.id, "preview", now, zone)
     try:
-        due = occurrences(
-            rule, Related(rule, record, deliverer.source), window, deliverer.default_zone
-        )
+        due = occurrences(rule, related, window, deliverer.default_zone)
     except NotApplicable as exc:
         note = f"the rule would not fire for this record ({exc.reason}); shown as if due now"
-        return Occurrence(rule.id, record.entity, record.id, "preview", now), note
+        return stand_in, note
     if due:
         return due[-1], ""
     note = f"not due at {now.isoformat()}; shown as if it were (use --now to pick the day)"
-    return Occurrence(rule.id, record.entity, record.id, "preview", now), note
+    return stand_in, note
 
 
+_UTC = ZoneInfo("UTC")
 #: Headers of a mail that a preview shows.
 PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Message-ID", "List-Unsubscribe")
 
@@ -149,7 +154,8 @@ def describe(item: Preview) -> str:
     """The preview as text: a summary line, the note, then the mail's headers and parts, or
     the webhook's body exactly as it is posted."""
     planned, message, outgoing = item.planned, item.message, item.outgoing
-    due = f"due {planned.due_at.isoformat()} · key {planned.key}"
+    zone = planned.occurrence.zone or _UTC
+    due = f"due {describe_local(planned.due_at, zone)} · key {planned.key}"
     note = [f"note: {item.note}"] if item.note else []
     if message is None:
         body = outgoing.data.decode("utf-8", "replace")

@@ -37,6 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from babel import Locale
 from jinja2 import (
@@ -273,17 +274,30 @@ class TemplateRenderer:
             name, f"no {self.templates_dir / name}/<locale>/ folder for {locale!r} or the default"
         )
 
-    def render(self, name: str, locale: str | None, context: Mapping[str, Any]) -> RenderedMessage:
-        """Render subject, text and HTML; raise :class:`TemplateError` if any part fails."""
-        chosen, parts = self._render_parts(name, locale, PARTS, context)
+    def render(
+        self,
+        name: str,
+        locale: str | None,
+        context: Mapping[str, Any],
+        zone: ZoneInfo | None = None,
+    ) -> RenderedMessage:
+        """Render subject, text and HTML for a reader in ``locale`` and ``zone`` (dates and
+        times are shown there; UTC when None); raise :class:`TemplateError` if any part
+        fails."""
+        chosen, parts = self._render_parts(name, locale, PARTS, context, zone)
         return RenderedMessage(name, chosen, clean_subject(parts[0]), parts[1], parts[2])
 
     def render_part(
-        self, name: str, locale: str | None, part: str, context: Mapping[str, Any]
+        self,
+        name: str,
+        locale: str | None,
+        part: str,
+        context: Mapping[str, Any],
+        zone: ZoneInfo | None = None,
     ) -> str:
         """One file of template ``name`` (e.g. ``webhook.json.j2``) in the locale chosen by
         fallback, within the same sandbox, deadline and size limits as :meth:`render`."""
-        return self._render_parts(name, locale, (part,), context)[1][0]
+        return self._render_parts(name, locale, (part,), context, zone)[1][0]
 
     def _choose(self, name: str, locale: str | None) -> tuple[str, Locale]:
         """The locale folder for ``locale`` (:meth:`resolve_locale`, which lists the folders)
@@ -304,12 +318,17 @@ class TemplateRenderer:
         return chosen, formatting
 
     def _render_parts(
-        self, name: str, locale: str | None, parts: tuple[str, ...], context: Mapping[str, Any]
+        self,
+        name: str,
+        locale: str | None,
+        parts: tuple[str, ...],
+        context: Mapping[str, Any],
+        zone: ZoneInfo | None,
     ) -> tuple[str, list[str]]:
         """The locale chosen by fallback and ``parts`` rendered in it, under one deadline."""
         chosen, formatting = self._choose(name, locale)
         try:
-            return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+            return chosen, self._render_in(f"{name}/{chosen}", formatting, zone, parts, context)
         except TemplateError:
             if (self.templates_dir / name / chosen).is_dir():
                 raise
@@ -317,10 +336,15 @@ class TemplateRenderer:
         # choose again from the disk, as a message rendered without a remembered choice would.
         self._chosen.pop((name, locale), None)
         chosen, formatting = self._choose(name, locale)
-        return chosen, self._render_in(f"{name}/{chosen}", formatting, parts, context)
+        return chosen, self._render_in(f"{name}/{chosen}", formatting, zone, parts, context)
 
     def _render_in(
-        self, folder: str, formatting: Locale, parts: tuple[str, ...], context: Mapping[str, Any]
+        self,
+        folder: str,
+        formatting: Locale,
+        zone: ZoneInfo | None,
+        parts: tuple[str, ...],
+        context: Mapping[str, Any],
     ) -> list[str]:
         """``parts`` of ``folder`` (``name/locale``) rendered under one deadline."""
         deadline = _Deadline(RENDER_DEADLINE_S)
@@ -329,7 +353,7 @@ class TemplateRenderer:
             # What Template.generate() gives every part, built once for all of them: the
             # environment's globals overridden by the context (templates only read it).
             variables = dict(self.env.globals, **context)
-            with formatting_locale(formatting):
+            with formatting_locale(formatting, zone):
                 return [
                     self._render_part(f"{folder}/{part}", variables, deadline) for part in parts
                 ]

@@ -36,7 +36,7 @@ from worker.localtime import utc_now
 from worker.metrics import QueueMetrics
 from worker.metrics import serve as serve_metrics
 from worker.pause import SendPause
-from worker.planning import event_rules
+from worker.planning import StaffReader, event_rules
 from worker.rendering import TemplateRenderer
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
@@ -169,6 +169,16 @@ class Runtime:
             pause=self.pause,
             delivery_log=self.delivery_log,
             retry_backoff=timedelta(seconds=s.retry_backoff_s),
+            staff=self.staff,
+        )
+
+    @cached_property
+    def staff(self) -> StaffReader:
+        """Language and zone of internal mail whose send step names none."""
+        s = self.settings
+        return StaffReader(
+            s.internal_locale or s.default_locale,
+            ZoneInfo(s.internal_timezone) if s.internal_timezone else self.default_zone,
         )
 
     @cached_property

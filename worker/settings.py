@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(default=Path("templates"), description="Jinja templates.")
     timezone: str = Field(default="UTC", description="Time zone of customers without one.")
     default_locale: str = Field(default="en", description="Last step of the locale fallback.")
+    internal_locale: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$",
+        description="Language of internal mail (alerts to account managers) when the send step "
+        "names none. Unset: default_locale.",
+    )
+    internal_timezone: str | None = Field(
+        default=None,
+        description="Time zone of internal mail when the send step names none. Unset: timezone.",
+    )
 
     smtp_host: str | None = Field(default=None, description="Unset: mail goes to outbox_dir.")
     smtp_port: int | None = Field(
@@ -199,9 +209,11 @@ class Settings(BaseSettings):
         # reading os.environ here as well would let the real environment leak into them.
         return (init_settings, dotenv_settings)
 
-    @field_validator("timezone")
+    @field_validator("timezone", "internal_timezone")
     @classmethod
-    def _known_timezone(cls, value: str) -> str:
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -17,7 +17,11 @@ unresolved      opened + ``after`` + (n-1) × ``every``      the follow-up numbe
 event           when the CRM event happened                 the event id
 ==============  ==========================================  ==================================
 
-A rule's ``send_window`` then moves a due time outside the window to the next opening.
+Every date is read on the customer's own calendar (README, "Dates and time zones"): a calendar
+date (a ``date``, e.g. ``2026-02-28``) is that day in the customer's zone, an instant (an aware
+``datetime``) falls on the customer's local date, and whole days of a delay are calendar days
+there (:func:`~worker.localtime.later_on_calendar`). A rule's ``send_window`` then moves a due
+time outside the window to the next opening.
 
 Example::
 
@@ -39,13 +43,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from worker.events import Event
 from worker.localtime import (
     in_send_window,
+    later_on_calendar,
     local_instant,
     parse_instant,
     yearly_date,
@@ -82,6 +87,9 @@ class Occurrence:
     record_id: str
     tag: str
     due_at: datetime
+    #: The customer's zone the due time was found in (their local date and hour); the zone a
+    #: message to the customer is written in. Not part of the occurrence's identity.
+    zone: ZoneInfo | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -150,14 +158,6 @@ def _record_date(record: Record, name: str) -> date:
     return value.date() if isinstance(value, datetime) else value
 
 
-def _record_instant(record: Record, name: str, zone: Callable[[], ZoneInfo]) -> datetime:
-    """A datetime field as is; a bare date is the start of that day in the customer's zone."""
-    value = _record_value(record, name)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return local_instant(value, time(0), zone())
-
-
 def record_zone(record: Record, default: ZoneInfo) -> ZoneInfo:
     """The customer's time zone, or ``default`` when missing or unknown."""
     zone = record["timezone"]
@@ -216,7 +216,7 @@ def _yearly_occurrence(
         tag = str(year)
     day = yearly_date(origin.month, origin.day, year, spec.feb29)
     due = _windowed(rule, local_instant(day, spec.at, zone()), zone)
-    return Occurrence(rule.id, record.entity, record.id, tag, due)
+    return Occurrence(rule.id, record.entity, record.id, tag, due, zone())
 
 
 def _local_origin(
@@ -256,10 +256,8 @@ def _yearly(
 
 
 def _after_due(rule: Rule, spec: AfterTrigger, record: Record, zone: _Zone) -> datetime:
-    due = _record_instant(record, field_name(spec.field), zone) + spec.delay
-    if spec.at is not None:
-        due = local_instant(due.astimezone(zone()).date(), spec.at, zone())
-    return _windowed(rule, due, zone)
+    start = _record_value(record, field_name(spec.field))
+    return _windowed(rule, later_on_calendar(start, spec.delay, zone(), spec.at), zone)
 
 
 def _after_far(rule: Rule, spec: AfterTrigger, value: date, window: TriggerWindow) -> bool:
@@ -280,13 +278,13 @@ def _after(
     due = _after_due(rule, spec, record, zone)
     if not window.contains(due):
         return []
-    return [Occurrence(rule.id, record.entity, record.id, ONCE_TAG, due)]
+    return [Occurrence(rule.id, record.entity, record.id, ONCE_TAG, due, zone())]
 
 
 # -- unresolved: follow-ups while a case is open ---------------------------------------------
 
 
-def _resolved_at(record: Record, spec: UnresolvedTrigger) -> datetime | None:
+def _resolved_at(record: Record, spec: UnresolvedTrigger, zone: _Zone) -> datetime | None:
     name = field_name(spec.resolved)
     if record.problems.get(name):
         # Unknown whether the case is closed: do not chase a customer who may be satisfied.
@@ -297,20 +295,21 @@ def _resolved_at(record: Record, spec: UnresolvedTrigger) -> datetime | None:
     if isinstance(value, datetime):
         return value
     if isinstance(value, date):
-        return datetime.combine(value, time(0), UTC)
+        return local_instant(value, time(0), zone())  # resolved that day: from its start
     raise NotApplicable(f"{name} {value!r} is not a date")
 
 
 def _follow_up(
     rule: Rule, spec: UnresolvedTrigger, record: Record, number: int, zone: _Zone
 ) -> Occurrence:
-    opened = _record_instant(record, field_name(spec.field), zone)
-    due = opened + spec.after + (number - 1) * (spec.every or timedelta(0))
-    return Occurrence(rule.id, record.entity, record.id, str(number), _windowed(rule, due, zone))
+    opened = _record_value(record, field_name(spec.field))
+    delay = spec.after + (number - 1) * (spec.every or timedelta(0))
+    due = _windowed(rule, later_on_calendar(opened, delay, zone()), zone)
+    return Occurrence(rule.id, record.entity, record.id, str(number), due, zone())
 
 
-def _check_open(record: Record, spec: UnresolvedTrigger, now: datetime) -> None:
-    resolved = _resolved_at(record, spec)
+def _check_open(record: Record, spec: UnresolvedTrigger, now: datetime, zone: _Zone) -> None:
+    resolved = _resolved_at(record, spec, zone)
     if resolved is not None and resolved <= now:
         raise NotApplicable(f"{record.entity} {record.id} was resolved at {resolved.isoformat()}")
 
@@ -318,14 +317,22 @@ def _check_open(record: Record, spec: UnresolvedTrigger, now: datetime) -> None:
 def _unresolved(
     rule: Rule, spec: UnresolvedTrigger, record: Record, window: TriggerWindow, zone: _Zone
 ) -> list[Occurrence]:
-    _record_value(record, field_name(spec.field))  # a missing open date is a reason to skip
+    opened = _record_value(record, field_name(spec.field))  # missing: a reason to skip
+    # Calendar days move a follow-up by at most a DST change from the elapsed delay, and a
+    # calendar date's local midnight by at most 14 hours from UTC's: follow-ups far from the
+    # window in any zone are dropped before the customer's zone is looked up (one lookup per
+    # open complaint of a large CRM would be the cost of every pass).
+    start = opened if isinstance(opened, datetime) else datetime.combine(opened, time(0), UTC)
+    every = spec.every or timedelta(0)
+    padding = _slack(rule) + _ONE_DAY
     found = [
         occurrence
         for number in range(1, spec.times + 1)
-        if window.contains((occurrence := _follow_up(rule, spec, record, number, zone)).due_at)
+        if _near(start + spec.after + (number - 1) * every, window, padding)
+        and window.contains((occurrence := _follow_up(rule, spec, record, number, zone)).due_at)
     ]
     if found:
-        _check_open(record, spec, window.end)
+        _check_open(record, spec, window.end, zone)
     return found
 
 
@@ -435,7 +442,7 @@ def event_occurrence(
     (moved into the rule's send window, in the customer's time zone)."""
     zone = _Zone(event.as_record(), default_zone, customer)
     due = _windowed(rule, event.at, zone)
-    return Occurrence(rule.id, event.entity, event.record_id, event.id, due)
+    return Occurrence(rule.id, event.entity, event.record_id, event.id, due, zone())
 
 
 def occurrence_for_tag(
@@ -466,14 +473,13 @@ def occurrence_for_tag(
     if isinstance(spec, AfterTrigger):
         if tag != ONCE_TAG:
             return None
-        return Occurrence(
-            rule.id, record.entity, record.id, tag, _after_due(rule, spec, record, zone)
-        )
+        due = _after_due(rule, spec, record, zone)
+        return Occurrence(rule.id, record.entity, record.id, tag, due, zone())
     if isinstance(spec, UnresolvedTrigger):
         if not tag.isdigit() or not 1 <= int(tag) <= spec.times:
             return None
         occurrence = _follow_up(rule, spec, record, int(tag), zone)
-        _check_open(record, spec, now or occurrence.due_at)
+        _check_open(record, spec, now or occurrence.due_at, zone)
         return occurrence
     if event is None or event.id != tag or event.record_id != record.id:
         return None

@@ -31,7 +31,7 @@ from worker.errors import (
     SourceError,
     TemplateError,
 )
-from worker.localtime import utc_now
+from worker.localtime import describe_local, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.preview import Preview, build_previews, describe, send_test_copy
 from worker.rules.loader import rule_json_schema
@@ -115,7 +115,8 @@ def plan_command(
             if isinstance(item, PlannedDelivery):
                 planned.append(item)
                 if as_json:
-                    out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
+                    line = _plan_json(item, runtime)
+                    out.print(json.dumps(line, ensure_ascii=False), markup=False)
             elif explain:
                 skips.append(item)
                 if as_json:
@@ -126,16 +127,16 @@ def plan_command(
     if as_json:
         return
     table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
-    for column in ("rule", "due at (UTC)", "channel", "to", "template", "locale", "key"):
+    for column in ("rule", "due (customer's time)", "channel", "to", "template", "locale", "key"):
         table.add_column(column)
     for item in planned:
         table.add_row(
             item.rule_id,
-            item.due_at.strftime("%Y-%m-%d %H:%M"),
+            describe_local(item.due_at, item.occurrence.zone or runtime.default_zone),
             item.action.channel,
             item.to,
             item.action.template,
-            item.locale or "",
+            item.reader(runtime.default_zone, runtime.staff)[0] or "",
             item.key,
         )
     out.print(table)
@@ -177,15 +178,18 @@ def _explain_customer(
     out.print(table)
 
 
-def _plan_json(item: PlannedDelivery) -> dict[str, Any]:
+def _plan_json(item: PlannedDelivery, runtime: Runtime) -> dict[str, Any]:
+    zone = item.occurrence.zone or runtime.default_zone
     return {
         "rule": item.rule_id,
         "key": item.key,
         "channel": item.action.channel,
         "to": item.to,
         "due_at": item.due_at.isoformat().replace("+00:00", "Z"),
+        "due_local": item.due_at.astimezone(zone).isoformat(),
+        "timezone": zone.key,
         "template": item.action.template,
-        "locale": item.locale,
+        "locale": item.reader(runtime.default_zone, runtime.staff)[0],
         "entity": item.occurrence.entity,
         "record_id": item.occurrence.record_id,
     }

@@ -44,10 +44,12 @@ from pydantic import (
 )
 
 from worker.constants import DEFAULT_GRACE, EVENT_TTL
+from worker.localtime import is_known_zone
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FIELD_PATH_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$"
 EVENT_TYPE_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_.-]*$"
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
 
 #: Customer fields that hold a member of staff's address: messages to them are internal alerts
 #: (no unsubscribe link, not counted by the contact cap, not addressed by the customer's name).
@@ -293,9 +295,32 @@ class SendAction(_Strict):
     )
     template: str = Field(pattern=SLUG_PATTERN, description="Folder under templates/.")
     to: str = Field(pattern=FIELD_PATH_PATTERN, description="Field holding the address.")
+    locale: str | None = Field(
+        default=None,
+        pattern=LOCALE_PATTERN,
+        description="Language of an internal message (to staff), e.g. de; default "
+        "CRM_INTERNAL_LOCALE. A customer always reads their own language.",
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="Time zone dates and times of an internal message are shown in, e.g. "
+        "Europe/Berlin; default CRM_INTERNAL_TIMEZONE. A customer reads their own zone.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None and not is_known_zone(value):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like Europe/Berlin")
+        return value
 
     @model_validator(mode="after")
     def _webhook_named(self) -> SendAction:
+        if self.to_customer and (self.locale is not None or self.timezone is not None):
+            raise ValueError(
+                "'locale:' and 'timezone:' are for messages to staff; a customer reads their "
+                "own language and zone (customer.locale, customer.timezone)"
+            )
         if self.channel == "webhook" and self.webhook is None:
             raise ValueError("a webhook message names its endpoint: add 'webhook: <name>'")
         if self.channel != "webhook" and self.webhook is not None:

@@ -34,9 +34,14 @@ def _parse_date(text: str) -> date:
     return date.fromisoformat(text)
 
 
-def _parse_datetime(text: str) -> datetime:
-    # A bare date is midnight UTC; a datetime without offset is UTC (the CRM export convention).
-    value = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+def _parse_datetime(text: str) -> date | datetime:
+    """A date field of a record that may be a calendar date or an instant (README, "Dates and
+    time zones"): a bare date (``2026-02-28``) is a calendar date, that day in the customer's
+    own zone, and stays a ``date``; a value with a time is an instant in UTC, and one without
+    an offset is read as UTC (the CRM export convention, as for a SQL ``TIMESTAMP``)."""
+    if len(text) == 10:
+        return date.fromisoformat(text)
+    value = datetime.fromisoformat(text.replace(" ", "T", 1))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -147,16 +152,16 @@ def parse_native(
     types it, where ``text`` writes the value as a CSV export would (a ``date``/``datetime`` as
     ISO 8601). The date and time values a pass screens on every row skip the text: a datetime
     is the same instant in UTC, one without offset read as UTC (as :func:`_parse_datetime`
-    reads the text), a date is midnight UTC; exactly the values the text gives. Anything else
-    goes through the text."""
+    reads the text), a date stays the calendar date it is; exactly the values the text gives.
+    Anything else goes through the text."""
     # type() is, not isinstance: a datetime is a date, and a subclass may write other text.
     if parser is _parse_datetime:
         if type(value) is datetime:
             if value.utcoffset() is None:  # isoformat() writes no offset: read as UTC
                 return value.replace(tzinfo=UTC, fold=0), None
             return value.astimezone(UTC), None
-        if type(value) is date:
-            return datetime(value.year, value.month, value.day, tzinfo=UTC), None
+        if type(value) is date:  # a SQL DATE: a calendar date, as its text would be
+            return value, None
     elif parser is _parse_date and type(value) is date:
         return value, None  # date.fromisoformat(value.isoformat()) == value
     if value is None:
