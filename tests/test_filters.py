@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.errors import TemplateError
+from worker.filters import babel_locale, formatting_locale, greeting, in_language, plural, quoted
 from worker.rendering import TemplateRenderer
 
 LINE = (
@@ -72,3 +73,46 @@ def test_unknown_time_zone_shows_the_readers_time(tmp_path):
 def test_bad_values_fail_the_message_with_a_reason(tmp_path, template, context, reason):
     with pytest.raises(TemplateError, match=reason):
         renderer(tmp_path, template).render("t", "de", context)
+
+
+@pytest.mark.parametrize(
+    ("locale", "customer", "expected"),
+    [
+        ("de", {"first_name": "Jürgen", "last_name": "Müller"}, "Guten Tag Jürgen Müller,"),
+        ("de-CH", {"first_name": "Jürgen", "last_name": None}, "Hallo Jürgen,"),
+        ("de", {"first_name": " ", "last_name": "Müller"}, "Guten Tag,"),
+        ("en", {"first_name": "Ann", "last_name": "Lee"}, "Dear Ann,"),
+        ("en", {}, "Hello,"),  # a CRM without name columns
+        ("es-MX", {"first_name": "Ana"}, "Hola, Ana:"),
+        ("es", {"first_name": None}, "Hola:"),
+        ("fr", {"first_name": "Zoé"}, "Dear Zoé,"),  # no French forms: the English ones
+    ],
+)
+def test_greeting_fits_the_data_and_the_language(locale, customer, expected):
+    with formatting_locale(babel_locale([locale])):
+        assert greeting(customer) == expected
+
+
+@pytest.mark.parametrize(
+    ("locale", "one", "three", "quote"),
+    [
+        ("en", "one year ago", "3 years ago", "“Road bike”"),
+        ("de", "vor einem Jahr", "vor 3 Jahren", "„Road bike“"),
+        ("de-CH", "vor einem Jahr", "vor 3 Jahren", "«Road bike»"),
+        ("es-MX", "hace un año", "hace 3 años", "«Road bike»"),
+    ],
+)
+def test_plural_and_quotes_follow_the_readers_language(locale, one, three, quote):
+    forms = {
+        "en": ("one year ago", "# years ago"),
+        "de": ("vor einem Jahr", "vor # Jahren"),
+        "es": ("hace un año", "hace # años"),
+    }[locale[:2]]
+    with formatting_locale(babel_locale([locale])):
+        assert plural("1", *forms) == one
+        assert plural(3, *forms) == three
+        assert quoted("Road bike") == quote
+        assert quoted(None) == ""
+        product = {"product": "Road bike", "product_de": "Rennrad", "product_de_ch": "Velo"}
+        expected = {"de": "Rennrad", "de-CH": "Velo"}.get(locale, quote)
+        assert in_language(product, "product") == expected

@@ -46,7 +46,7 @@ def test_preview_shows_the_real_message_and_sends_only_a_test_copy(
     assert "Subject: Alles Gute zum Geburtstag, Jürgen!" in result.stdout
     assert "To: Jürgen <j@example.de>" in result.stdout
     assert f"Message-ID: {message_id_for(key, 'shop.example.com')}" in result.stdout
-    assert "-- text --\nLiebe(r) Jürgen," in result.stdout
+    assert "-- text --\nHallo Jürgen," in result.stdout
     assert '<html lang="de">' in result.stdout
     assert html_file.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
@@ -138,3 +138,37 @@ def test_preview_of_a_webhook_rule_shows_the_body_it_posts(tmp_path, redis_clien
     }
     assert "T0KEN" not in result.stdout + result.stderr
     assert "webhook posts get no test copy" in result.stderr
+
+
+def test_preview_html_writes_every_mail_of_the_rule(tmp_path, redis_client):
+    """The customer's follow-up in her language and the account manager's alert in the
+    internal one (CRM_INTERNAL_LOCALE), each written to its own HTML file."""
+    crm = tmp_path / "crm"
+    crm.mkdir()
+    (crm / "customers.csv").write_text(
+        "id,email,first_name,last_name,birthday,locale,timezone,account_manager_email,"
+        "email_opt_in\n7,ana@example.com,Ana,Ruiz,1990-03-14,es,Europe/Madrid,m1@example.com,true\n",
+        encoding="utf-8",
+    )
+    (crm / "purchases.csv").write_text(
+        "id,customer_id,product,purchased_at,delivered_at\n", encoding="utf-8"
+    )
+    (crm / "complaints.csv").write_text(
+        "id,customer_id,subject,opened_at,resolved_at\nC7,7,Talla incorrecta,"
+        "2026-03-12T10:00:00Z,\n",
+        encoding="utf-8",
+    )
+    env = base_env(tmp_path) | {"CRM_SOURCE": str(crm), "CRM_INTERNAL_LOCALE": "de"}
+    html_file = tmp_path / "out" / "preview.html"
+    result = crm_worker(
+        "preview", "complaint-follow-up", "--customer", "7", "--now", NOW,
+        "--html", str(html_file), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    customer = html_file.read_text(encoding="utf-8")
+    alert = (tmp_path / "out" / "preview.escalation.html").read_text(encoding="utf-8")
+    assert '<html lang="es">' in customer and "Hola, Ana:" in customer
+    assert '<html lang="de">' in alert and "Reklamation C7 ist noch offen" in alert
+    # The alert names the customer's zone beside the account manager's (UTC here).
+    assert "Europe/Madrid (10:00 UTC)" in alert
+    assert f"wrote the HTML part for m1@example.com to {tmp_path / 'out'}" in result.stderr

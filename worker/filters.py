@@ -21,6 +21,10 @@ In templates::
         → to a customer in Madrid: 27.05.26, 14:00
         → to staff in UTC: 27.05.26, 14:00 Europe/Madrid (12:00 UTC)
     {{ customer.points | number }}               → 12.500
+    {{ customer | greeting }}                    → Guten Tag Jürgen Müller,
+    {{ occurrence.tag | plural("one year ago", "# years ago") }}   → 3 years ago
+    {{ complaint.subject | quoted }}             → „Paket beschädigt“
+    {{ purchase | in_language("product") }}      → product_de if the CRM has it, else „Road bike“
 """
 
 from __future__ import annotations
@@ -155,10 +159,115 @@ def datetime_filter(
     return f"{text} {shown.key} ({beside} {reader.key})"
 
 
+def plural(
+    value: Any,
+    one: str,
+    other: str,
+    *,
+    zero: str | None = None,
+    two: str | None = None,
+    few: str | None = None,
+    many: str | None = None,
+) -> str:
+    """The form of the reader's language for the number ``value`` (CLDR plural rules through
+    Babel), with ``#`` replaced by the number written the reader's way. Forms a language does
+    not use may be left out; a missing one falls back to ``other``.
+
+    ``{{ occurrence.tag | plural("one year ago", "# years ago") }}`` → ``one year ago``,
+    ``3 years ago``; in German ``plural("vor einem Jahr", "vor # Jahren")``."""
+    amount = _amount(value)
+    forms = {"zero": zero, "one": one, "two": two, "few": few, "many": many, "other": other}
+    chosen = forms.get(_locale().plural_form(amount)) or other
+    return chosen.replace("#", format_decimal(amount, locale=_locale()))
+
+
+#: Salutations per language: (first and last name, first name only, no name). The CRM has no
+#: gender field, so every form is neutral; the German templates say "Sie", hence the full name.
+_GREETINGS: dict[str, tuple[str, str, str]] = {
+    "de": ("Guten Tag {first} {last},", "Hallo {first},", "Guten Tag,"),
+    "es": ("Hola, {first}:", "Hola, {first}:", "Hola:"),
+    "en": ("Dear {first},", "Dear {first},", "Hello,"),
+}
+
+
+def _name_part(customer: dict[str, Any], field: str) -> str:
+    value = customer.get(field)
+    return str(value).strip() if value is not None else ""
+
+
+def greeting(customer: Any) -> str:
+    """The salutation of a message to ``customer`` in the reader's language: German "Guten Tag
+    Jürgen Müller," (full name) or "Hallo Jürgen," (first name only), English "Dear Ann,",
+    Spanish "Hola, Ana:"; without a name "Guten Tag," / "Hello," / "Hola:". A missing or empty
+    name column never shows as "None". Plain text: the HTML part escapes it like any value.
+
+    ``{{ customer | greeting }}``; English and Spanish continue with a capital letter, German
+    in lower case."""
+    if not isinstance(customer, dict):
+        raise ValueError("greeting needs the customer record: customer | greeting")
+    full, first_only, nameless = _GREETINGS.get(_locale().language, _GREETINGS["en"])
+    first, last = _name_part(customer, "first_name"), _name_part(customer, "last_name")
+    if first and last:
+        return full.format(first=first, last=last)
+    return first_only.format(first=first) if first else nameless
+
+
+#: Quotation marks per language (and region) the reader writes with: CRM text shown verbatim
+#: inside a sentence (a product name, a complaint's subject) is quoted, so the reader sees it
+#: is a name as recorded, not a sentence in their language.
+_QUOTES: dict[str, tuple[str, str]] = {
+    "de": ("\u201e", "\u201c"),  # „…“
+    "de_CH": ("\u00ab", "\u00bb"),  # «…»
+    "es": ("\u00ab", "\u00bb"),  # «…»
+    "fr": ("\u00ab\u00a0", "\u00a0\u00bb"),
+}
+_ENGLISH_QUOTES = ("\u201c", "\u201d")  # “…”
+
+
+def quoted(value: Any) -> str:
+    """``value`` in the reader's quotation marks (``„Road bike“`` in German); an empty value
+    stays empty (no lone quotation marks)."""
+    if value is None or value == "":
+        return ""
+    locale = _locale()
+    marks = (
+        _QUOTES.get(f"{locale.language}_{locale.territory}")
+        or _QUOTES.get(locale.language)
+        or _ENGLISH_QUOTES
+    )
+    return f"{marks[0]}{value}{marks[1]}"
+
+
+def in_language(record: Any, field: str) -> str:
+    """A record's text field in the reader's language when the CRM has it in a column of its
+    own (``product_de_ch``, ``product_de``, ``product_es``), else the field as recorded, in
+    quotation marks (:func:`quoted`) so it reads as a name, not as a translation slip.
+
+    ``{{ purchase | in_language("product") }}`` → ``Rennrad`` (from ``product_de``), or
+    ``„Road bike“`` when the CRM has no German name."""
+    if not isinstance(record, dict):
+        raise ValueError("in_language needs a record, e.g. purchase | in_language('product')")
+    locale = _locale()
+    names = [f"{field}_{locale.language}"]
+    if locale.territory:
+        names.insert(0, f"{field}_{locale.language}_{locale.territory}".lower())
+    for name in names:
+        translated = record.get(name)
+        if translated:
+            return str(translated)
+    if field not in record:
+        raise ValueError(f"the record has no field {field!r}")
+    return quoted(record[field])
+
+
 #: Registered on the template environment under these names.
 FILTERS: dict[str, Callable[..., str]] = {
     "money": money,
     "number": number,
     "date": date_filter,
     "datetime": datetime_filter,
+    "plural": plural,
+    "greeting": greeting,
+    "quoted": quoted,
+    "in_language": in_language,
 }

@@ -40,7 +40,13 @@ from worker.planning import (
 from worker.rendering import RenderedMessage
 from worker.rules.models import Rule
 from worker.sources.base import Record
-from worker.triggers import NotApplicable, Occurrence, TriggerWindow, record_zone
+from worker.triggers import (
+    NotApplicable,
+    Occurrence,
+    TriggerWindow,
+    example_tag,
+    record_zone,
+)
 from worker.unsubscribe import PREVIEW_CHANNEL
 
 
@@ -133,7 +139,8 @@ def _occurrence(
     related = Related(rule, record, deliverer.source)
     # A stand-in is still written on the customer's calendar.
     zone = record_zone(related.customer() or record, deliverer.default_zone)
-    stand_in = Occurrence(rule.id, record.entity, record.id, "preview", now, zone)
+    tag = example_tag(rule, now, "preview")
+    stand_in = Occurrence(rule.id, record.entity, record.id, tag, now, zone)
     try:
         due = occurrences(rule, related, window, deliverer.default_zone)
     except NotApplicable as exc:

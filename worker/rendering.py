@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -64,6 +65,8 @@ from worker.constants import (
 from worker.errors import RenderLimitError, TemplateError
 from worker.filters import FILTERS, babel_locale, formatting_locale
 from worker.unsubscribe import NO_LINKS_CONTEXT
+
+log = logging.getLogger(__name__)
 
 PARTS = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -121,6 +124,12 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**"})
+
+    def join_path(self, template: str, parent: str) -> str:
+        # A layout or macro file used by a template in Swiss spelling is spelt the same way.
+        if parent.endswith(SWISS_SPELLING) and not template.endswith(SWISS_SPELLING):
+            return template + SWISS_SPELLING
+        return template
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # ``customer.first_name`` on the plain dicts of a message's context: Jinja tries the
@@ -183,6 +192,16 @@ def locale_chain(locale: str | None, default: str) -> list[str]:
     return chain
 
 
+#: Appended to a template's name to load it in Swiss spelling: ß written "ss", as Switzerland
+#: writes German. Only the template's own text changes (CRM data such as a customer's name is
+#: left as recorded), and what it extends, includes or imports is loaded the same way.
+SWISS_SPELLING = "#ch"
+
+
+def _swiss(locale: Locale) -> bool:
+    return locale.language == "de" and locale.territory == "CH"
+
+
 class _RecheckingLoader(FileSystemLoader):
     """A :class:`FileSystemLoader` whose templates look at their file's modification time at
     most every :data:`TEMPLATE_RECHECK_S`: Jinja's ``auto_reload`` asks for every
@@ -193,6 +212,11 @@ class _RecheckingLoader(FileSystemLoader):
     def get_source(
         self, environment: Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
+        if template.endswith(SWISS_SPELLING):
+            text, path, current = self.get_source(
+                environment, template.removesuffix(SWISS_SPELLING)
+            )
+            return text.replace("ß", "ss").replace("ẞ", "SS"), path, current
         source, filename, uptodate = super().get_source(environment, template)
         checked = time.monotonic()
         stale = False
@@ -215,7 +239,9 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     env = _LimitedEnvironment(
         loader=_RecheckingLoader(str(templates_dir)),
         undefined=StrictUndefined,
-        autoescape=lambda name: bool(name and name.endswith(".html.j2")),
+        autoescape=lambda name: bool(
+            name and name.removesuffix(SWISS_SPELLING).endswith(".html.j2")
+        ),
         finalize=_finalize,
         keep_trailing_newline=False,
         auto_reload=True,
@@ -237,6 +263,8 @@ class TemplateRenderer:
         # (name, customer locale) → (when chosen, locale folder, Babel locale): what a message
         # renders with, trusted for TEMPLATE_RECHECK_S (see the module docstring).
         self._chosen: dict[tuple[str, str | None], tuple[float, str, Locale]] = {}
+        # (name, locale) pairs whose fallback to another language was logged.
+        self._fallbacks: set[tuple[str, str]] = set()
         # "name/locale/part" → its template, as long as it is up to date (the environment's
         # own cache takes a lock and reorders an LRU list on every look-up).
         self._templates: dict[str, Template] = {}
@@ -308,6 +336,7 @@ class TemplateRenderer:
         if remembered is not None and now - remembered[0] < TEMPLATE_RECHECK_S:
             return remembered[1], remembered[2]
         chosen = self.resolve_locale(name, locale)
+        self._note_fallback(name, locale, chosen)
         # Money and dates follow the customer's own variant (de-AT) of the template's language.
         language = chosen.lower().partition("-")[0]
         variants = [c for c in locale_chain(locale, chosen) if c.partition("-")[0] == language]
@@ -316,6 +345,26 @@ class TemplateRenderer:
             self._chosen.clear()
         self._chosen[(name, locale)] = (now, chosen, formatting)
         return chosen, formatting
+
+    def _note_fallback(self, name: str, locale: str | None, chosen: str) -> None:
+        """Log once per template and locale when a reader gets another language than theirs
+        (``fr-FR`` reading English): the text is then not in their language at all."""
+        wanted = locale_chain(locale, self.default_locale)[0].partition("-")[0]
+        if not locale or chosen.lower().partition("-")[0] == wanted:
+            return
+        if (name, locale) in self._fallbacks or len(self._fallbacks) >= MAX_CACHED_LOCALE_CHOICES:
+            return
+        self._fallbacks.add((name, locale))
+        log.warning(
+            "template %r has no %s/ folder: readers with locale %r get %r; add "
+            "templates/%s/%s/ to write to them in their language",
+            name,
+            wanted,
+            locale[:20],
+            chosen,
+            name,
+            wanted,
+        )
 
     def _render_parts(
         self,
@@ -353,18 +402,25 @@ class TemplateRenderer:
             # What Template.generate() gives every part, built once for all of them: the
             # environment's globals overridden by the context (templates only read it).
             variables = dict(self.env.globals, **context)
+            spelling = SWISS_SPELLING if _swiss(formatting) else ""
             with formatting_locale(formatting, zone):
                 return [
-                    self._render_part(f"{folder}/{part}", variables, deadline) for part in parts
+                    self._render_part(f"{folder}/{part}", variables, deadline, spelling)
+                    for part in parts
                 ]
         finally:
             _active_deadline.reset(token)
 
-    def _render_part(self, path: str, variables: dict[str, Any], deadline: _Deadline) -> str:
+    def _render_part(
+        self, path: str, variables: dict[str, Any], deadline: _Deadline, spelling: str = ""
+    ) -> str:
+        """``path`` rendered; ``spelling`` (:data:`SWISS_SPELLING` or empty) picks the variant
+        of its text. Errors name ``path`` itself."""
         try:
-            template = self._templates.get(path)
+            name = path + spelling
+            template = self._templates.get(name)
             if template is None or not template.is_up_to_date:
-                template = self._templates[path] = self.env.get_template(path)
+                template = self._templates[name] = self.env.get_template(name)
             return _collect(_generate(self.env, template, variables), path, deadline)
         except TemplateNotFound as exc:
             raise TemplateError(path, f"file {exc.name} not found") from None

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         default="Example Street 1, 12345 Example City",
         description="Postal address in every footer (required by anti-spam laws).",
     )
+    crm_customer_url: str | None = Field(
+        default=None,
+        description="A customer's page in the CRM, with {id}, linked from internal alerts: "
+        "https://crm.example.com/contacts/{id}.",
+    )
 
     queue_name: str = Field(default="crm-messages", pattern=r"^[A-Za-z0-9_.-]+$")
     worker_threads: int = Field(default=8, ge=1, le=256)
@@ -222,6 +227,16 @@ class Settings(BaseSettings):
             ) from exc
         return value
 
+    @field_validator("crm_customer_url")
+    @classmethod
+    def _customer_link(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S*\{id\}\S*", value):
+            raise ValueError(
+                "write the address of a customer's page with {id} where the customer id goes, "
+                "e.g. https://crm.example.com/contacts/{id}"
+            )
+        return value
+
     @field_validator("mail_from")
     @classmethod
     def _sender_has_address(cls, value: str) -> str:
@@ -337,7 +352,11 @@ class Settings(BaseSettings):
     @property
     def company(self) -> dict[str, str]:
         """What templates see as ``company``."""
-        return {"name": self.company_name, "address": self.company_address}
+        return {
+            "name": self.company_name,
+            "address": self.company_address,
+            "crm_customer_url": self.crm_customer_url or "",
+        }
 
     @property
     def sender_address(self) -> str:

@@ -445,6 +445,21 @@ def event_occurrence(
     return Occurrence(rule.id, event.entity, event.record_id, event.id, due, zone())
 
 
+def example_tag(rule: Rule, now: datetime, fallback: str) -> str:
+    """A tag of the kind ``rule``'s occurrences have, for a message shown as if it were due
+    (``preview`` off its date, ``check``'s test render): templates may read the tag as a
+    number (``occurrence.tag | plural(…)``). Event rules, whose tags are event ids, get
+    ``fallback``."""
+    spec = rule.trigger.spec
+    if isinstance(spec, BirthdayTrigger):
+        return str(now.year)
+    if isinstance(spec, (AnniversaryTrigger, UnresolvedTrigger)):
+        return "1"
+    if isinstance(spec, AfterTrigger):
+        return ONCE_TAG
+    return fallback
+
+
 def occurrence_for_tag(
     rule: Rule,
     record: Record,

@@ -25,7 +25,7 @@ from worker.rules.loader import parse_yaml
 from worker.rules.models import EventTrigger, Rule
 from worker.sources.base import Record, Source
 from worker.sources.schema import FIELD_TYPES, REQUIRED_COLUMNS
-from worker.triggers import Occurrence
+from worker.triggers import Occurrence, example_tag
 
 #: Names a condition or template may use besides entities.
 CONTEXT_NAMES = frozenset({"occurrence", "company"})
@@ -223,7 +223,8 @@ def _check_template(
             f"(found: {', '.join(locales) or 'nothing'})",
         )
         return
-    occurrence = Occurrence(rule.id, sample.entity, sample.id, "check", datetime.now(UTC))
+    now = datetime.now(UTC)
+    occurrence = Occurrence(rule.id, sample.entity, sample.id, example_tag(rule, now, "check"), now)
     records = subject_records(rule, sample, source)
     # No purchases or complaints yet (a placeholder sample) still has a customer to render for.
     records.setdefault("customer", _sample_record(source, "customer"))

@@ -233,7 +233,8 @@ def schema(output: Path | None) -> None:
     "html_file",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
-    help="Also write the HTML part to this file (open it in a browser).",
+    help="Also write the HTML part to this file (open it in a browser); a rule's other mails "
+    "go beside it as FILE.<send id>.html.",
 )
 @click.option("--send-to", "send_to", default=None, help="Send a test copy to this address.")
 @click.pass_context
@@ -280,10 +281,18 @@ def preview(
             err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
             continue
         out.print(describe(item), markup=False)
-    if html_file and mails and mails[0].message is not None:
+    if html_file and mails:
+        # Every mail of the rule (the customer's and, say, the account manager's alert): the
+        # first in FILE, each other one beside it, named after its send step.
         html_file.parent.mkdir(parents=True, exist_ok=True)
-        html_file.write_text(mails[0].message.html, encoding="utf-8")
-        err.print(f"wrote the HTML part to {html_file}", markup=False)
+        for n, item in enumerate(mails):
+            path = html_file
+            if n:
+                step = item.planned.action.action_id
+                path = html_file.with_name(f"{html_file.stem}.{step}{html_file.suffix}")
+            assert item.message is not None
+            path.write_text(item.message.html, encoding="utf-8")
+            err.print(f"wrote the HTML part for {item.planned.to} to {path}", markup=False)
     if send_to and len(mails) < len(shown):
         err.print("note: webhook posts get no test copy (it would reach the real chat)")
     if send_to and mails:
