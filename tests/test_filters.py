@@ -34,6 +34,9 @@ def renderer(tmp_path: Path, subject: str = LINE) -> TemplateRenderer:
         ("de-AT", "€\xa01.234,50 | 14. März 2026 | 12.500 | 14.03.26, 09:00"),
         ("de", "1.234,50\xa0€ | 14. März 2026 | 12.500 | 14.03.26, 09:00"),
         ("es", "1.234,50\xa0€ | 14 de marzo de 2026 | 12.500 | 14/3/26, 9:00"),
+        # Regional variants: Swiss grouping with an apostrophe, Mexican dates and a.m./p.m.
+        ("de-CH", "EUR\xa01'234.50 | 14. März 2026 | 12'500 | 14.03.26, 09:00"),
+        ("es-MX", "EUR1,234.50 | 14 de marzo de 2026 | 12,500 | 14/03/26, 9:00\u202fa.m."),
         ("en", "€1,234.50 | March 14, 2026 | 12,500 | 3/14/26, 9:00\u202fAM"),
         # A language without templates falls back to English, and so does its formatting.
         ("fr-FR", "€1,234.50 | March 14, 2026 | 12,500 | 3/14/26, 9:00\u202fAM"),
