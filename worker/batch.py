@@ -31,6 +31,7 @@ from worker.ledger import Finish
 from worker.localtime import utc_now
 from worker.outcome import Attempt, DeliveryResult
 from worker.planning import PlannedDelivery
+from worker.suppression import Suppressed
 
 
 def deliver_batch(
@@ -100,7 +101,7 @@ class _Sending:
         self.lease_ends = leased_at + lease_s * BATCH_LEASE_SHARE
         suppression = deliverer.suppression
         self.suppressed = (
-            suppression.reasons(_planned(a).to for _, a in attempts)
+            suppression.entries(_planned(a).to for _, a in attempts)
             if suppression is not None
             else {}
         )
@@ -118,7 +119,11 @@ class _Sending:
             if self.halt is not None:
                 self.results[index] = attempt.retry("sending is paused", self.halt, refund=True)
                 continue
-            screened = deliverer.screen(attempt, self.suppressed.get(_planned(attempt).to))
+            planned = _planned(attempt)
+            entry = self.suppressed.get(planned.to)
+            # An unsubscribe stops marketing mail only; a bounce or complaint stops all mail.
+            stopped = entry is not None and entry.stops(marketing=planned.marketing)
+            screened = deliverer.screen(attempt, entry.reason if entry and stopped else None)
             if screened is not None:
                 self.results[index] = screened
                 continue
@@ -145,7 +150,8 @@ class _Sending:
         self.results[index] = result
         if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression is not None:
             # Suppressed by conclude(): a later message of this batch to it is skipped too.
-            self.suppressed[_planned(attempt).to] = str(outcome)
+            address = _planned(attempt).to
+            self.suppressed[address] = Suppressed(address, str(outcome), utc_now())
         paused = isinstance(outcome, RelayUnavailableError | SenderRejectedError)
         if paused and self.deliverer.pause is not None and result.retry_after is not None:
             self.halt = result.retry_after

@@ -81,6 +81,16 @@ MAX_CACHED_LOCALE_CHOICES = 4096
 UNSUBSCRIBE_SECRET_KEY = f"{KEY_PREFIX}:unsubscribe:secret"
 #: Length of the HMAC-SHA256 kept in an unsubscribe token: 128 bits, a short link.
 UNSUBSCRIBE_MAC_BYTES = 16
+#: Longer tokens are refused before any decoding (an address token is ~100 characters).
+MAX_UNSUBSCRIBE_TOKEN_CHARS = 1024
+#: A one-click POST carries ``List-Unsubscribe=One-Click``; anything much larger is refused.
+MAX_UNSUBSCRIBE_BODY_BYTES = 1024
+#: Requests one client may make to the unsubscribe pages in any minute (then 429).
+UNSUBSCRIBE_REQUESTS_PER_MINUTE = 30
+#: Clients the rate limit remembers (the oldest are forgotten first).
+MAX_RATE_LIMITED_CLIENTS = 10_000
+#: How long after an unsubscribe its page offers the way back.
+RESUBSCRIBE_WITHIN = timedelta(hours=24)
 
 #: Longest display name put in a To header (longer CRM names are cut): keeps the header line
 #: of even an unbreakable ASCII name far below SMTP's 998-octet limit.

@@ -51,7 +51,7 @@ from worker.signature import DkimSigner
 from worker.sources.base import Record, Source
 from worker.suppression import SuppressionList
 from worker.triggers import NotApplicable, occurrence_for_tag
-from worker.unsubscribe import NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
+from worker.unsubscribe import MARKETING, NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,11 @@ class Deliverer:
         planned = self.recheck(attempt, effective_now)
         if isinstance(planned, DeliveryResult):
             return planned
-        suppressed = self.suppression.reason(planned.to) if self.suppression is not None else None
+        suppressed = (
+            self.suppression.reason(planned.to, marketing=planned.marketing)
+            if self.suppression is not None
+            else None
+        )
         screened = self.screen(attempt, suppressed)
         if screened is not None:
             return screened
@@ -348,14 +352,14 @@ class Deliverer:
         return self.build(planned, now)[1]
 
     def build(
-        self, planned: PlannedDelivery, now: datetime, *, unsubscribe_channel: str | None = None
+        self, planned: PlannedDelivery, now: datetime, *, unsubscribe_kind: str | None = None
     ) -> tuple[RenderedMessage, Outgoing]:
         """The rendered parts and the exact bytes that go out for ``planned``.
 
         ``crm-worker preview`` calls this too, so a preview is the real message.
-        ``unsubscribe_channel`` overrides the channel the unsubscribe token names (test copies).
+        ``unsubscribe_kind`` overrides what the unsubscribe token leaves (``preview``: nothing).
         """
-        links = self.unsubscribe_links(planned, unsubscribe_channel)
+        links = self.unsubscribe_links(planned, unsubscribe_kind)
         context = {
             **planned.context,
             "unsubscribe": links.as_context() if links else NO_LINKS_CONTEXT,
@@ -388,16 +392,14 @@ class Deliverer:
         return message, outgoing
 
     def unsubscribe_links(
-        self, planned: PlannedDelivery, channel: str | None = None
+        self, planned: PlannedDelivery, kind: str | None = None
     ) -> UnsubscribeLinks | None:
-        """Signed links for a message to a customer; ``None`` for anyone else (an alert to an
-        account manager is not a subscription the customer could leave)."""
-        customer = planned.context.get("customer")
-        if self.unsubscriber is None or not planned.action.to_customer:
+        """Signed links for a marketing message to a customer; ``None`` for anything else (an
+        alert to an account manager, a complaint follow-up: no subscription to leave).
+        ``kind`` overrides what the link leaves (``preview`` for test copies: nothing)."""
+        if self.unsubscriber is None or not planned.action.to_customer or not planned.marketing:
             return None
-        if not isinstance(customer, Mapping) or not customer.get("id"):
-            return None
-        return self.unsubscriber.links(str(customer["id"]), channel or planned.action.channel)
+        return self.unsubscriber.links(planned.to, kind or MARKETING, planned.locale)
 
 
 def lease_owner() -> str:

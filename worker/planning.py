@@ -90,6 +90,8 @@ class PlannedDelivery:
     locale: str | None
     context: Mapping[str, object]
     zone: ZoneInfo | None = None
+    #: A marketing message (unsubscribe links, stopped by an unsubscribe) or a service one.
+    marketing: bool = True
 
     @property
     def rule_id(self) -> str:
@@ -233,6 +235,7 @@ def prepare_delivery(
         locale=locale,
         context=context,
         zone=zone,
+        marketing=rule.kind == "marketing",
     )
 
 

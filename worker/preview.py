@@ -110,7 +110,7 @@ def send_test_copy(deliverer: Deliverer, preview: Preview, address: str, now: da
         recipient_name="",
         key=f"{preview.planned.key}/preview-{time.time_ns()}",
     )
-    _, outgoing = deliverer.build(copy, now, unsubscribe_channel=PREVIEW_CHANNEL)
+    _, outgoing = deliverer.build(copy, now, unsubscribe_kind=PREVIEW_CHANNEL)
     return deliverer.channel.send(outgoing)
 
 

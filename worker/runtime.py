@@ -191,7 +191,10 @@ class Runtime:
             if s.unsubscribe_secret
             else shared_secret(self.redis)
         )
-        return Unsubscriber(secret, s.effective_unsubscribe_url, s.effective_unsubscribe_mailbox)
+        retired = tuple(old.get_secret_value().encode("utf-8") for old in s.unsubscribe_old_secrets)
+        return Unsubscriber(
+            secret, s.effective_unsubscribe_url, s.effective_unsubscribe_mailbox, retired
+        )
 
     @cached_property
     def actor(self) -> DeliveryActor:

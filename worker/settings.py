@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC key of unsubscribe links. Unset: a random one kept in Redis.",
     )
+    unsubscribe_old_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Retired HMAC keys of unsubscribe links, as a JSON list: links in mail "
+        "signed with them still work after CRM_UNSUBSCRIBE_SECRET is rotated.",
+    )
     unsubscribe_url: str | None = Field(
         default=None,
         description="HTTPS base of unsubscribe links. Default https://<sender domain>/unsubscribe.",
@@ -277,6 +282,18 @@ class Settings(BaseSettings):
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f'not JSON ({exc.msg}); write {{"sales-chat": "https://hooks.example.com/…"}}'
+            ) from None
+
+    @field_validator("unsubscribe_old_secrets", mode="before")
+    @classmethod
+    def _secrets_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'not JSON ({exc.msg}); write ["old secret", "older secret"]'
             ) from None
 
     @field_validator("webhooks")

@@ -31,12 +31,17 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
 
-from worker.constants import UNSUBSCRIBE_MAC_BYTES, UNSUBSCRIBE_SECRET_KEY
+from worker.constants import (
+    MAX_UNSUBSCRIBE_TOKEN_CHARS,
+    UNSUBSCRIBE_MAC_BYTES,
+    UNSUBSCRIBE_SECRET_KEY,
+)
 from worker.errors import ConfigError, UnsubscribeTokenError
 
 TOKEN_VERSION = "1"
@@ -83,16 +88,16 @@ def _unb64(text: str) -> bytes:
 
 
 @lru_cache(maxsize=16)
-def _keyed(secret: bytes) -> hmac.HMAC:
+def _keyed(secret: bytes, version: str = TOKEN_VERSION) -> hmac.HMAC:
     """HMAC-SHA256 under ``secret`` that has read the signed prefix: copied for each token, as
     setting up the key is most of the work of ``hmac.new`` for a message this short."""
     # The version and purpose are part of the signed bytes, so a MAC made for anything else
     # with the same secret can never pass as an unsubscribe token.
-    return hmac.new(secret, b"crm-unsubscribe:" + TOKEN_VERSION.encode() + b":", hashlib.sha256)
+    return hmac.new(secret, b"crm-unsubscribe:" + version.encode() + b":", hashlib.sha256)
 
 
-def _mac(secret: bytes, payload: bytes) -> bytes:
-    mac = _keyed(secret).copy()
+def _mac(secret: bytes, payload: bytes, version: str = TOKEN_VERSION) -> bytes:
+    mac = _keyed(secret, version).copy()
     mac.update(payload)
     return mac.digest()[:UNSUBSCRIBE_MAC_BYTES]
 
@@ -128,6 +133,92 @@ def verify(secret: bytes, token: str) -> UnsubscribeRequest:
     return UnsubscribeRequest(customer_id, channel)
 
 
+# -- the address token (version 2) ------------------------------------------------------------
+
+ADDRESS_TOKEN_VERSION = "2"
+#: What an address token may ask to leave: marketing mail, or nothing (a preview test copy).
+MARKETING = "marketing"
+TOKEN_KINDS = frozenset({MARKETING, PREVIEW_CHANNEL})
+_SEPARATOR = "\x1f"  # no address, locale or kind contains a unit separator
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """What a genuine unsubscribe token asks: the ``address`` (or, in a token of mail sent
+    before addresses were named, the ``customer_id``) leaves mail of ``kind``; ``locale`` is
+    the language the recipient reads, for the pages."""
+
+    kind: str
+    address: str | None = None
+    customer_id: str | None = None
+    locale: str | None = None
+
+
+def sign_address(secret: bytes, address: str, kind: str, locale: str | None = None) -> str:
+    """A token saying "``address`` leaves ``kind`` mail" (``2.<payload>.<mac>``): everything
+    the unsubscribe endpoint needs, so it needs no lookup in the CRM."""
+    if not secret:
+        raise ValueError("an unsubscribe secret must not be empty")
+    if kind not in TOKEN_KINDS:
+        raise ValueError(f"kind {kind!r} cannot go into an unsubscribe token")
+    if not address or _SEPARATOR in address or any(c in address for c in "\r\n\0"):
+        raise ValueError(f"address {address!r} cannot go into an unsubscribe token")
+    shown = locale if locale and _LOCALE.match(locale) else ""
+    payload = _SEPARATOR.join((kind, shown, address.strip().lower())).encode()
+    mac = _mac(secret, payload, ADDRESS_TOKEN_VERSION)
+    return f"{ADDRESS_TOKEN_VERSION}.{_b64(payload)}.{_b64(mac)}"
+
+
+def _parts(token: str) -> tuple[str, bytes, bytes]:
+    version, _, rest = token.strip().partition(".")
+    encoded, _, signature = rest.partition(".")
+    if version not in (TOKEN_VERSION, ADDRESS_TOKEN_VERSION) or not encoded or not signature:
+        raise UnsubscribeTokenError("not a token of this worker")
+    try:
+        return version, _unb64(encoded), _unb64(signature)
+    except (binascii.Error, ValueError):
+        raise UnsubscribeTokenError("not valid base64url") from None
+
+
+def _address_payload(payload: bytes) -> tuple[str, str | None, str]:
+    fields = payload.decode("utf-8", "replace").split(_SEPARATOR)
+    if len(fields) != 3 or fields[0] not in TOKEN_KINDS or not fields[2]:
+        raise UnsubscribeTokenError("malformed contents")
+    kind, locale, address = fields
+    return kind, (locale if _LOCALE.match(locale) else None), address
+
+
+def read_token(secrets_: Sequence[bytes], token: str) -> OptOut:
+    """The request ``token`` carries, checked against each of ``secrets_`` (the current one
+    first, then retired ones, so links in mail signed before a key rotation still work); a
+    token of either version. :class:`UnsubscribeTokenError` if it is not genuine."""
+    if len(token) > MAX_UNSUBSCRIBE_TOKEN_CHARS:
+        raise UnsubscribeTokenError("too long")
+    version, payload, given = _parts(token)
+    if not any(hmac.compare_digest(given, _mac(s, payload, version)) for s in secrets_ if s):
+        raise UnsubscribeTokenError("signature does not match")
+    if version == ADDRESS_TOKEN_VERSION:
+        kind, locale, address = _address_payload(payload)
+        return OptOut(kind, address=address, locale=locale)
+    customer_id, _, channel = payload.decode("utf-8", "replace").rpartition(":")
+    if not _ID.match(customer_id) or not _CHANNEL.match(channel):
+        raise UnsubscribeTokenError("malformed contents")
+    return OptOut(
+        PREVIEW_CHANNEL if channel == PREVIEW_CHANNEL else MARKETING, customer_id=customer_id
+    )
+
+
+def unverified_locale(token: str) -> str | None:
+    """The locale written in a token, genuine or not: only to choose the language of a page
+    whose answer is the same for every token (nothing is decided on it)."""
+    try:
+        version, payload, _ = _parts(token[:MAX_UNSUBSCRIBE_TOKEN_CHARS])
+        return _address_payload(payload)[1] if version == ADDRESS_TOKEN_VERSION else None
+    except UnsubscribeTokenError:
+        return None
+
+
 @dataclass(frozen=True)
 class Unsubscriber:
     """Builds the links of one recipient. ``base_url`` is HTTPS; the token is its last segment.
@@ -143,18 +234,24 @@ class Unsubscriber:
     secret: bytes
     base_url: str
     mailbox: str
+    #: Retired secrets (``CRM_UNSUBSCRIBE_OLD_SECRETS``): their tokens still verify.
+    old_secrets: tuple[bytes, ...] = ()
 
-    def links(self, customer_id: str, channel: str) -> UnsubscribeLinks:
-        token = sign(self.secret, customer_id, channel)
+    def links(
+        self, address: str, kind: str = MARKETING, locale: str | None = None
+    ) -> UnsubscribeLinks:
+        """The links of a message to ``address``: its token names the address, the kind of
+        mail it leaves (``preview`` for test copies: leaves nothing) and the reader's locale."""
+        token = sign_address(self.secret, address, kind, locale)
         url = f"{self.base_url.rstrip('/')}/{token}"
         # quote("unsubscribe " + token): a token is digits, letters, "-", "_" and ".", which
         # quote() leaves as they are, so only the space needs writing (%20).
         mailto = f"mailto:{self.mailbox}?subject=unsubscribe%20{token}"
         return UnsubscribeLinks(url, mailto)
 
-    def verify(self, token: str) -> UnsubscribeRequest:
-        """:func:`verify` with this worker's secret."""
-        return verify(self.secret, token)
+    def verify(self, token: str) -> OptOut:
+        """:func:`read_token` with this worker's secrets, current and retired."""
+        return read_token((self.secret, *self.old_secrets), token)
 
 
 def shared_secret(client: redis.Redis) -> bytes:

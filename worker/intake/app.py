@@ -15,7 +15,8 @@ it (:meth:`worker.runtime.Runtime.take_event`, the same as ``crm-worker event``)
 
 The answer comes only once Redis holds the event and its claimed deliveries are on the queue,
 so a CRM that retries every non-2xx answer loses no event. ``GET /health`` answers 200 while
-Redis answers a ping, else 503 (no credentials needed: it says nothing about events).
+Redis answers a ping, else 503 (no credentials needed: it says nothing about events). The
+customers' unsubscribe pages are served beside them (:mod:`worker.intake.unsubscribe_pages`).
 
 Example (tests run it in a thread the same way)::
 
@@ -42,6 +43,7 @@ from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
 from worker.errors import EventError, IntakeError, SourceUnavailableError
 from worker.intake.auth import IntakeAuth
 from worker.intake.body import EventBody, parse_event
+from worker.intake.unsubscribe_pages import pages_path, unsubscribe_routes
 from worker.localtime import utc_now
 from worker.runtime import Runtime, TakenEvent
 from worker.settings import Settings
@@ -124,6 +126,7 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
         routes=[
             Route(EVENTS_PATH, post_event, methods=["POST"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
+            *unsubscribe_routes(runtime),
         ]
     )
 
@@ -170,7 +173,11 @@ def serve(
     try:
         app = create_app(runtime, auth)
         shown = f"[{host}]" if ":" in host else host
-        announce(f"event intake on http://{shown}:{port}{EVENTS_PATH} (health: {HEALTH_PATH})")
+        pages = pages_path(settings)
+        announce(
+            f"event intake on http://{shown}:{port}{EVENTS_PATH} (health: {HEALTH_PATH}; "
+            f"unsubscribe pages: {pages}/<token>)"
+        )
         # log_config=None: uvicorn logs through ours (crm-worker -v), not its own handlers.
         uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
     finally:

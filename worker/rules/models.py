@@ -350,6 +350,12 @@ class Rule(_Strict):
     id: str = Field(pattern=SLUG_PATTERN, description="Stable id; part of every occurrence key.")
     description: str = ""
     enabled: bool = True
+    kind: Literal["marketing", "service"] = Field(
+        default="marketing",
+        description="marketing (needs opt-in, carries unsubscribe links, honours unsubscribes) "
+        "or service (delivery and complaint follow-ups: no unsubscribe links, only stopped by "
+        "bounced or complained addresses).",
+    )
     trigger: Trigger
     when: str | None = Field(
         default=None, description="Sandboxed Jinja expression; the message goes only if true."
