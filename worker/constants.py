@@ -20,8 +20,32 @@ LEDGER_TTL = timedelta(days=400)
 #: enqueue (scheduler crash); the next pass enqueues it again.
 CLAIM_STALE_AFTER = timedelta(minutes=5)
 #: A delivery in "sending" longer than this belongs to a worker that died mid-send;
-#: a redelivered message may take it over. Longer than the slowest send we allow.
-SEND_LEASE = timedelta(minutes=2)
+#: a redelivered message may take it over. Longer than the slowest send we allow (a batch
+#: stops starting messages after BATCH_LEASE_SHARE of it), short enough that a killed
+#: worker's deliveries are sent by the others within two minutes.
+SEND_LEASE = timedelta(seconds=90)
+#: Every delivery in a non-final state (claimed, queued, sending, retrying) has a deadline in
+#: this sorted set (member: its ledger key, score: unix seconds). The sweeper takes over each
+#: delivery whose deadline passed, whatever happened to the queue, a worker or the scheduler.
+DEADLINE_INDEX_KEY = f"{KEY_PREFIX}:deadlines"
+#: A claimed delivery is queued milliseconds later; one still claimed after this was lost
+#: with its scheduler (killed mid-pass) and is queued by the sweeper.
+CLAIM_DEADLINE = timedelta(seconds=60)
+#: How long a queued delivery may wait for a worker on an empty queue before the sweeper
+#: queues it again (its message was lost: Redis restarted, a worker died holding it).
+QUEUE_DEADLINE = timedelta(seconds=60)
+#: Added to a queued delivery's deadline per Dramatiq message ahead of it in the queue: a long
+#: backlog is not mistaken for lost messages. ~5x the measured drain time of one batch message
+#: (bench/README.md: ~2,500 deliveries/s, 50 per message), so only a stalled queue trips it.
+QUEUE_DEADLINE_PER_MESSAGE = timedelta(seconds=0.1)
+#: How often each worker process and each scheduler looks for deliveries past their deadline.
+SWEEP_INTERVAL = timedelta(seconds=10)
+#: Deliveries one sweeper step takes over (one Lua call; Redis runs nothing else meanwhile).
+SWEEP_BATCH = 500
+#: Backoff of a batch whose Redis connection failed inside the actor (Dramatiq's retries,
+#: milliseconds): retried until Redis answers, never dead-lettered.
+BROKER_RETRY_MIN_BACKOFF_MS = 1_000
+BROKER_RETRY_MAX_BACKOFF_MS = 30_000
 #: A message of a batch whose turn comes after this share of the send lease is put back unsent:
 #: the lease must outlast the send, or another worker could take the delivery over mid-send.
 BATCH_LEASE_SHARE = 0.5

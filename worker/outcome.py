@@ -89,6 +89,7 @@ class Attempt:
             reason=reason,
             now=utc_now(),
             refund_attempt=refund,
+            retry_after=delay,
         ):
             log.warning("lost the lease on %s before recording a retry", self.key)
         self._log("retrying", f"{reason}; next attempt in {delay}", "")

@@ -44,6 +44,7 @@ from worker.settings import Settings
 from worker.signature import DkimSigner
 from worker.sources import Source, open_source
 from worker.suppression import SuppressionList
+from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper
 from worker.unsubscribe import Unsubscriber, shared_secret
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Runtime:
             maintenance_chance=s.broker_maintenance_chance,
         )
         broker.add_middleware(QueueMetrics())
+        broker.add_middleware(SweepMiddleware(lambda: self.sweeper, interval_s=s.sweep_interval_s))
         dramatiq.set_broker(broker)
         return broker
 
@@ -130,7 +132,13 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.redis, send_lease=timedelta(seconds=self.settings.send_lease_s))
+        s = self.settings
+        return Ledger(
+            self.redis,
+            send_lease=timedelta(seconds=s.send_lease_s),
+            claim_deadline=timedelta(seconds=s.claim_deadline_s),
+            queue_deadline=timedelta(seconds=s.queue_deadline_s),
+        )
 
     @cached_property
     def suppression(self) -> SuppressionList:
@@ -186,6 +194,10 @@ class Runtime:
     @cached_property
     def actor(self) -> DeliveryActor:
         return DeliveryActor(self.broker, self.settings.queue_name, self._fresh_deliverer)
+
+    @cached_property
+    def sweeper(self) -> Sweeper:
+        return Sweeper(self.ledger, self.actor)
 
     def _fresh_deliverer(self) -> Deliverer:
         # Rule edits take effect for messages not yet sent (cheap: only changed files are read).
@@ -334,6 +346,17 @@ class Runtime:
     def run_forever(self, stop: threading.Event, *, scheduler: bool, worker: bool) -> None:
         """The long-running modes: scheduler, workers, or both, until ``stop`` is set."""
         running = self.start_worker() if worker else None
+        sweeping = None
+        if not worker:
+            # A worker sweeps beside its threads (SweepMiddleware); a lone scheduler sweeps here.
+            sweeping = threading.Thread(
+                target=run_sweeper,
+                args=(self.sweeper,),
+                kwargs={"interval_s": self.settings.sweep_interval_s, "stop": stop},
+                name="crm-sweeper",
+                daemon=True,
+            )
+            sweeping.start()
         _settle_garbage_collector()
         try:
             if not worker:
@@ -350,6 +373,8 @@ class Runtime:
         finally:
             if running is not None:
                 running.stop()
+            if sweeping is not None:
+                sweeping.join()
 
     def close(self) -> None:
         if "channel" in self.__dict__:

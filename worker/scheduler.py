@@ -50,6 +50,9 @@ class PassReport:
     queued: list[str] = field(default_factory=list)
     already_claimed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: Queue depth when the pass queued its first batch, and batches queued since.
+    backlog_at_start: int | None = None
+    batches: int = 0
 
     @property
     def skipped_total(self) -> int:
@@ -195,8 +198,17 @@ class Scheduler:
                 keys.append(item.key)
         if keys:
             self.actor.send(keys, as_of=now)
-            self.ledger.mark_queued(keys)
+            self.ledger.mark_queued(keys, backlog=self._backlog(report))
             report.queued.extend(keys)
+
+    def _backlog(self, report: PassReport) -> int:
+        """Dramatiq messages ahead of the batch just queued: read once per pass, then counted
+        on (other processes may add a few; the deadline's allowance is generous)."""
+        if report.backlog_at_start is None:
+            report.backlog_at_start = self.actor.depth()
+            report.batches = 0
+        report.batches += 1
+        return report.backlog_at_start + report.batches
 
 
 def _reason_kind(reason: str) -> str:

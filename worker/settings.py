@@ -30,11 +30,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from worker.constants import (
     BROKER_HEARTBEAT_TIMEOUT,
     BROKER_MAINTENANCE_CHANCE,
+    CLAIM_DEADLINE,
     MIN_INTAKE_SECRET_CHARS,
+    QUEUE_DEADLINE,
     RETRY_BACKOFF_FIRST,
     SEND_LEASE,
     SMTP_IDLE_CHECK,
     SMTP_IDLE_TIMEOUT,
+    SWEEP_INTERVAL,
 )
 from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
@@ -153,6 +156,21 @@ class Settings(BaseSettings):
         default=SEND_LEASE.total_seconds(),
         gt=0,
         description="After a worker died mid-send, another resends after this.",
+    )
+    claim_deadline_s: float = Field(
+        default=CLAIM_DEADLINE.total_seconds(),
+        gt=0,
+        description="A delivery claimed but not queued this long is queued by the sweeper.",
+    )
+    queue_deadline_s: float = Field(
+        default=QUEUE_DEADLINE.total_seconds(),
+        gt=0,
+        description="A queued delivery no worker took this long (plus backlog) is queued again.",
+    )
+    sweep_interval_s: float = Field(
+        default=SWEEP_INTERVAL.total_seconds(),
+        gt=0,
+        description="How often workers and schedulers take over deliveries past their deadline.",
     )
     retry_backoff_s: float = Field(
         default=RETRY_BACKOFF_FIRST.total_seconds(),
