@@ -70,8 +70,14 @@ MAX_DELIVERY_ATTEMPTS = 6
 RETRY_BACKOFF_FIRST = timedelta(seconds=30)
 RETRY_BACKOFF_MAX = timedelta(minutes=30)
 
-#: Scheduler lock lifetime; renewed every pass, so a dead leader is replaced after this.
-SCHEDULER_LOCK_TTL = timedelta(seconds=180)
+#: Scheduler lock lifetime; renewed every pass, so a dead leader is replaced after this. Longer
+#: than the pass interval plus the longest pass (a pass over 1M customers takes ~10 s), short
+#: enough that a standby finishes a killed leader's pass within two minutes.
+SCHEDULER_LOCK_TTL = timedelta(seconds=90)
+#: The lock lives at least this many pass intervals (room for the pass itself, a slow Redis).
+SCHEDULER_LOCK_INTERVALS = 1.5
+#: How often a standby scheduler tries the lock (at most; a shorter pass interval wins).
+STANDBY_POLL = timedelta(seconds=10)
 
 #: Default catch-up grace of a rule: how late a due message may still go out.
 DEFAULT_GRACE = timedelta(days=1)

@@ -364,7 +364,10 @@ class Runtime:
             if scheduler:
                 run_scheduler(
                     self.scheduler,
-                    LeaderLock(self.redis),
+                    LeaderLock(
+                        self.redis,
+                        ttl=timedelta(seconds=self.settings.effective_scheduler_lock_ttl_s),
+                    ),
                     interval_s=self.settings.scheduler_interval_s,
                     stop=stop,
                 )

@@ -21,13 +21,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import redis
 
 from worker.actors import DeliveryActor
-from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
+from worker.constants import (
+    DELIVERY_BATCH_SIZE,
+    SCHEDULER_LOCK_KEY,
+    SCHEDULER_LOCK_TTL,
+    STANDBY_POLL,
+)
 from worker.contact_policy import ContactPolicy, counted, customer_id_of
 from worker.delivery_log import DeliveryLog, LogEntry
 from worker.errors import SourceUnavailableError
@@ -227,11 +232,11 @@ return 0
 class LeaderLock:
     """A Redis lock that one scheduler holds while it runs passes; others stand by."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, ttl: timedelta = SCHEDULER_LOCK_TTL) -> None:
         self.client = client
         self.token = uuid.uuid4().hex
         self._renew = client.register_script(_RENEW)
-        self.ttl_ms = int(SCHEDULER_LOCK_TTL.total_seconds() * 1000)
+        self.ttl_ms = int(ttl.total_seconds() * 1000)
 
     def acquire(self) -> bool:
         """Take or keep the lock; True while this instance is the leader."""
@@ -252,7 +257,8 @@ def run_scheduler(
     stop: threading.Event,
     clock: Callable[[], datetime] = utc_now,
 ) -> None:
-    """Run passes every ``interval_s`` while leader, until ``stop`` is set."""
+    """Run passes every ``interval_s`` while leader, until ``stop`` is set; a standby tries
+    the lock at least every ``STANDBY_POLL``."""
     leading = False
     while not stop.is_set():
         try:
@@ -273,5 +279,5 @@ def run_scheduler(
             log.error("scheduler pass failed: %s; retrying next interval", exc)
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
-        stop.wait(interval_s)
+        stop.wait(interval_s if leading else min(interval_s, STANDBY_POLL.total_seconds()))
     lock.release()

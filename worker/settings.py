@@ -34,6 +34,8 @@ from worker.constants import (
     MIN_INTAKE_SECRET_CHARS,
     QUEUE_DEADLINE,
     RETRY_BACKOFF_FIRST,
+    SCHEDULER_LOCK_INTERVALS,
+    SCHEDULER_LOCK_TTL,
     SEND_LEASE,
     SMTP_IDLE_CHECK,
     SMTP_IDLE_TIMEOUT,
@@ -95,6 +97,11 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="crm-messages", pattern=r"^[A-Za-z0-9_.-]+$")
     worker_threads: int = Field(default=8, ge=1, le=256)
     scheduler_interval_s: float = Field(default=60.0, gt=0)
+    scheduler_lock_ttl_s: float = Field(
+        default=SCHEDULER_LOCK_TTL.total_seconds(),
+        gt=0,
+        description="A leader scheduler silent this long is replaced by a standby.",
+    )
 
     reply_to: str | None = Field(default=None, description="Reply-To header of every mail.")
     unsubscribe_secret: SecretStr | None = Field(
@@ -327,6 +334,13 @@ class Settings(BaseSettings):
         if self.unsubscribe_mailto:
             return parseaddr(self.unsubscribe_mailto)[1]
         return f"unsubscribe@{self.sender_domain}"
+
+    @property
+    def effective_scheduler_lock_ttl_s(self) -> float:
+        """The leader lock's lifetime: as set, yet always past the next pass (a lock that
+        expired between two passes would hand the lead back and forth)."""
+        least = self.scheduler_interval_s * SCHEDULER_LOCK_INTERVALS
+        return max(self.scheduler_lock_ttl_s, least)
 
     @property
     def effective_outbox_dir(self) -> Path:
