@@ -187,6 +187,11 @@ INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
 
+#: How long the embedded redis-server may take to answer after it was started, and to exit
+#: after SHUTDOWN (it writes its data out first).
+EMBEDDED_REDIS_START_TIMEOUT_S = 20.0
+EMBEDDED_REDIS_STOP_TIMEOUT_S = 30.0
+
 #: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
 #: this, dirty data must not flood the log.
 MAX_REPORTED_UNKNOWN_ZONES = 100

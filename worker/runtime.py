@@ -29,6 +29,7 @@ from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_
 from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
 from worker.delivery_log import DeliveryLog
+from worker.embedded_redis import EmbeddedRedis
 from worker.events import Event, EventLog, record_event_once
 from worker.explanation import Explainer
 from worker.ledger import RETRYABLE_STATES, Ledger
@@ -89,11 +90,15 @@ class Runtime:
         self._channel = channel
         self._source = source
         self._redis = redis_client
+        self._embedded: EmbeddedRedis | None = None
         self._metrics_served = False
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return self._redis if self._redis is not None else open_redis(self.settings)
+        if self._redis is not None:
+            return self._redis
+        client, self._embedded = open_redis(self.settings)
+        return client
 
     @cached_property
     def broker(self) -> RedisBroker:
@@ -385,7 +390,7 @@ class Runtime:
         if "broker" in self.__dict__:
             self.broker.close()
         if "redis" in self.__dict__ and self._redis is None:
-            close_redis(self.redis)
+            close_redis(self.redis, self._embedded)
 
 
 def _settle_garbage_collector() -> None:
