@@ -7,11 +7,14 @@ from collections import Counter
 from datetime import timedelta
 
 from dramatiq import Message
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.faultkit import NOW
 from worker.constants import DEADLINE_INDEX_KEY
 from worker.ledger import Ledger
 from worker.localtime import utc_now
+from worker.metrics import StatusCollector
+from worker.status import read_status
 from worker.sweeper import Sweeper
 
 RULE = "birthday-greeting"
@@ -102,3 +105,22 @@ def test_a_live_lease_is_not_taken_over(make_runtime):
     assert Sweeper(ledger, runtime.actor).sweep().total == 0
     assert ledger.states([key]) == {key: "sending"}
     assert queued_batches(runtime) == []
+
+
+def test_prometheus_gauges_show_work_by_state_and_what_is_stuck(make_runtime):
+    runtime = make_runtime()
+    lost = Ledger(runtime.redis, claim_deadline=timedelta(seconds=-60))
+    lost.claim_many([(k, RULE, NOW) for k in keys(3)], now=NOW)
+    runtime.ledger.claim_many([(k, RULE, NOW) for k in keys(5)[3:]], now=NOW)
+    registry = CollectorRegistry()
+    registry.register(
+        StatusCollector(
+            lambda: read_status(runtime.redis, queue_name="crm-messages", sweep_interval_s=1)
+        )
+    )
+    text = generate_latest(registry).decode()
+    assert "crm_redis_up 1.0" in text
+    assert 'crm_work_deliveries{state="planned"} 5.0' in text
+    assert 'crm_work_stuck{state="planned"} 3.0' in text
+    assert "crm_work_stuck_total 3.0" in text
+    assert "crm_workers_alive 0.0" in text

@@ -42,6 +42,19 @@ QUEUE_DEADLINE_PER_MESSAGE = timedelta(seconds=0.1)
 SWEEP_INTERVAL = timedelta(seconds=10)
 #: Deliveries one sweeper step takes over (one Lua call; Redis runs nothing else meanwhile).
 SWEEP_BATCH = 500
+#: A delivery this many sweep intervals past its deadline is *stuck* (``crm-worker report``
+#: exits 1): the sweeper should have taken it over long before. A worker whose heartbeat is
+#: this many sweep intervals old counts as gone.
+SWEEP_INTERVALS_OF_GRACE = 3
+#: Non-final deliveries ``report``, ``status`` and the metrics look at one by one, oldest
+#: deadline first (counts of all and of the stuck ones are exact beyond it).
+BACKLOG_READ_LIMIT = 100_000
+#: Worker processes' heartbeats (member: host:pid, score: unix seconds), written each sweep.
+WORKERS_KEY = f"{KEY_PREFIX}:workers"
+#: Heartbeats older than this are dropped (a worker that has been gone a day is history).
+WORKER_HEARTBEAT_KEPT = timedelta(days=1)
+#: The leader scheduler's last pass: a hash of when, by whom, how long and what it queued.
+SCHEDULER_LAST_PASS_KEY = f"{KEY_PREFIX}:scheduler:last-pass"
 #: Backoff of a batch whose Redis connection failed inside the actor (Dramatiq's retries,
 #: milliseconds): retried until Redis answers, never dead-lettered.
 BROKER_RETRY_MIN_BACKOFF_MS = 1_000

@@ -61,7 +61,7 @@ RETRYABLE_STATES: frozenset[str] = frozenset({"failed", "unknown"})
 # Several keys in one script are fine on one Redis (Dramatiq's broker needs one too), not on a
 # Redis Cluster. KEYS[1] of these is the deadline index, the deliveries follow.
 
-# ARGV: now, stale_before, ttl, deadline, offset, then rule and due_at per key.
+# ARGV: now, stale_before, ttl, deadline, offset, wall clock, then rule and due_at per key.
 _CLAIM = """
 local out = {}
 for i = 2, #KEYS do
@@ -69,15 +69,15 @@ for i = 2, #KEYS do
   local state = redis.call('HGET', key, 'state')
   out[n] = 0
   if not state then
-    redis.call('HSET', key, 'state', 'claimed', 'rule', ARGV[4 + 2 * n],
-               'due_at', ARGV[5 + 2 * n], 'claimed_at', ARGV[1], 'attempts', 0,
-               'offset', ARGV[5])
+    redis.call('HSET', key, 'state', 'claimed', 'rule', ARGV[5 + 2 * n],
+               'due_at', ARGV[6 + 2 * n], 'claimed_at', ARGV[1], 'attempts', 0,
+               'offset', ARGV[5], 'since', ARGV[6])
     redis.call('EXPIRE', key, ARGV[3])
     redis.call('ZADD', KEYS[1], ARGV[4], key)
     out[n] = 1
   elseif state == 'claimed'
      and tonumber(redis.call('HGET', key, 'claimed_at') or '0') < tonumber(ARGV[2]) then
-    redis.call('HSET', key, 'claimed_at', ARGV[1])
+    redis.call('HSET', key, 'claimed_at', ARGV[1], 'since', ARGV[6])
     redis.call('ZADD', KEYS[1], ARGV[4], key)
     out[n] = 1
   end
@@ -85,11 +85,11 @@ end
 return out
 """
 
-# ARGV: deadline.
+# ARGV: deadline, wall clock.
 _QUEUED = """
 for i = 2, #KEYS do
   if redis.call('HGET', KEYS[i], 'state') == 'claimed' then
-    redis.call('HSET', KEYS[i], 'state', 'queued')
+    redis.call('HSET', KEYS[i], 'state', 'queued', 'since', ARGV[2])
     redis.call('ZADD', KEYS[1], ARGV[1], KEYS[i])
   end
 end
@@ -114,7 +114,8 @@ for i = 2, #KEYS do
   end
   if verdict == 'go' then
     value = tostring(redis.call('HINCRBY', key, 'attempts', 1))
-    redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3])
+    redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3],
+               'since', ARGV[1])
     redis.call('ZADD', KEYS[1], ARGV[2], key)
   end
   out[2 * n - 1], out[2 * n] = verdict, value
@@ -129,7 +130,7 @@ local finished = 0
 if redis.call('HGET', KEYS[1], 'state') == 'sending'
    and redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
-             'finished_at', ARGV[5])
+             'finished_at', ARGV[5], 'since', ARGV[5])
   redis.call('HDEL', KEYS[1], 'lease_until')
   if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
   if ARGV[2] == 'retrying' then
@@ -145,12 +146,12 @@ end
 return finished
 """
 
-# KEYS: the delivery, the deadline index. ARGV: now, deadline, offset.
+# KEYS: the delivery, the deadline index. ARGV: now, deadline, offset, wall clock.
 _RESET = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'failed' and state ~= 'unknown' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'reset_at', ARGV[1],
-           'offset', ARGV[3])
+           'offset', ARGV[3], 'since', ARGV[4])
 redis.call('HDEL', KEYS[1], 'reason', 'detail', 'finished_at', 'lease_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
@@ -171,7 +172,7 @@ for _, key in ipairs(due) do
     if state == 'sending' and lease > tonumber(ARGV[1]) then
       redis.call('ZADD', KEYS[1], lease, key)
     else
-      if state == 'claimed' then redis.call('HSET', key, 'state', 'queued') end
+      if state == 'claimed' then redis.call('HSET', key, 'state', 'queued', 'since', ARGV[1]) end
       if state == 'sending' then redis.call('HINCRBY', key, 'takeovers', 1) end
       redis.call('ZADD', KEYS[1], ARGV[2], key)
       out[#out + 1] = key
@@ -287,6 +288,7 @@ class Ledger:
             int(LEDGER_TTL.total_seconds()),
             _ts(wall + self.claim_deadline),
             f"{(now - wall).total_seconds():.3f}",
+            _ts(wall),
         ]
         claimed: list[bool] = []
         for chunk in _chunks(items):
@@ -303,7 +305,7 @@ class Ledger:
 
     def mark_queued(self, keys: Iterable[str], *, backlog: int = 0) -> None:
         """Record that these claimed deliveries are on the queue, behind ``backlog`` messages."""
-        args: list[str | int] = [_ts(self.queued_deadline(backlog))]
+        args: list[str | int] = [_ts(self.queued_deadline(backlog)), _ts(self.clock())]
         for chunk in _chunks(list(keys)):
             self._queued(keys=[DEADLINE_INDEX_KEY, *map(self.redis_key, chunk)], args=args)
 
@@ -388,6 +390,7 @@ class Ledger:
             _ts(now),
             _ts(self.queued_deadline()),
             f"{(now - wall).total_seconds():.3f}",
+            _ts(wall),
         ]
         return bool(self._reset(keys=[self.redis_key(key), DEADLINE_INDEX_KEY], args=args))
 

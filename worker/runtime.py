@@ -44,8 +44,9 @@ from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
 from worker.signature import DkimSigner
 from worker.sources import Source, open_source
+from worker.status import read_status
 from worker.suppression import SuppressionList
-from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper
+from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.unsubscribe import Unsubscriber, shared_secret
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,12 @@ class Runtime:
             maintenance_chance=s.broker_maintenance_chance,
         )
         broker.add_middleware(QueueMetrics())
-        broker.add_middleware(SweepMiddleware(lambda: self.sweeper, interval_s=s.sweep_interval_s))
+        broker.add_middleware(
+            SweepMiddleware(
+                lambda: Sweeper(self.ledger, self.actor, heartbeat=worker_name()),
+                interval_s=s.sweep_interval_s,
+            )
+        )
         dramatiq.set_broker(broker)
         return broker
 
@@ -291,7 +297,13 @@ class Runtime:
     def _serve_metrics(self) -> None:
         port = self.settings.metrics_port
         if port is not None and not self._metrics_served:
-            serve_metrics(port)
+            s = self.settings
+            serve_metrics(
+                port,
+                lambda: read_status(
+                    self.redis, queue_name=s.queue_name, sweep_interval_s=s.sweep_interval_s
+                ),
+            )
             self._metrics_served = True
 
     def retry_failed(self, *, rule_id: str | None = None, now: datetime | None = None) -> list[str]:

@@ -16,7 +16,10 @@ waits as a standby and takes over when the lock expires.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +32,7 @@ import redis
 from worker.actors import DeliveryActor
 from worker.constants import (
     DELIVERY_BATCH_SIZE,
+    SCHEDULER_LAST_PASS_KEY,
     SCHEDULER_LOCK_KEY,
     SCHEDULER_LOCK_TTL,
     STANDBY_POLL,
@@ -249,6 +253,21 @@ class LeaderLock:
         self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, 1])
 
 
+def record_pass(client: redis.Redis, report: PassReport, *, leader: str, took_s: float) -> None:
+    """Keep what the leader's last pass did for ``crm-worker status``."""
+    client.hset(
+        SCHEDULER_LAST_PASS_KEY,
+        mapping={
+            "at": f"{utc_now().timestamp():.3f}",
+            "leader": leader,
+            "took_s": f"{took_s:.2f}",
+            "queued": len(report.queued),
+            "already_claimed": report.already_claimed,
+            "skipped": report.skipped_total,
+        },
+    )
+
+
 def run_scheduler(
     scheduler: Scheduler,
     lock: LeaderLock,
@@ -260,13 +279,16 @@ def run_scheduler(
     """Run passes every ``interval_s`` while leader, until ``stop`` is set; a standby tries
     the lock at least every ``STANDBY_POLL``."""
     leading = False
+    me = f"{socket.gethostname()}:{os.getpid()}"
     while not stop.is_set():
         try:
             if lock.acquire():
                 if not leading:
                     log.info("scheduler is the leader")
                 leading = True
-                scheduler.run_pass(clock())
+                started = time.monotonic()
+                report = scheduler.run_pass(clock())
+                record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")

@@ -23,7 +23,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -35,7 +38,12 @@ import dramatiq
 import redis
 
 from worker.actors import DeliveryActor
-from worker.constants import DELIVERY_BATCH_SIZE, SWEEP_BATCH
+from worker.constants import (
+    DELIVERY_BATCH_SIZE,
+    SWEEP_BATCH,
+    WORKER_HEARTBEAT_KEPT,
+    WORKERS_KEY,
+)
 from worker.ledger import Ledger, Stale
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,8 @@ class Sweeper:
     ledger: Ledger
     actor: DeliveryActor
     limit: int = SWEEP_BATCH
+    #: Set in a worker process: its name in the workers' heartbeats (``crm-worker status``).
+    heartbeat: str | None = None
 
     def sweep(self) -> SweepReport:
         """Take over and queue every delivery past its deadline now; logs one line if any.
@@ -70,6 +80,8 @@ class Sweeper:
         Raises ``redis.RedisError`` when Redis is unreachable (the caller tries again later;
         nothing was taken that is not queued, or it comes back at its new deadline)."""
         report = SweepReport()
+        if self.heartbeat is not None:
+            self.beat()
         while True:
             stale = self.ledger.take_over(limit=self.limit, backlog=self.actor.depth())
             for batch, offset_s in batches(stale):
@@ -85,6 +97,27 @@ class Sweeper:
                 report.describe(),
             )
         return report
+
+    def beat(self) -> None:
+        """Record that this worker process is alive (and forget long-gone ones)."""
+        if self.heartbeat is None:
+            return
+        now = self.ledger.clock().timestamp()
+        with self.ledger.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(WORKERS_KEY, {self.heartbeat: now})
+            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - WORKER_HEARTBEAT_KEPT.total_seconds())
+            pipe.execute()
+
+    def leave(self) -> None:
+        """This worker process stops: gone from the heartbeats at once (best effort)."""
+        if self.heartbeat is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.ledger.client.zrem(WORKERS_KEY, self.heartbeat)
+
+
+def worker_name() -> str:
+    """How a worker process appears in the heartbeats: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def batches(stale: list[Stale]) -> list[tuple[list[str], float]]:
@@ -128,10 +161,12 @@ class SweepMiddleware(dramatiq.Middleware):
         self._interval_s = interval_s
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
+        self._swept: Sweeper | None = None
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         stop = threading.Event()
         sweeper = self._sweeper()
+        self._swept = sweeper
         self._stop = stop
         self._thread = threading.Thread(
             target=run_sweeper,
@@ -147,7 +182,9 @@ class SweepMiddleware(dramatiq.Middleware):
             self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._stop = self._thread = None
+        if self._swept is not None:
+            self._swept.leave()
+        self._stop = self._thread = self._swept = None
 
 
 def _short(exc: Exception) -> str:
