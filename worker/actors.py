@@ -87,7 +87,15 @@ class DeliveryActor:
         planned_for = datetime.fromtimestamp(float(as_of), UTC)
         queued = datetime.fromtimestamp(float(enqueued_at), UTC)
         later: dict[timedelta, list[str]] = {}
-        for result in deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued):
+        try:
+            results = deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Dramatiq logs an unhandled error with the message's repr (all 50 keys) and a
+            # traceback, per batch; a Retry it logs at most as one short line. The sweeper
+            # logs the outage itself once.
+            log.debug("batch of %d deliveries lost Redis (%s); retrying", len(keys), exc)
+            raise dramatiq.Retry(f"Redis unreachable: {exc}"[:200]) from None
+        for result in results:
             key = result.key
             if self._on_result:
                 self._on_result(result)
@@ -104,4 +112,4 @@ def _redis_unreachable(retries: int, exc: BaseException) -> bool:
     """Dramatiq's ``retry_when``: retry a batch that lost its Redis connection, whatever the
     count (the keys wait in the ledger; nothing else would take the message back); any other
     failure is a poison message or a bug, dead-lettered at once."""
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+    return isinstance(exc, dramatiq.Retry | redis.ConnectionError | redis.TimeoutError)

@@ -205,6 +205,12 @@ INTAKE_CLIENT_TIMEOUT_S = 30.0
 EMBEDDED_REDIS_START_TIMEOUT_S = 20.0
 EMBEDDED_REDIS_STOP_TIMEOUT_S = 30.0
 
+#: Longest log line (each line of a traceback too): a line names what happened and the few
+#: keys or counts it is about, never a batch's 50 keys.
+MAX_LOG_LINE_CHARS = 300
+#: A long pass logs its progress this often (INFO), so the log shows it is alive.
+PASS_PROGRESS_INTERVAL = timedelta(seconds=10)
+
 #: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
 #: this, dirty data must not flood the log.
 MAX_REPORTED_UNKNOWN_ZONES = 100

@@ -135,7 +135,9 @@ class Deliverer:
         if begin.verdict == "busy":
             wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
             return DeliveryResult(key, "busy", "another worker is sending", wait)
-        return Attempt(self.ledger, self.delivery_log, key, owner, begin.attempt)
+        return Attempt(
+            self.ledger, self.delivery_log, key, owner, begin.attempt, taken_over=begin.taken_over
+        )
 
     def fetch(self, keys: Iterable[str]) -> Fetched:
         """The records the re-checks of ``keys`` read: each key's subject record and, for a

@@ -113,7 +113,10 @@ for i = 2, #KEYS do
     verdict, value = 'busy', redis.call('HGET', key, 'lease_until')
   end
   if verdict == 'go' then
-    value = tostring(redis.call('HINCRBY', key, 'attempts', 1))
+    -- An expired lease: its worker was cut off mid-send and may have handed the message over.
+    if state == 'sending' then redis.call('HINCRBY', key, 'takeovers', 1) end
+    value = tostring(redis.call('HINCRBY', key, 'attempts', 1)) .. ':'
+            .. (redis.call('HGET', key, 'takeovers') or '0')
     redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3],
                'since', ARGV[1])
     redis.call('ZADD', KEYS[1], ARGV[2], key)
@@ -236,6 +239,9 @@ class Begin:
     attempt: int = 0
     state: str = ""
     lease_until: float = 0.0
+    #: ``go`` only: an earlier attempt was cut off mid-send (its lease expired, the sweeper
+    #: took the delivery over), so the server may already have it.
+    taken_over: bool = False
 
 
 def _ts(moment: datetime) -> str:
@@ -478,7 +484,8 @@ def _text(value: Any) -> str:
 def _begin(raw_verdict: Any, raw_value: Any) -> Begin:
     verdict, value = _text(raw_verdict), _text(raw_value)
     if verdict == "go":
-        return Begin("go", attempt=int(value))
+        attempt, _, takeovers = value.partition(":")
+        return Begin("go", attempt=int(attempt), taken_over=int(takeovers or 0) > 0)
     if verdict == "done":
         return Begin("done", state=value)
     if verdict == "busy":

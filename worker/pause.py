@@ -47,8 +47,9 @@ class SendPause:
         until = now + length
         ttl_ms = int(length.total_seconds() * 1000) + 1000
         current: Any = self.client.get(SEND_PAUSE_KEY)
-        if current is None or float(current) < until.timestamp():
-            self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
+        if current is not None and float(current) >= until.timestamp():
+            return length  # already paused as long: one log line per pause, not per message
+        self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
         if not alert:
             log.warning("sending held off for %s: %s", length, reason)
             return length

@@ -32,6 +32,7 @@ import redis
 from worker.actors import DeliveryActor
 from worker.constants import (
     DELIVERY_BATCH_SIZE,
+    PASS_PROGRESS_INTERVAL,
     SCHEDULER_LAST_PASS_KEY,
     SCHEDULER_LOCK_KEY,
     SCHEDULER_LOCK_TTL,
@@ -147,7 +148,17 @@ class Scheduler:
         """Claim, cap and queue planned deliveries in batches."""
         report = PassReport(now)
         due: list[PlannedDelivery] = []
+        progress_at = time.monotonic() + PASS_PROGRESS_INTERVAL.total_seconds()
         for item in items:
+            if time.monotonic() > progress_at:
+                progress_at = time.monotonic() + PASS_PROGRESS_INTERVAL.total_seconds()
+                log.info(
+                    "pass at %s: %d queued so far, %d already claimed, %d skipped",
+                    now.isoformat(),
+                    len(report.queued),
+                    report.already_claimed,
+                    report.skipped_total,
+                )
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue
@@ -189,7 +200,7 @@ class Scheduler:
                     reason=reason,
                 )
             )
-        log.info("skipped %s: %s", item.key, reason)
+        log.debug("skipped %s: %s", item.key, reason)
         return False
 
     def _claim_and_enqueue(
@@ -279,6 +290,7 @@ def run_scheduler(
     """Run passes every ``interval_s`` while leader, until ``stop`` is set; a standby tries
     the lock at least every ``STANDBY_POLL``."""
     leading = False
+    redis_lost = False
     me = f"{socket.gethostname()}:{os.getpid()}"
     while not stop.is_set():
         try:
@@ -289,12 +301,19 @@ def run_scheduler(
                 started = time.monotonic()
                 report = scheduler.run_pass(clock())
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
+            if redis_lost:
+                log.info("Redis back; the scheduler runs again")
+                redis_lost = False
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")
                 leading = False
         except redis.RedisError as exc:
-            log.error("scheduler pass failed (Redis): %s; retrying next interval", exc)
+            # Once per outage, not once per interval: what was claimed and not queued is taken
+            # over by the sweepers once Redis is back.
+            if not redis_lost:
+                log.warning("Redis lost (%s); the scheduler retries every interval", exc)
+            redis_lost = True
         except SourceUnavailableError as exc:
             # Nothing is lost: the next pass plans again within each rule's grace, and a key
             # claimed but not yet queued is claimable again after CLAIM_STALE_AFTER.

@@ -91,7 +91,7 @@ class Sweeper:
             if len(stale) < self.limit:
                 break
         if report.total:
-            log.warning(
+            log.info(
                 "took over %d deliveries past their deadline (%s) and queued them again",
                 report.total,
                 report.describe(),

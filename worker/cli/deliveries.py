@@ -4,6 +4,7 @@ resume."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import datetime
 
@@ -60,6 +61,8 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
             out.print(json.dumps(line), markup=False)
         for entry in summary.problems:
             out.print(json.dumps({"kind": "failure", **entry.as_json()}), markup=False)
+        for entry in summary.possibly_twice:
+            out.print(json.dumps({"kind": "possibly-twice", **entry.as_json()}), markup=False)
         for name in STATE_NAMES.values():
             figures = backlog.states[name]
             age = backlog.oldest_age_s(name)
@@ -88,6 +91,13 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
                     entry.reply,
                 )
             out.print(problems)
+        if summary.possibly_twice:
+            out.print(
+                f"{len(summary.possibly_twice)} sent after an attempt was cut off mid-send "
+                "(a worker or Redis lost between the server's reply and the ledger): they may "
+                "be in the inbox twice, with the same Message-ID",
+                markup=False,
+            )
         out.print(_work_table(backlog, summary))
     if summary.problems or backlog.stuck:
         sys.exit(EXIT_PROBLEMS)
@@ -285,4 +295,5 @@ def resume(ctx: click.Context) -> None:
       crm-worker resume
     """
     runtime_for(ctx).pause.clear()
+    logging.getLogger("worker.pause").info("sending resumed by an operator")
     out.print("sending resumed", markup=False)

@@ -97,7 +97,7 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             log.error("event %s recorded; its messages wait for the CRM data: %s", event.id, exc)
             waiting = {"status": "accepted", "id": event.id, "queued": [], "note": str(exc)}
             return JSONResponse(waiting, status_code=202)
-        log.info(
+        log.debug(
             "event %s (%s %s): %s, %d queued",
             taken.event.id,
             taken.event.type,
