@@ -271,5 +271,9 @@ def test_an_smtp_outage_ends_with_everything_sent_and_a_short_quiet_log(
     # Per message: DEBUG only. At INFO and above: a few lines about the outage, not hundreds.
     assert sum(1 for r in ours if r.levelno == logging.DEBUG) >= total
     assert len(shown) <= 20, [r.getMessage() for r in shown]
+    # The outage is two lines: held off when it starts, resumed when it is over.
+    messages = [r.getMessage() for r in shown]
+    assert sum(m.startswith("sending held off") for m in messages) == 1, messages
+    assert sum(m.startswith("sending resumed") for m in messages) == 1, messages
     formatter = CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     assert all(len(line) <= 300 for r in ours for line in formatter.format(r).splitlines())

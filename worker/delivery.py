@@ -220,6 +220,8 @@ class Deliverer:
         """Record the outcome of the attempt: the channel's receipt, or the exception a step
         raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
         if isinstance(outcome, Receipt):
+            if self.pause is not None:
+                self.pause.sent_again()
             return attempt.finish("sent", "", outcome.detail)
         exc = outcome
         if isinstance(exc, TemplateError):
