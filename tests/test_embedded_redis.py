@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,15 @@ def alive(pid: int) -> bool:
     # A zombie (exited, not yet collected by its parent) is not a running server.
     stat = Path(f"/proc/{pid}/stat")
     return not stat.exists() or stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind(tmp_path: Path) -> Iterator[None]:
+    """A failing test must not leave its redis-server running for ever."""
+    yield
+    pid = server_pid(tmp_path / "var")
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def embedded_env(tmp_path: Path, smtp: SmtpSink) -> dict[str, str]:
