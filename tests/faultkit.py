@@ -109,8 +109,11 @@ class RedisProcess:
         self.process = None
 
 
-def write_crm(folder: Path, count: int, *, opted_out: Iterable[int] = ()) -> list[str]:
-    """A CSV CRM of ``count`` customers born on NOW's day; returns their addresses."""
+def write_crm(
+    folder: Path, count: int, *, opted_out: Iterable[int] = (), birthday: str = "1990-03-14"
+) -> list[str]:
+    """A CSV CRM of ``count`` customers born on NOW's day (or ``birthday``); returns their
+    addresses."""
     folder.mkdir(parents=True, exist_ok=True)
     out = set(opted_out)
     lines = [CUSTOMER_COLUMNS]
@@ -119,7 +122,7 @@ def write_crm(folder: Path, count: int, *, opted_out: Iterable[int] = ()) -> lis
         address = f"customer{n}@example.com"
         addresses.append(address)
         opt_in = "false" if n in out else "true"
-        lines.append(f"{n},{address},Kim{n},Lee,1990-03-14,en,UTC,,{opt_in},silver")
+        lines.append(f"{n},{address},Kim{n},Lee,{birthday},en,UTC,,{opt_in},silver")
     (folder / "customers.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for name in ("purchases.csv", "complaints.csv"):
         header = (REPO / "examples" / "crm" / name).read_text(encoding="utf-8").splitlines()[0]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 
-from tests.faultkit import NOW, write_crm
+from tests.faultkit import NOW, wait_until, write_crm
 from tests.test_cli import crm_worker
 from tests.test_faults import settings_env
+from worker.ledger import Ledger
 from worker.localtime import utc_now
 from worker.runtime import Runtime
 from worker.settings import load_settings
@@ -88,3 +90,48 @@ def test_resume_ends_a_send_pause(tmp_path, smtp_server, redis_client):
         assert runtime.pause.remaining(utc_now()) is None
     finally:
         runtime.close()
+
+
+def test_report_and_status_show_stuck_work_until_a_worker_takes_it_over(
+    tmp_path, smtp_server, redis_client
+):
+    write_crm(tmp_path / "crm", 3)
+    env = settings_env(tmp_path, smtp_server, CRM_SWEEP_INTERVAL_S="0.2")
+    if os.environ.get("REDIS_URL"):
+        env["CRM_REDIS_URL"] = os.environ["REDIS_URL"]
+    runtime = Runtime(load_settings(env), redis_client=redis_client)
+    try:
+        # A scheduler claimed three deliveries long ago and died before queuing them.
+        keys = [f"birthday-greeting:customer:{n}:2026/email" for n in (1, 2, 3)]
+        lost = Ledger(redis_client, claim_deadline=timedelta(seconds=-60))
+        lost.claim_many([(key, "birthday-greeting", NOW) for key in keys], now=NOW)
+
+        report = crm_worker("report", "--json", env=env, cwd=tmp_path)
+        assert report.returncode == 1, report.stdout  # stuck work is a problem
+        work = {
+            x["state"]: x
+            for x in map(json.loads, report.stdout.splitlines())
+            if x["kind"] == "work"
+        }
+        assert work["planned"]["count"] == 3 and work["planned"]["stuck"] == 3
+        assert work["planned"]["oldest_age_s"] < 60
+
+        status = crm_worker("status", env=env, cwd=tmp_path)
+        assert status.returncode == 1
+        assert "none alive" in status.stdout and "3 stuck" in status.stdout
+
+        worker = runtime.start_worker()  # its sweeper takes the three over
+        try:
+            sent = wait_until(
+                lambda: set(runtime.ledger.states(keys).values()) == {"sent"}, timeout_s=30
+            )
+            assert sent
+            status = crm_worker("status", env=env, cwd=tmp_path)
+            assert status.returncode == 0, status.stdout
+            assert "1 alive" in status.stdout and "0 stuck" in status.stdout
+        finally:
+            worker.stop()
+        assert crm_worker("report", env=env, cwd=tmp_path).returncode == 0
+    finally:
+        runtime.close()
+    assert len(smtp_server.received) == 3

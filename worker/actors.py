@@ -3,7 +3,11 @@
 A message carries delivery keys and two timestamps, never personal data or rendered content:
 the worker reloads everything from the CRM at send time. Batches (``DELIVERY_BATCH_SIZE`` keys)
 keep queue overhead per email small. Retries are ours, per key, through the ledger: Dramatiq's
-own retries are off, so a poison message is dead-lettered after its first failure.
+own retries are off, so a poison message is dead-lettered after its first failure. The one
+exception is a lost Redis connection (Redis restarting, a failover): that batch is retried
+with backoff until Redis answers, never dead-lettered (FACTS.md: with ``max_retries`` 0 a
+Redis restart dead-lettered about one batch in six). Should the retry itself be lost with the
+connection, the ledger's deadline brings the keys back (:mod:`worker.sweeper`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from worker.batch import deliver_batch
+from worker.constants import (
+    BROKER_RETRY_MAX_BACKOFF_MS,
+    BROKER_RETRY_MIN_BACKOFF_MS,
+    DRAMATIQ_NAMESPACE,
+)
 from worker.delivery import Deliverer
 from worker.localtime import utc_now
 from worker.outcome import DeliveryResult
@@ -45,8 +55,20 @@ class DeliveryActor:
             actor_name=ACTOR_NAME,
             queue_name=queue_name,
             priority=0,
-            options={"max_retries": 0, "time_limit": 15 * 60 * 1000},
+            options={
+                "max_retries": 0,
+                "retry_when": _redis_unreachable,
+                "min_backoff": BROKER_RETRY_MIN_BACKOFF_MS,
+                "max_backoff": BROKER_RETRY_MAX_BACKOFF_MS,
+                "time_limit": 15 * 60 * 1000,
+            },
         )
+        self.queue_key = f"{DRAMATIQ_NAMESPACE}:{queue_name}"
+        self._client = broker.client
+
+    def depth(self) -> int:
+        """Dramatiq messages waiting in the queue now (not counting delayed ones)."""
+        return int(self._client.llen(self.queue_key))
 
     def send(self, keys: Sequence[str], *, as_of: datetime, delay: timedelta | None = None) -> None:
         """Queue one batch of delivery keys planned for instant ``as_of``."""
@@ -65,7 +87,15 @@ class DeliveryActor:
         planned_for = datetime.fromtimestamp(float(as_of), UTC)
         queued = datetime.fromtimestamp(float(enqueued_at), UTC)
         later: dict[timedelta, list[str]] = {}
-        for result in deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued):
+        try:
+            results = deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Dramatiq logs an unhandled error with the message's repr (all 50 keys) and a
+            # traceback, per batch; a Retry it logs at most as one short line. The sweeper
+            # logs the outage itself once.
+            log.debug("batch of %d deliveries lost Redis (%s); retrying", len(keys), exc)
+            raise dramatiq.Retry(f"Redis unreachable: {exc}"[:200]) from None
+        for result in results:
             key = result.key
             if self._on_result:
                 self._on_result(result)
@@ -76,3 +106,10 @@ class DeliveryActor:
                 later.setdefault(delay, []).append(key)
         for delay, retry_keys in later.items():
             self.send(retry_keys, as_of=planned_for + (utc_now() - queued), delay=delay)
+
+
+def _redis_unreachable(retries: int, exc: BaseException) -> bool:
+    """Dramatiq's ``retry_when``: retry a batch that lost its Redis connection, whatever the
+    count (the keys wait in the ledger; nothing else would take the message back); any other
+    failure is a poison message or a bug, dead-lettered at once."""
+    return isinstance(exc, dramatiq.Retry | redis.ConnectionError | redis.TimeoutError)

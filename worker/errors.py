@@ -14,6 +14,7 @@
     ├── PreviewError           `crm-worker preview` names a rule or customer that does not exist
     ├── EventError             a reported CRM event is unusable (also a ValueError)
     ├── IntakeError            an event posted over HTTP is refused (carries status and field)
+    ├── EmbeddedRedisError     the embedded redis-server (CRM_REDIS_URL unset) did not start
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
@@ -190,3 +191,15 @@ class RelayUnavailableError(TransientDeliveryError):
     """No session with the relay could be opened (connection refused, TLS failure, timeout, 421
     at the greeting): nothing was handed over, so the message is not to blame. Every worker
     holds off briefly and the attempt does not count; the rule's grace still ends the wait."""
+
+
+class EmbeddedRedisError(CrmWorkerError):
+    """The embedded redis-server for ``data_file`` did not start (``reason``)."""
+
+    def __init__(self, data_file: Path, reason: str) -> None:
+        self.data_file = data_file
+        self.reason = reason
+        super().__init__(
+            f"the embedded Redis for {data_file} did not start: {reason}; check that "
+            "CRM_DATA_DIR is writable, or set CRM_REDIS_URL to a running Redis"
+        )

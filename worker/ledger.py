@@ -18,11 +18,16 @@ Its state only moves forward, each step an atomic Lua script::
 * ``finish``: records the outcome and reason; only the lease holder may. ``unknown``: the
   connection was lost after the message was handed over; final until an operator resets it.
 * ``reset``: ``failed``/``unknown`` back to ``queued`` for ``crm-worker retry-failed``.
+* ``take_over`` (the sweeper, :mod:`worker.sweeper`): every step above also sets the
+  delivery's deadline in one sorted set (``DEADLINE_INDEX_KEY``) while it is not final;
+  a delivery past its deadline is taken over and queued again. Deadlines are wall-clock
+  times; ``offset`` keeps how far the planned instant was from the wall clock (``run --once
+  --now`` replays a past day), so a taken-over delivery is re-checked as of its own day.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -32,12 +37,17 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from worker.constants import (
+    CLAIM_DEADLINE,
     CLAIM_STALE_AFTER,
+    DEADLINE_INDEX_KEY,
     LEDGER_KEY_PREFIX,
     LEDGER_SCRIPT_KEYS,
     LEDGER_TTL,
+    QUEUE_DEADLINE,
+    QUEUE_DEADLINE_PER_MESSAGE,
     SEND_LEASE,
 )
+from worker.localtime import utc_now
 
 T = TypeVar("T")
 
@@ -49,32 +59,38 @@ RETRYABLE_STATES: frozenset[str] = frozenset({"failed", "unknown"})
 # The scripts that take many keys loop over KEYS, each key its own step exactly as a script of
 # one key would be; one call per batch instead of one per key (a pass claims thousands).
 # Several keys in one script are fine on one Redis (Dramatiq's broker needs one too), not on a
-# Redis Cluster.
+# Redis Cluster. KEYS[1] of these is the deadline index, the deliveries follow.
 
-# ARGV: now, stale_before, ttl, then rule and due_at per key.
+# ARGV: now, stale_before, ttl, deadline, offset, wall clock, then rule and due_at per key.
 _CLAIM = """
 local out = {}
-for i, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key, n = KEYS[i], i - 1
   local state = redis.call('HGET', key, 'state')
-  out[i] = 0
+  out[n] = 0
   if not state then
-    redis.call('HSET', key, 'state', 'claimed', 'rule', ARGV[2 + 2 * i],
-               'due_at', ARGV[3 + 2 * i], 'claimed_at', ARGV[1], 'attempts', 0)
+    redis.call('HSET', key, 'state', 'claimed', 'rule', ARGV[5 + 2 * n],
+               'due_at', ARGV[6 + 2 * n], 'claimed_at', ARGV[1], 'attempts', 0,
+               'offset', ARGV[5], 'since', ARGV[6])
     redis.call('EXPIRE', key, ARGV[3])
-    out[i] = 1
+    redis.call('ZADD', KEYS[1], ARGV[4], key)
+    out[n] = 1
   elseif state == 'claimed'
      and tonumber(redis.call('HGET', key, 'claimed_at') or '0') < tonumber(ARGV[2]) then
-    redis.call('HSET', key, 'claimed_at', ARGV[1])
-    out[i] = 1
+    redis.call('HSET', key, 'claimed_at', ARGV[1], 'since', ARGV[6])
+    redis.call('ZADD', KEYS[1], ARGV[4], key)
+    out[n] = 1
   end
 end
 return out
 """
 
+# ARGV: deadline, wall clock.
 _QUEUED = """
-for _, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'state') == 'claimed' then
-    redis.call('HSET', key, 'state', 'queued')
+for i = 2, #KEYS do
+  if redis.call('HGET', KEYS[i], 'state') == 'claimed' then
+    redis.call('HSET', KEYS[i], 'state', 'queued', 'since', ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[1], KEYS[i])
   end
 end
 return 1
@@ -83,11 +99,13 @@ return 1
 # ARGV: now, lease_until, owner. Returns verdict and value per key, one flat list.
 _BEGIN = """
 local out = {}
-for i, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key, n = KEYS[i], i - 1
   local verdict, value = 'go', '0'
   local state = redis.call('HGET', key, 'state')
   if not state then
     verdict = 'missing'
+    redis.call('ZREM', KEYS[1], key)
   elseif state == 'sent' or state == 'skipped' or state == 'failed' or state == 'unknown' then
     verdict, value = 'done', state
   elseif state == 'sending'
@@ -95,36 +113,80 @@ for i, key in ipairs(KEYS) do
     verdict, value = 'busy', redis.call('HGET', key, 'lease_until')
   end
   if verdict == 'go' then
-    value = tostring(redis.call('HINCRBY', key, 'attempts', 1))
-    redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3])
+    -- An expired lease: its worker was cut off mid-send and may have handed the message over.
+    if state == 'sending' then redis.call('HINCRBY', key, 'takeovers', 1) end
+    value = tostring(redis.call('HINCRBY', key, 'attempts', 1)) .. ':'
+            .. (redis.call('HGET', key, 'takeovers') or '0')
+    redis.call('HSET', key, 'state', 'sending', 'lease_until', ARGV[2], 'lease_owner', ARGV[3],
+               'since', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], key)
   end
-  out[2 * i - 1], out[2 * i] = verdict, value
+  out[2 * n - 1], out[2 * n] = verdict, value
 end
 return out
 """
 
+# KEYS: the delivery, the deadline index, the log stream (optional). ARGV: owner, state,
+# reason, detail, now, refund, deadline (of a retry), maxlen, then the log entry's fields.
 _FINISH = """
 local finished = 0
 if redis.call('HGET', KEYS[1], 'state') == 'sending'
    and redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'detail', ARGV[4],
-             'finished_at', ARGV[5])
+             'finished_at', ARGV[5], 'since', ARGV[5])
   redis.call('HDEL', KEYS[1], 'lease_until')
   if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+  if ARGV[2] == 'retrying' then
+    redis.call('ZADD', KEYS[2], ARGV[7], KEYS[1])
+  else
+    redis.call('ZREM', KEYS[2], KEYS[1])
+  end
   finished = 1
 end
-if KEYS[2] then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
 end
 return finished
 """
 
+# KEYS: the delivery, the deadline index. ARGV: now, deadline, offset, wall clock.
 _RESET = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'failed' and state ~= 'unknown' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'reset_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'reset_at', ARGV[1],
+           'offset', ARGV[3], 'since', ARGV[4])
 redis.call('HDEL', KEYS[1], 'reason', 'detail', 'finished_at', 'lease_owner')
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
+"""
+
+# KEYS: the deadline index. ARGV: now, new deadline, limit. Takes over each delivery whose
+# deadline passed: a claimed one becomes queued, a sending one (lease expired: its worker died
+# or lost Redis mid-send) keeps its state, so the next begin takes the lease over and a late
+# finish of the old owner still counts; ``takeovers`` counts how often it was on the wire with
+# no outcome recorded. Returns key, state and offset per taken delivery, one flat list.
+_TAKE_OVER = """
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, key in ipairs(due) do
+  local state = redis.call('HGET', key, 'state')
+  if state == 'claimed' or state == 'queued' or state == 'retrying' or state == 'sending' then
+    local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
+    if state == 'sending' and lease > tonumber(ARGV[1]) then
+      redis.call('ZADD', KEYS[1], lease, key)
+    else
+      if state == 'claimed' then redis.call('HSET', key, 'state', 'queued', 'since', ARGV[1]) end
+      if state == 'sending' then redis.call('HINCRBY', key, 'takeovers', 1) end
+      redis.call('ZADD', KEYS[1], ARGV[2], key)
+      out[#out + 1] = key
+      out[#out + 1] = state
+      out[#out + 1] = redis.call('HGET', key, 'offset') or '0'
+    end
+  else
+    redis.call('ZREM', KEYS[1], key)
+  end
+end
+return out
 """
 
 
@@ -150,6 +212,18 @@ class Finish:
     now: datetime
     refund_attempt: bool = False
     log_entry: LogAppend | None = None
+    #: For ``retrying``: when the next attempt is due (its deadline follows from it).
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A delivery the sweeper took over: it was in ``state`` past its deadline. ``offset_s``:
+    the planned instant minus the wall clock when it was claimed (0 outside replays)."""
+
+    key: str
+    state: str
+    offset_s: float
 
 
 @dataclass(frozen=True)
@@ -165,6 +239,9 @@ class Begin:
     attempt: int = 0
     state: str = ""
     lease_until: float = 0.0
+    #: ``go`` only: an earlier attempt was cut off mid-send (its lease expired, the sweeper
+    #: took the delivery over), so the server may already have it.
+    taken_over: bool = False
 
 
 def _ts(moment: datetime) -> str:
@@ -174,14 +251,27 @@ def _ts(moment: datetime) -> str:
 class Ledger:
     """Delivery states in Redis; every transition is one atomic script."""
 
-    def __init__(self, client: redis.Redis, *, send_lease: timedelta = SEND_LEASE) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        send_lease: timedelta = SEND_LEASE,
+        claim_deadline: timedelta = CLAIM_DEADLINE,
+        queue_deadline: timedelta = QUEUE_DEADLINE,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.client = client
         self.send_lease = send_lease
+        self.claim_deadline = claim_deadline
+        self.queue_deadline = queue_deadline
+        #: The wall clock deadlines are measured on (a pass may plan for a replayed instant).
+        self.clock = clock
         self._claim = client.register_script(_CLAIM)
         self._queued = client.register_script(_QUEUED)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._reset = client.register_script(_RESET)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @staticmethod
     def redis_key(key: str) -> str:
@@ -197,22 +287,33 @@ class Ledger:
         """:meth:`claim` for many ``(key, rule_id, due_at)``, one script call per
         ``LEDGER_SCRIPT_KEYS`` (a pass claims thousands); one result per item, in order."""
         items = list(items)
+        wall = self.clock()
         head: list[str | int] = [
             _ts(now),
             _ts(now - CLAIM_STALE_AFTER),
             int(LEDGER_TTL.total_seconds()),
+            _ts(wall + self.claim_deadline),
+            f"{(now - wall).total_seconds():.3f}",
+            _ts(wall),
         ]
         claimed: list[bool] = []
         for chunk in _chunks(items):
             args = head + [arg for _, rule_id, due_at in chunk for arg in (rule_id, _ts(due_at))]
-            keys = [self.redis_key(key) for key, _, _ in chunk]
+            keys = [DEADLINE_INDEX_KEY, *(self.redis_key(key) for key, _, _ in chunk)]
             claimed += [bool(one) for one in self._claim(keys=keys, args=args)]
         return claimed
 
-    def mark_queued(self, keys: Iterable[str]) -> None:
-        """Record that these claimed deliveries are on the queue."""
+    def queued_deadline(self, backlog: int = 0) -> datetime:
+        """When a delivery queued now with ``backlog`` Dramatiq messages ahead of it counts as
+        lost: the queue deadline, plus a little per message ahead (a long backlog drains slowly,
+        and a delivery queued twice costs a worker a wasted look)."""
+        return self.clock() + self.queue_deadline + QUEUE_DEADLINE_PER_MESSAGE * max(backlog, 0)
+
+    def mark_queued(self, keys: Iterable[str], *, backlog: int = 0) -> None:
+        """Record that these claimed deliveries are on the queue, behind ``backlog`` messages."""
+        args: list[str | int] = [_ts(self.queued_deadline(backlog)), _ts(self.clock())]
         for chunk in _chunks(list(keys)):
-            self._queued(keys=[self.redis_key(key) for key in chunk], args=[])
+            self._queued(keys=[DEADLINE_INDEX_KEY, *map(self.redis_key, chunk)], args=args)
 
     def begin(self, key: str, *, now: datetime, owner: str) -> Begin:
         """Take the send lease for ``key`` (see :class:`Begin`)."""
@@ -225,7 +326,7 @@ class Ledger:
         args: list[str | int] = [_ts(now), _ts(now + self.send_lease), owner]
         begins: list[Begin] = []
         for chunk in _chunks(list(keys)):
-            flat = self._begin(keys=[self.redis_key(key) for key in chunk], args=args)
+            flat = self._begin(keys=[DEADLINE_INDEX_KEY, *map(self.redis_key, chunk)], args=args)
             begins += [
                 _begin(verdict, value) for verdict, value in zip(flat[::2], flat[1::2], strict=True)
             ]
@@ -242,15 +343,17 @@ class Ledger:
         now: datetime,
         refund_attempt: bool = False,
         log_entry: LogAppend | None = None,
+        retry_after: timedelta | None = None,
     ) -> bool:
         """Record the outcome; False when ``owner`` no longer holds the lease.
 
         ``refund_attempt``: this attempt does not count towards the retry limit (the relay
         refused us, not this message). ``log_entry`` is appended to its stream in the same
         atomic step (even when the lease was lost: the log tells what happened), so the ledger
-        and the delivery log never disagree, and a worker pays one round trip per outcome."""
+        and the delivery log never disagree, and a worker pays one round trip per outcome.
+        ``retry_after`` (``retrying`` only): when the next attempt is due."""
         return self.record(
-            Finish(key, state, owner, reason, detail, now, refund_attempt, log_entry)
+            Finish(key, state, owner, reason, detail, now, refund_attempt, log_entry, retry_after)
         )
 
     def record(self, item: Finish) -> bool:
@@ -266,7 +369,9 @@ class Ledger:
         return [bool(finished) for finished in _run_each(self.client, self._finish, calls)]
 
     def _finish_call(self, item: Finish) -> tuple[list[str], list[str | int]]:
-        keys = [self.redis_key(item.key)]
+        keys = [self.redis_key(item.key), DEADLINE_INDEX_KEY]
+        # A retry is due after its delay, then may wait in the queue like any queued delivery.
+        wait = (item.retry_after or timedelta(0)) + self.queue_deadline
         args: list[str | int] = [
             item.owner,
             item.state,
@@ -274,10 +379,11 @@ class Ledger:
             item.detail[:500],
             _ts(item.now),
             "1" if item.refund_attempt else "0",
+            _ts(self.clock() + wait),
         ]
+        args.append(item.log_entry.maxlen if item.log_entry is not None else 0)
         if item.log_entry is not None:
             keys.append(item.log_entry.stream)
-            args.append(item.log_entry.maxlen)
             for name, value in item.log_entry.fields.items():
                 args += [name, value]
         return keys, args
@@ -285,7 +391,25 @@ class Ledger:
     def reset(self, key: str, *, now: datetime) -> bool:
         """``failed``/``unknown`` back to ``queued`` with a fresh attempt count, atomically;
         False when ``key`` is in any other state (already sent, in flight, unknown key)."""
-        return bool(self._reset(keys=[self.redis_key(key)], args=[_ts(now)]))
+        wall = self.clock()
+        args: list[str | int] = [
+            _ts(now),
+            _ts(self.queued_deadline()),
+            f"{(now - wall).total_seconds():.3f}",
+            _ts(wall),
+        ]
+        return bool(self._reset(keys=[self.redis_key(key), DEADLINE_INDEX_KEY], args=args))
+
+    def take_over(self, *, limit: int, backlog: int = 0) -> list[Stale]:
+        """Take over at most ``limit`` deliveries whose deadline passed (see ``_TAKE_OVER``):
+        each gets a new deadline as if queued now behind ``backlog`` messages, and the caller
+        queues it. Another sweeper running at the same time takes each one at most once."""
+        args: list[str | int] = [_ts(self.clock()), _ts(self.queued_deadline(backlog)), limit]
+        flat = self._take_over(keys=[DEADLINE_INDEX_KEY], args=args)
+        return [
+            Stale(_text(key)[len(LEDGER_KEY_PREFIX) :], _text(state), float(_text(offset)))
+            for key, state, offset in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
 
     def in_state(self, states: frozenset[str], *, rule_id: str | None = None) -> Iterator[str]:
         """Delivery keys (of ``rule_id`` only, when given) whose state is one of ``states``.
@@ -360,7 +484,8 @@ def _text(value: Any) -> str:
 def _begin(raw_verdict: Any, raw_value: Any) -> Begin:
     verdict, value = _text(raw_verdict), _text(raw_value)
     if verdict == "go":
-        return Begin("go", attempt=int(value))
+        attempt, _, takeovers = value.partition(":")
+        return Begin("go", attempt=int(attempt), taken_over=int(takeovers or 0) > 0)
     if verdict == "done":
         return Begin("done", state=value)
     if verdict == "busy":
@@ -371,6 +496,7 @@ def _begin(raw_verdict: Any, raw_value: Any) -> Begin:
 _SKIP_CLAIMED = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'skipped', 'reason', ARGV[1], 'finished_at', ARGV[2])
+redis.call('ZREM', KEYS[2], KEYS[1])
 return 1
 """
 
@@ -379,4 +505,5 @@ def skip_claimed(ledger: Ledger, key: str, *, reason: str, now: datetime) -> boo
     """Record a delivery the scheduler claimed but will not queue (over the contact cap) as
     ``skipped`` with ``reason``: visible in the ledger, and never claimed again."""
     script = ledger.client.register_script(_SKIP_CLAIMED)
-    return bool(script(keys=[ledger.redis_key(key)], args=[reason, _ts(now)]))
+    keys = [ledger.redis_key(key), DEADLINE_INDEX_KEY]
+    return bool(script(keys=keys, args=[reason, _ts(now)]))

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import redis
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from worker.status import SystemStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,72 @@ class QueueMetrics(dramatiq.Middleware):
         QUEUE_MESSAGES.labels(queue=message.queue_name, outcome="skipped").inc()
 
 
-def serve(port: int) -> None:
-    """Expose every metric at ``http://<host>:<port>/metrics`` (a daemon thread)."""
+class StatusCollector:
+    """The system's state as gauges, read from Redis at each scrape (what ``crm-worker
+    status`` shows). They describe the whole system, not this process: every process that
+    serves metrics exports the same values, so aggregate them with ``max``, never ``sum``."""
+
+    def __init__(self, read: Callable[[], SystemStatus]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("crm_redis_up", "1 while Redis answers the status read.")
+        try:
+            status = self._read()
+        except redis.RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from status_gauges(status)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # read lazily: registering must not touch Redis
+
+
+def status_gauges(status: SystemStatus) -> Iterator[GaugeMetricFamily]:
+    """The gauges of one status read."""
+    backlog = status.backlog
+    count = GaugeMetricFamily(
+        "crm_work_deliveries", "Deliveries not final yet, by state.", labels=["state"]
+    )
+    oldest = GaugeMetricFamily(
+        "crm_work_oldest_age_seconds",
+        "Age of the oldest delivery in each state (0 when none).",
+        labels=["state"],
+    )
+    stuck = GaugeMetricFamily(
+        "crm_work_stuck",
+        "Deliveries past their deadline that the sweeper has not taken over.",
+        labels=["state"],
+    )
+    for name, figures in backlog.states.items():
+        count.add_metric([name], figures.count)
+        oldest.add_metric([name], backlog.oldest_age_s(name) or 0.0)
+        stuck.add_metric([name], figures.stuck)
+    yield from (count, oldest, stuck)
+    singles = {
+        "crm_work_stuck_total": ("All stuck deliveries (exact).", backlog.stuck),
+        "crm_workers_alive": ("Worker processes with a recent heartbeat.", status.workers_alive),
+        "crm_queue_depth": ("Dramatiq batches waiting in the queue.", status.queued_messages),
+        "crm_queue_dead_letters": ("Dramatiq batches dead-lettered.", status.dead_letters),
+        "crm_sending_paused": ("1 while all sending is paused.", int(bool(status.paused_for_s))),
+        "crm_scheduler_last_pass_age_seconds": (
+            "Seconds since the leader's last pass (-1: none recorded).",
+            status.last_pass_age_s if status.last_pass_age_s is not None else -1,
+        ),
+    }
+    for name, (text, value) in singles.items():
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def serve(port: int, status: Callable[[], SystemStatus] | None = None) -> None:
+    """Expose every metric at ``http://<host>:<port>/metrics`` (a daemon thread); with
+    ``status``, also the system's state (:class:`StatusCollector`)."""
+    if status is not None:
+        REGISTRY.register(StatusCollector(status))
     start_http_server(port)
     log.info("Prometheus metrics on port %d", port)

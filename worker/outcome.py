@@ -20,6 +20,11 @@ from worker.planning import PlannedDelivery
 
 log = logging.getLogger("worker.delivery")
 
+#: The reason recorded with a ``sent`` whose earlier attempt was cut off mid-send (a worker
+#: killed, Redis lost between the server's reply and the ledger write): the recipient may
+#: have two copies, both with the same Message-ID. ``crm-worker report`` counts them.
+POSSIBLY_TWICE = "possibly sent twice: an earlier attempt was cut off mid-send (same Message-ID)"
+
 Outcome = Literal["sent", "skipped", "failed", "unknown", "retry", "duplicate", "busy", "paused"]
 FinalState = Literal["sent", "skipped", "failed", "unknown"]
 
@@ -46,6 +51,8 @@ class Attempt:
     owner: str
     number: int
     planned: PlannedDelivery | None = field(default=None)
+    #: An earlier attempt was cut off mid-send: a ``sent`` now may be the second copy.
+    taken_over: bool = False
 
     def finish(self, state: FinalState, reason: str, reply: str = "") -> DeliveryResult:
         """Record a final outcome everywhere."""
@@ -56,6 +63,8 @@ class Attempt:
         """The ledger write (with its delivery-log entry) of a final outcome, not yet made:
         :meth:`Ledger.finish_many` makes several at once, then :meth:`recorded` for each."""
         now = utc_now()
+        if state == "sent" and self.taken_over and not reason:
+            reason = POSSIBLY_TWICE
         entry = LogEntry(
             at=now,
             status=state,
@@ -89,6 +98,7 @@ class Attempt:
             reason=reason,
             now=utc_now(),
             refund_attempt=refund,
+            retry_after=delay,
         ):
             log.warning("lost the lease on %s before recording a retry", self.key)
         self._log("retrying", f"{reason}; next attempt in {delay}", "")
@@ -106,9 +116,11 @@ class Attempt:
 
     def _log(self, outcome: str, reason: str, reply: str) -> None:
         count_outcome(self._rule, self._channel, outcome)
-        level = {"sent": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
+        # Per message: DEBUG (crm-worker -v shows it); an outage must not write a line per
+        # message at the default level. Failures stay visible: the report lists them too.
+        level = logging.INFO if outcome in ("failed", "unknown") else logging.DEBUG
         log.log(
-            level.get(outcome, logging.ERROR),
+            level,
             "delivery outcome=%s rule=%s key=%s channel=%s to=%s attempt=%d reason=%r reply=%r",
             outcome,
             self._rule,

@@ -28,6 +28,9 @@ class SendPause:
     def __init__(self, client: redis.Redis, *, length: timedelta = SEND_PAUSE) -> None:
         self.client = client
         self.length = length
+        #: This process logged that sending is held off or paused and has not yet logged that
+        #: it goes out again: an outage is two lines in the log, not one per backoff step.
+        self.held = False
 
     def remaining(self, now: datetime) -> timedelta | None:
         """How long sending stays paused, or ``None`` when it is not paused."""
@@ -47,11 +50,17 @@ class SendPause:
         until = now + length
         ttl_ms = int(length.total_seconds() * 1000) + 1000
         current: Any = self.client.get(SEND_PAUSE_KEY)
-        if current is None or float(current) < until.timestamp():
-            self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
+        if current is not None and float(current) >= until.timestamp():
+            return length  # already paused as long: one log line per pause, not per message
+        self.client.set(SEND_PAUSE_KEY, f"{until.timestamp():.3f}", px=ttl_ms)
         if not alert:
-            log.warning("sending held off for %s: %s", length, reason)
+            if not self.held:
+                log.warning("sending held off (retried every backoff step): %s", reason)
+            else:
+                log.debug("sending held off for %s more: %s", length, reason)
+            self.held = True
             return length
+        self.held = True
         log.critical(
             "ALERT sending paused until %s: the mail relay refused us (%s); check the SMTP "
             "credentials, the sender domain's SPF/DKIM/DMARC and the relay's policy",
@@ -59,6 +68,12 @@ class SendPause:
             reason,
         )
         return length
+
+    def sent_again(self) -> None:
+        """A message went out: if this process had logged a hold or pause, say it is over."""
+        if self.held:
+            self.held = False
+            log.info("sending resumed: the mail relay accepts messages again")
 
     def clear(self) -> None:
         """Resume sending now (an operator fixed the cause)."""

@@ -29,6 +29,7 @@ from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_
 from worker.contact_policy import ContactPolicy
 from worker.delivery import Deliverer
 from worker.delivery_log import DeliveryLog
+from worker.embedded_redis import EmbeddedRedis
 from worker.events import Event, EventLog, record_event_once
 from worker.explanation import Explainer
 from worker.ledger import RETRYABLE_STATES, Ledger
@@ -43,7 +44,9 @@ from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
 from worker.signature import DkimSigner
 from worker.sources import Source, open_source
+from worker.status import read_status
 from worker.suppression import SuppressionList
+from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.unsubscribe import Unsubscriber, shared_secret
 
 log = logging.getLogger(__name__)
@@ -88,11 +91,15 @@ class Runtime:
         self._channel = channel
         self._source = source
         self._redis = redis_client
+        self._embedded: EmbeddedRedis | None = None
         self._metrics_served = False
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return self._redis if self._redis is not None else open_redis(self.settings)
+        if self._redis is not None:
+            return self._redis
+        client, self._embedded = open_redis(self.settings)
+        return client
 
     @cached_property
     def broker(self) -> RedisBroker:
@@ -103,6 +110,12 @@ class Runtime:
             maintenance_chance=s.broker_maintenance_chance,
         )
         broker.add_middleware(QueueMetrics())
+        broker.add_middleware(
+            SweepMiddleware(
+                lambda: Sweeper(self.ledger, self.actor, heartbeat=worker_name()),
+                interval_s=s.sweep_interval_s,
+            )
+        )
         dramatiq.set_broker(broker)
         return broker
 
@@ -130,7 +143,13 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.redis, send_lease=timedelta(seconds=self.settings.send_lease_s))
+        s = self.settings
+        return Ledger(
+            self.redis,
+            send_lease=timedelta(seconds=s.send_lease_s),
+            claim_deadline=timedelta(seconds=s.claim_deadline_s),
+            queue_deadline=timedelta(seconds=s.queue_deadline_s),
+        )
 
     @cached_property
     def suppression(self) -> SuppressionList:
@@ -199,6 +218,10 @@ class Runtime:
     @cached_property
     def actor(self) -> DeliveryActor:
         return DeliveryActor(self.broker, self.settings.queue_name, self._fresh_deliverer)
+
+    @cached_property
+    def sweeper(self) -> Sweeper:
+        return Sweeper(self.ledger, self.actor)
 
     def _fresh_deliverer(self) -> Deliverer:
         # Rule edits take effect for messages not yet sent (cheap: only changed files are read).
@@ -287,7 +310,13 @@ class Runtime:
     def _serve_metrics(self) -> None:
         port = self.settings.metrics_port
         if port is not None and not self._metrics_served:
-            serve_metrics(port)
+            s = self.settings
+            serve_metrics(
+                port,
+                lambda: read_status(
+                    self.redis, queue_name=s.queue_name, sweep_interval_s=s.sweep_interval_s
+                ),
+            )
             self._metrics_served = True
 
     def retry_failed(self, *, rule_id: str | None = None, now: datetime | None = None) -> list[str]:
@@ -347,6 +376,17 @@ class Runtime:
     def run_forever(self, stop: threading.Event, *, scheduler: bool, worker: bool) -> None:
         """The long-running modes: scheduler, workers, or both, until ``stop`` is set."""
         running = self.start_worker() if worker else None
+        sweeping = None
+        if not worker:
+            # A worker sweeps beside its threads (SweepMiddleware); a lone scheduler sweeps here.
+            sweeping = threading.Thread(
+                target=run_sweeper,
+                args=(self.sweeper,),
+                kwargs={"interval_s": self.settings.sweep_interval_s, "stop": stop},
+                name="crm-sweeper",
+                daemon=True,
+            )
+            sweeping.start()
         _settle_garbage_collector()
         try:
             if not worker:
@@ -354,7 +394,10 @@ class Runtime:
             if scheduler:
                 run_scheduler(
                     self.scheduler,
-                    LeaderLock(self.redis),
+                    LeaderLock(
+                        self.redis,
+                        ttl=timedelta(seconds=self.settings.effective_scheduler_lock_ttl_s),
+                    ),
                     interval_s=self.settings.scheduler_interval_s,
                     stop=stop,
                 )
@@ -363,6 +406,8 @@ class Runtime:
         finally:
             if running is not None:
                 running.stop()
+            if sweeping is not None:
+                sweeping.join()
 
     def close(self) -> None:
         if "channel" in self.__dict__:
@@ -370,7 +415,7 @@ class Runtime:
         if "broker" in self.__dict__:
             self.broker.close()
         if "redis" in self.__dict__ and self._redis is None:
-            close_redis(self.redis)
+            close_redis(self.redis, self._embedded)
 
 
 def _settle_garbage_collector() -> None:

@@ -16,18 +16,28 @@ waits as a standby and takes over when the lock expires.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import redis
 
 from worker.actors import DeliveryActor
-from worker.constants import DELIVERY_BATCH_SIZE, SCHEDULER_LOCK_KEY, SCHEDULER_LOCK_TTL
+from worker.constants import (
+    DELIVERY_BATCH_SIZE,
+    PASS_PROGRESS_INTERVAL,
+    SCHEDULER_LAST_PASS_KEY,
+    SCHEDULER_LOCK_KEY,
+    SCHEDULER_LOCK_TTL,
+    STANDBY_POLL,
+)
 from worker.contact_policy import ContactPolicy, counted, customer_id_of
 from worker.delivery_log import DeliveryLog, LogEntry
 from worker.errors import SourceUnavailableError
@@ -50,6 +60,9 @@ class PassReport:
     queued: list[str] = field(default_factory=list)
     already_claimed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: Queue depth when the pass queued its first batch, and batches queued since.
+    backlog_at_start: int | None = None
+    batches: int = 0
 
     @property
     def skipped_total(self) -> int:
@@ -135,7 +148,17 @@ class Scheduler:
         """Claim, cap and queue planned deliveries in batches."""
         report = PassReport(now)
         due: list[PlannedDelivery] = []
+        progress_at = time.monotonic() + PASS_PROGRESS_INTERVAL.total_seconds()
         for item in items:
+            if time.monotonic() > progress_at:
+                progress_at = time.monotonic() + PASS_PROGRESS_INTERVAL.total_seconds()
+                log.info(
+                    "pass at %s: %d queued so far, %d already claimed, %d skipped",
+                    now.isoformat(),
+                    len(report.queued),
+                    report.already_claimed,
+                    report.skipped_total,
+                )
             if isinstance(item, Skip):
                 report.skipped[f"{item.rule_id}: {_reason_kind(item.reason)}"] += 1
                 continue
@@ -177,7 +200,7 @@ class Scheduler:
                     reason=reason,
                 )
             )
-        log.info("skipped %s: %s", item.key, reason)
+        log.debug("skipped %s: %s", item.key, reason)
         return False
 
     def _claim_and_enqueue(
@@ -195,8 +218,17 @@ class Scheduler:
                 keys.append(item.key)
         if keys:
             self.actor.send(keys, as_of=now)
-            self.ledger.mark_queued(keys)
+            self.ledger.mark_queued(keys, backlog=self._backlog(report))
             report.queued.extend(keys)
+
+    def _backlog(self, report: PassReport) -> int:
+        """Dramatiq messages ahead of the batch just queued: read once per pass, then counted
+        on (other processes may add a few; the deadline's allowance is generous)."""
+        if report.backlog_at_start is None:
+            report.backlog_at_start = self.actor.depth()
+            report.batches = 0
+        report.batches += 1
+        return report.backlog_at_start + report.batches
 
 
 def _reason_kind(reason: str) -> str:
@@ -215,11 +247,11 @@ return 0
 class LeaderLock:
     """A Redis lock that one scheduler holds while it runs passes; others stand by."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, ttl: timedelta = SCHEDULER_LOCK_TTL) -> None:
         self.client = client
         self.token = uuid.uuid4().hex
         self._renew = client.register_script(_RENEW)
-        self.ttl_ms = int(SCHEDULER_LOCK_TTL.total_seconds() * 1000)
+        self.ttl_ms = int(ttl.total_seconds() * 1000)
 
     def acquire(self) -> bool:
         """Take or keep the lock; True while this instance is the leader."""
@@ -232,6 +264,21 @@ class LeaderLock:
         self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, 1])
 
 
+def record_pass(client: redis.Redis, report: PassReport, *, leader: str, took_s: float) -> None:
+    """Keep what the leader's last pass did for ``crm-worker status``."""
+    client.hset(
+        SCHEDULER_LAST_PASS_KEY,
+        mapping={
+            "at": f"{utc_now().timestamp():.3f}",
+            "leader": leader,
+            "took_s": f"{took_s:.2f}",
+            "queued": len(report.queued),
+            "already_claimed": report.already_claimed,
+            "skipped": report.skipped_total,
+        },
+    )
+
+
 def run_scheduler(
     scheduler: Scheduler,
     lock: LeaderLock,
@@ -240,26 +287,38 @@ def run_scheduler(
     stop: threading.Event,
     clock: Callable[[], datetime] = utc_now,
 ) -> None:
-    """Run passes every ``interval_s`` while leader, until ``stop`` is set."""
+    """Run passes every ``interval_s`` while leader, until ``stop`` is set; a standby tries
+    the lock at least every ``STANDBY_POLL``."""
     leading = False
+    redis_lost = False
+    me = f"{socket.gethostname()}:{os.getpid()}"
     while not stop.is_set():
         try:
             if lock.acquire():
                 if not leading:
                     log.info("scheduler is the leader")
                 leading = True
-                scheduler.run_pass(clock())
+                started = time.monotonic()
+                report = scheduler.run_pass(clock())
+                record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
+            if redis_lost:
+                log.info("Redis back; the scheduler runs again")
+                redis_lost = False
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")
                 leading = False
         except redis.RedisError as exc:
-            log.error("scheduler pass failed (Redis): %s; retrying next interval", exc)
+            # Once per outage, not once per interval: what was claimed and not queued is taken
+            # over by the sweepers once Redis is back.
+            if not redis_lost:
+                log.warning("Redis lost (%s); the scheduler retries every interval", exc)
+            redis_lost = True
         except SourceUnavailableError as exc:
             # Nothing is lost: the next pass plans again within each rule's grace, and a key
             # claimed but not yet queued is claimable again after CLAIM_STALE_AFTER.
             log.error("scheduler pass failed: %s; retrying next interval", exc)
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
-        stop.wait(interval_s)
+        stop.wait(interval_s if leading else min(interval_s, STANDBY_POLL.total_seconds()))
     lock.release()

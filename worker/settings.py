@@ -30,11 +30,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from worker.constants import (
     BROKER_HEARTBEAT_TIMEOUT,
     BROKER_MAINTENANCE_CHANCE,
+    CLAIM_DEADLINE,
     MIN_INTAKE_SECRET_CHARS,
+    QUEUE_DEADLINE,
     RETRY_BACKOFF_FIRST,
+    SCHEDULER_LOCK_INTERVALS,
+    SCHEDULER_LOCK_TTL,
     SEND_LEASE,
     SMTP_IDLE_CHECK,
     SMTP_IDLE_TIMEOUT,
+    SWEEP_INTERVAL,
 )
 from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
@@ -107,6 +112,11 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="crm-messages", pattern=r"^[A-Za-z0-9_.-]+$")
     worker_threads: int = Field(default=8, ge=1, le=256)
     scheduler_interval_s: float = Field(default=60.0, gt=0)
+    scheduler_lock_ttl_s: float = Field(
+        default=SCHEDULER_LOCK_TTL.total_seconds(),
+        gt=0,
+        description="A leader scheduler silent this long is replaced by a standby.",
+    )
 
     reply_to: str | None = Field(default=None, description="Reply-To header of every mail.")
     unsubscribe_secret: SecretStr | None = Field(
@@ -173,6 +183,21 @@ class Settings(BaseSettings):
         default=SEND_LEASE.total_seconds(),
         gt=0,
         description="After a worker died mid-send, another resends after this.",
+    )
+    claim_deadline_s: float = Field(
+        default=CLAIM_DEADLINE.total_seconds(),
+        gt=0,
+        description="A delivery claimed but not queued this long is queued by the sweeper.",
+    )
+    queue_deadline_s: float = Field(
+        default=QUEUE_DEADLINE.total_seconds(),
+        gt=0,
+        description="A queued delivery no worker took this long (plus backlog) is queued again.",
+    )
+    sweep_interval_s: float = Field(
+        default=SWEEP_INTERVAL.total_seconds(),
+        gt=0,
+        description="How often workers and schedulers take over deliveries past their deadline.",
     )
     retry_backoff_s: float = Field(
         default=RETRY_BACKOFF_FIRST.total_seconds(),
@@ -353,6 +378,13 @@ class Settings(BaseSettings):
         if self.unsubscribe_mailto:
             return parseaddr(self.unsubscribe_mailto)[1]
         return f"unsubscribe@{self.sender_domain}"
+
+    @property
+    def effective_scheduler_lock_ttl_s(self) -> float:
+        """The leader lock's lifetime: as set, yet always past the next pass (a lock that
+        expired between two passes would hand the lead back and forth)."""
+        least = self.scheduler_interval_s * SCHEDULER_LOCK_INTERVALS
+        return max(self.scheduler_lock_ttl_s, least)
 
     @property
     def effective_outbox_dir(self) -> Path:

@@ -128,7 +128,7 @@ class SmtpChannel:
                 if await session.noop():
                     connection.last_used = time.monotonic()
                     return session
-                log.info("idle SMTP connection was closed by the server; reconnecting")
+                log.debug("idle SMTP connection was closed by the server; reconnecting")
         if session is not None:
             await _discard(connection)
         client = self._new_client()

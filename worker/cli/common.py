@@ -14,6 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from worker.constants import MAX_LOG_LINE_CHARS
 from worker.errors import ConfigError
 from worker.localtime import parse_instant, utc_now
 from worker.rules.models import parse_duration
@@ -87,10 +88,25 @@ def cli(verbose: int) -> None:
 
     Settings come from CRM_* environment variables or a .env file (see README).
     """
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # INFO by default: one line per change of the system's state (pause, resume, Redis lost
+    # and back, takeovers, passes); per-message detail is DEBUG (-v).
+    level = (logging.INFO, logging.DEBUG, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler()
+    handler.setFormatter(CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
-        logging.getLogger("dramatiq").setLevel(max(level, logging.WARNING))
+        logging.getLogger("dramatiq").setLevel(logging.WARNING)
+
+
+class CappedFormatter(logging.Formatter):
+    """Cuts every line of a log record (a traceback's too) at ``MAX_LOG_LINE_CHARS``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        limit = MAX_LOG_LINE_CHARS
+        return "\n".join(
+            line if len(line) <= limit else f"{line[: limit - 20]}… ({len(line)} chars)"
+            for line in super().format(record).splitlines()
+        )
 
 
 class Since(Instant):

@@ -1,16 +1,22 @@
-"""Commands for the operator's view of deliveries: report, retry-failed, suppress, resume."""
+"""Commands for the operator's view of deliveries: report, status, retry-failed, suppress,
+resume."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import datetime
 
 import click
+import redis
+from rich.markup import escape
 from rich.table import Table
 
+from worker.backlog import STATE_NAMES, Backlog, read_backlog
 from worker.cli.common import (
     EXIT_PROBLEMS,
+    EXIT_UNAVAILABLE,
     NOW_OPTION,
     Since,
     cli,
@@ -18,8 +24,12 @@ from worker.cli.common import (
     out,
     runtime_for,
 )
-from worker.delivery_log import summarize
+from worker.connections import describe_redis
+from worker.constants import SWEEP_INTERVALS_OF_GRACE
+from worker.delivery_log import Summary, summarize
 from worker.localtime import utc_now
+from worker.runtime import Runtime
+from worker.status import SystemStatus, read_status
 
 
 @cli.command()
@@ -29,10 +39,12 @@ from worker.localtime import utc_now
 @click.pass_context
 def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_json: bool) -> None:
     """What happened to the deliveries: counts per rule and status, then every failed or
-    unknown delivery with its reason and SMTP reply (from the delivery log in Redis).
+    unknown delivery with its reason and SMTP reply (from the delivery log in Redis), then the
+    work in progress by state (planned, queued, sending, retrying; all rules) with the oldest
+    age of each and how many are stuck past their deadline.
 
     A delivery sent again on request counts once, by its latest outcome.
-    Exit 0, or 1 when failed or unknown deliveries are listed.
+    Exit 0, or 1 when failed or unknown deliveries are listed or work is stuck.
 
     \b
     Examples:
@@ -42,12 +54,20 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
     """
     runtime = runtime_for(ctx)
     summary = summarize(runtime.delivery_log.read(since=since, rule=rule_id))
+    backlog = _backlog(runtime)
     if as_json:
         for (rule, status), count in sorted(summary.counts.items()):
             line = {"kind": "count", "rule": rule, "status": status, "count": count}
             out.print(json.dumps(line), markup=False)
         for entry in summary.problems:
             out.print(json.dumps({"kind": "failure", **entry.as_json()}), markup=False)
+        for entry in summary.possibly_twice:
+            out.print(json.dumps({"kind": "possibly-twice", **entry.as_json()}), markup=False)
+        for name in STATE_NAMES.values():
+            figures = backlog.states[name]
+            age = backlog.oldest_age_s(name)
+            work = {"kind": "work", "state": name, "count": figures.count, "stuck": figures.stuck}
+            out.print(json.dumps(work | {"oldest_age_s": age}), markup=False)
     else:
         statuses = ("sent", "skipped", "failed", "unknown")
         title = f"Deliveries since {since.isoformat(timespec='seconds')}" if since else "Deliveries"
@@ -71,8 +91,122 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
                     entry.reply,
                 )
             out.print(problems)
-    if summary.problems:
+        if summary.possibly_twice:
+            out.print(
+                f"{len(summary.possibly_twice)} sent after an attempt was cut off mid-send "
+                "(a worker or Redis lost between the server's reply and the ledger): they may "
+                "be in the inbox twice, with the same Message-ID",
+                markup=False,
+            )
+        out.print(_work_table(backlog, summary))
+    if summary.problems or backlog.stuck:
         sys.exit(EXIT_PROBLEMS)
+
+
+def _backlog(runtime: Runtime) -> Backlog:
+    grace_s = runtime.settings.sweep_interval_s * SWEEP_INTERVALS_OF_GRACE
+    return read_backlog(runtime.redis, now=utc_now().timestamp(), grace_s=grace_s)
+
+
+def _work_table(backlog: Backlog, summary: Summary | None = None) -> Table:
+    """Work by state: how many, the oldest's age, how many are stuck past their deadline; with
+    a ``summary``, the failed and unknown deliveries of the log below (they wait for a
+    person)."""
+    table = Table(title=f"Work in progress ({backlog.total} not final, {backlog.stuck} stuck)")
+    for column in ("state", "count", "oldest", "stuck"):
+        table.add_column(column, justify="left" if column == "state" else "right")
+    for name in STATE_NAMES.values():
+        figures = backlog.states[name]
+        age = backlog.oldest_age_s(name)
+        stuck = f"[red]{figures.stuck}[/]" if figures.stuck else "0"
+        table.add_row(name, str(figures.count), _age(age), stuck)
+    if summary is not None:
+        now = backlog.now
+        for status in ("unknown", "failed"):
+            entries = [e for e in summary.problems if e.status == status]
+            oldest = min((e.at.timestamp() for e in entries), default=None)
+            age = None if oldest is None else now - oldest
+            table.add_row(status, str(len(entries)), _age(age), "-")
+    if backlog.read < backlog.total:
+        table.caption = f"states of the {backlog.read} oldest deadlines shown"
+    return table
+
+
+def _age(seconds: float | None) -> str:
+    """``42 s``, ``7 min``, ``3 h``, ``2 d``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * 2 or (unit == "min" and seconds >= size):
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@cli.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """The whole system on one screen: Redis, the scheduler (leader, last pass), the workers
+    alive (heartbeats), the queue, work in progress and what is stuck, the send pause.
+
+    Exit 0 when all is well, 1 when work is stuck or nobody delivers it, 3 when Redis is
+    unreachable.
+
+    \b
+    Examples:
+      crm-worker status
+      watch -n 5 crm-worker status
+    """
+    runtime = runtime_for(ctx)
+    settings = runtime.settings
+    where = describe_redis(settings)
+    try:
+        state = read_status(
+            runtime.redis,
+            queue_name=settings.queue_name,
+            sweep_interval_s=settings.sweep_interval_s,
+        )
+    except redis.RedisError as exc:
+        out.print(f"Redis      [red]unreachable[/] ({escape(where)}): {escape(str(exc))}")
+        sys.exit(EXIT_UNAVAILABLE)
+    for line in _status_lines(state, where):
+        out.print(line)
+    out.print(_work_table(state.backlog))
+    if not state.healthy:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _status_lines(state: SystemStatus, where: str) -> list[str]:
+    aof = "AOF on" if state.aof else "[yellow]AOF off: a restart loses the ledger[/]"
+    lines = [f"Redis      ok ({escape(where)}), {aof}"]
+    if state.leader_lock_s is None:
+        lines.append("Scheduler  [yellow]no leader[/] (none running, or a standby takes over)")
+    else:
+        leader = state.last_pass.get("leader", "?")
+        lines.append(f"Scheduler  leader {escape(leader)} (lock for {state.leader_lock_s:.0f} s)")
+    if state.last_pass:
+        p = state.last_pass
+        lines.append(
+            f"Last pass  {_age(state.last_pass_age_s)} ago, took {p.get('took_s', '?')} s: "
+            f"{p.get('queued', '?')} queued, {p.get('already_claimed', '?')} already claimed, "
+            f"{p.get('skipped', '?')} skipped"
+        )
+    else:
+        lines.append("Last pass  none recorded")
+    names = ", ".join(escape(name) for name, _ in state.workers[:5])
+    more = f" and {state.workers_alive - 5} more" if state.workers_alive > 5 else ""
+    alive = f"{state.workers_alive} alive" + (f": {names}{more}" if names else "")
+    lines.append(f"Workers    {alive if state.workers_alive else '[red]none alive[/]'}")
+    lines.append(
+        f"Queue      {state.queued_messages} batches waiting, {state.delayed_messages} delayed, "
+        f"{state.dead_letters} dead-lettered"
+    )
+    if state.paused_for_s is None:
+        lines.append("Sending    not paused")
+    else:
+        lines.append(
+            f"Sending    [red]paused[/] for {_age(state.paused_for_s)} more (crm-worker resume)"
+        )
+    return lines
 
 
 @cli.command("retry-failed")
@@ -161,4 +295,5 @@ def resume(ctx: click.Context) -> None:
       crm-worker resume
     """
     runtime_for(ctx).pause.clear()
+    logging.getLogger("worker.pause").info("sending resumed by an operator")
     out.print("sending resumed", markup=False)

@@ -27,6 +27,7 @@ Example (tests run it in a thread the same way)::
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             log.error("event %s recorded; its messages wait for the CRM data: %s", event.id, exc)
             waiting = {"status": "accepted", "id": event.id, "queued": [], "note": str(exc)}
             return JSONResponse(waiting, status_code=202)
-        log.info(
+        log.debug(
             "event %s (%s %s): %s, %d queued",
             taken.event.id,
             taken.event.type,
@@ -170,6 +171,10 @@ def serve(
     port = port or settings.intake_port
     auth = IntakeAuth.from_settings(settings, host)
     runtime = Runtime(settings)
+    # uvicorn stops on SIGTERM, then raises the signal again for the handler it found: with the
+    # default one the process died right there, before closing the runtime, and left the
+    # embedded redis-server running. Leaving through ``finally`` closes it.
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(runtime, auth)
         shown = f"[{host}]" if ":" in host else host
@@ -181,4 +186,9 @@ def serve(
         # log_config=None: uvicorn logs through ours (crm-worker -v), not its own handlers.
         uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         runtime.close()
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
