@@ -302,3 +302,19 @@ def test_control_characters_in_names_become_spaces() -> None:
         name = f"Ann{chr(code)}Smith"
         expected = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
         assert mail.mailbox(name, "a@example.com").display_name == expected
+
+
+@pytest.mark.parametrize("recipient", ["customer1@example.com", "jürgen@xn--mller-kva.de"])
+def test_mime_version_is_written_once_at_the_top(recipient: str) -> None:
+    rendered = RenderedMessage("t", "de", "Alles Gute", "Hallo Jürgen,\n", "<p>Grüße</p>")
+    for data in _both(
+        message=rendered,
+        sender="CRM <crm@example.com>",
+        recipient=recipient,
+        recipient_name="Jürgen",
+        message_id="<0123abcd@example.com>",
+        date=datetime(2026, 6, 15, 7, 0, tzinfo=UTC),
+    ):
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"\r\nMIME-Version: 1.0\r\n" in head
+        assert b"MIME-Version" not in body

@@ -143,7 +143,13 @@ def _through_email_package(
     for name, value in headers:
         mail[name] = value
     mail.set_content(message.text)
-    mail.add_alternative(message.html, subtype="html")
+    # add_alternative() would give the HTML part a MIME-Version of its own (an EmailMessage's
+    # set_content() adds one); RFC 2045 wants it once, in the message's header.
+    html = EmailMessage(policy=wire)
+    html.set_content(message.html, subtype="html")
+    del html["MIME-Version"]
+    mail.make_alternative()
+    mail.attach(html)
     # After set_content(), which deletes every Content-* header of the message it fills.
     mail["Content-Language"] = message.locale
     return mail.as_bytes(policy=wire)
