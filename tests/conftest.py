@@ -73,6 +73,9 @@ class SmtpSink:
     #: Offer PIPELINING in EHLO, as real relays do (aiosmtpd reads commands one by one from a
     #: buffered stream, so it serves pipelined commands correctly; it just does not say so).
     pipelining: bool = True
+    #: Offer 8BITMIME in EHLO (aiosmtpd offers it by default); when not, refuse BODY=8BITMIME
+    #: with 555, as a server refuses a parameter it did not announce (RFC 5321 §4.1.1.11).
+    eightbitmime: bool = True
     #: Replies to the next MAIL FROM commands, one each (e.g. "550 5.7.1 sender blocked").
     mail_replies: list[str] = field(default_factory=list)
     #: Replies to the next DATA commands themselves (instead of 354), one each.
@@ -119,6 +122,8 @@ class SmtpSink:
             self.ehlo_count += 1
         if self.pipelining:
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if not self.eightbitmime:
+            responses.remove("250-8BITMIME")
         return responses
 
     async def handle_MAIL(  # noqa: N802
@@ -128,6 +133,8 @@ class SmtpSink:
             scripted = self.mail_replies.pop(0) if self.mail_replies else None
         if scripted:
             return scripted
+        if not self.eightbitmime and "BODY=8BITMIME" in mail_options:
+            return "555 5.5.4 BODY=8BITMIME not offered"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -235,9 +242,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(pipelining: bool) -> Iterator[SmtpSink]:
-    sink = SmtpSink("127.0.0.1", _free_port(), pipelining=pipelining)
-    controller = SinkController(sink, hostname=sink.host, port=sink.port)
+def _serve(
+    pipelining: bool, *, eightbitmime: bool = True, smtputf8: bool = False
+) -> Iterator[SmtpSink]:
+    sink = SmtpSink("127.0.0.1", _free_port(), pipelining=pipelining, eightbitmime=eightbitmime)
+    controller = SinkController(sink, hostname=sink.host, port=sink.port, enable_SMTPUTF8=smtputf8)
     controller.start()
     yield sink
     controller.stop()
@@ -247,6 +256,18 @@ def _serve(pipelining: bool) -> Iterator[SmtpSink]:
 def smtp_server() -> Iterator[SmtpSink]:
     """The test SMTP server, offering PIPELINING as real relays do."""
     yield from _serve(pipelining=True)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "stepwise"])
+def seven_bit_smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """The test SMTP server offering neither 8BITMIME nor SMTPUTF8 (an old or strict relay)."""
+    yield from _serve(pipelining=request.param, eightbitmime=False, smtputf8=False)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "stepwise"])
+def utf8_smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """The test SMTP server offering both 8BITMIME and SMTPUTF8 (Postfix with smtputf8_enable)."""
+    yield from _serve(pipelining=request.param, eightbitmime=True, smtputf8=True)
 
 
 @pytest.fixture

@@ -106,6 +106,8 @@ def test_every_mail_has_each_header_exactly_once_and_unfolded_unsubscribe(delive
         "List-Id",
     ):
         assert len(raw_header(mail.data, name)) == 1, name
+    # RFC 2045: MIME-Version belongs to the message, not to its parts.
+    assert mail.data.count(b"MIME-Version:") == len(raw_header(mail.data, "MIME-Version")) == 1
     assert raw_header(mail.data, "List-Id") == [b"List-Id: <birthday-greeting.shop.example.com>"]
     assert raw_header(mail.data, "From") == [b"From: Example Shop <crm@shop.example.com>"]
     assert raw_header(mail.data, "Reply-To") == [b"Reply-To: Sales Team <sales@shop.example.com>"]

@@ -72,6 +72,34 @@ def test_received_mail_carries_a_valid_signature_over_both_unsubscribe_headers(
     assert not dkim.verify(forged, dnsfunc=dns)
 
 
+def test_mail_re_encoded_for_a_relay_without_8bitmime_is_signed_again(
+    make_runtime, make_settings, seven_bit_smtp_server, tmp_path, key_pair
+):
+    key, record = key_pair
+    crm = write_crm(
+        tmp_path / "crm",
+        [{"id": "1", "email": "ann@example.com", "first_name": "Jürgen", "locale": "de"}],
+    )
+    runtime = make_runtime(
+        make_settings(
+            CRM_SOURCE=str(crm),
+            CRM_SMTP_HOST=seven_bit_smtp_server.host,
+            CRM_SMTP_PORT=str(seven_bit_smtp_server.port),
+            CRM_SMTP_SECURITY="none",
+            CRM_DKIM_SELECTOR="crm2026",
+            CRM_DKIM_PRIVATE_KEY_FILE=str(key),
+        )
+    )
+    assert runtime.run_once(NOW).states["sent"] == 1
+    (mail,) = seven_bit_smtp_server.received
+    assert mail.data.isascii() and b"Content-Transfer-Encoding: 8bit" not in mail.data
+    assert b"Content-Transfer-Encoding: quoted-printable" in mail.data  # re-encoded
+    # One signature, over the 7-bit body that was sent (the composed one no longer matches).
+    assert mail.data.startswith(b"DKIM-Signature: ") and mail.data.count(b"DKIM-Signature:") == 1
+    assert dkim.verify(mail.data, dnsfunc=lambda name, timeout=5: record)
+    assert "Jürgen" in mail.message.get_body(("plain",)).get_content()
+
+
 def test_a_key_file_that_is_not_a_key_is_a_configuration_error(
     make_runtime, make_settings, tmp_path
 ):

@@ -302,3 +302,43 @@ def test_control_characters_in_names_become_spaces() -> None:
         name = f"Ann{chr(code)}Smith"
         expected = " ".join("".join(" " if ord(c) < 32 or c == "\x7f" else c for c in name).split())
         assert mail.mailbox(name, "a@example.com").display_name == expected
+
+
+@pytest.mark.parametrize("recipient", ["customer1@example.com", "jürgen@xn--mller-kva.de"])
+def test_mime_version_is_written_once_at_the_top(recipient: str) -> None:
+    rendered = RenderedMessage("t", "de", "Alles Gute", "Hallo Jürgen,\n", "<p>Grüße</p>")
+    for data in _both(
+        message=rendered,
+        sender="CRM <crm@example.com>",
+        recipient=recipient,
+        recipient_name="Jürgen",
+        message_id="<0123abcd@example.com>",
+        date=datetime(2026, 6, 15, 7, 0, tzinfo=UTC),
+    ):
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"\r\nMIME-Version: 1.0\r\n" in head
+        assert b"MIME-Version" not in body
+
+
+@pytest.mark.parametrize(
+    ("sender", "reply_to", "line"),
+    [
+        ("Shop <bäcker@shop.example.com>", None, "From: Shop <bäcker@shop.example.com>"),
+        ("Shop <crm@shop.example.com>", "Hilfe <hülfe@x.org>", "Reply-To: Hilfe <hülfe@x.org>"),
+    ],
+)
+def test_a_non_ascii_local_part_anywhere_makes_the_header_utf8(sender, reply_to, line) -> None:
+    # RFC 2047 §5: an encoded word is never part of an addr-spec; such an address is UTF-8
+    # (RFC 6532) and the message needs SMTPUTF8, wherever the address stands.
+    data = mail.compose(
+        RenderedMessage("t", "en", "Hi", "Hi\n", "<p>Hi</p>"),
+        sender=sender,
+        recipient="ann@example.com",
+        recipient_name="Ann",
+        message_id="<0123abcd@example.com>",
+        date=datetime(2026, 6, 15, 7, 0, tzinfo=UTC),
+        reply_to=reply_to,
+    )
+    head = data.partition(b"\r\n\r\n")[0]
+    assert f"\r\n{line}\r\n".encode() in b"\r\n" + head + b"\r\n"
+    assert b"<=?" not in head and b"=?" not in head

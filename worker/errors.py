@@ -20,7 +20,8 @@
         │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
         │   └── RelayUnavailableError    relay unreachable (refused, TLS, 421 greeting): hold off
         ├── PermanentDeliveryError   do not retry (5xx for this message)
-        │   └── RecipientRejectedError   the address itself is bad (5.1.x, 5.2.1): suppress it
+        │   ├── RecipientRejectedError   the address itself is bad (5.1.x, 5.2.1): suppress it
+        │   └── Utf8UnsupportedError     a non-ASCII local part, and the relay lacks SMTPUTF8
         └── UncertainDeliveryError   connection lost after the message was handed over: unknown
 
 Each carries the fields a caller needs to act on it and a message that says what to do next.
@@ -179,6 +180,21 @@ class SenderRejectedError(TransientDeliveryError):
 class RecipientRejectedError(PermanentDeliveryError):
     """The recipient address does not exist or is disabled (5.1.x, 5.2.1): never send to it
     again; it goes to the suppression list."""
+
+
+class Utf8UnsupportedError(PermanentDeliveryError):
+    """An address of the message has a non-ASCII local part (``jürgen@…``), which travels only
+    under SMTPUTF8 (RFC 6531), and the relay does not offer it: ``address`` is that envelope
+    address, or "" for one in the header (From, To, Reply-To). The address is not at fault and
+    is not suppressed; no 7-bit form exists, so this relay can never carry the message."""
+
+    def __init__(self, address: str = "") -> None:
+        which = f"the non-ASCII address {address!r}" if address else "a non-ASCII header address"
+        super().__init__(
+            f"the SMTP relay does not offer SMTPUTF8, which {which} needs; "
+            "use a relay that offers it (Postfix: smtputf8_enable = yes)"
+        )
+        self.address = address
 
 
 class UncertainDeliveryError(DeliveryError):

@@ -9,8 +9,9 @@ channel as they are, so the SMTP client cannot re-flatten them with its own poli
 Every address header is built from :class:`~email.headerregistry.Address` objects, never by
 pasting strings: a display name like ``Smith, John <x@evil.com>\r\nBcc: y@evil.com`` becomes one
 quoted (or RFC 2047 encoded) phrase of a single mailbox. A recipient whose local part is not
-ASCII (``jürgen@…``) can only be written as UTF-8 (RFC 6532); such a message is serialized with
-``policy.SMTPUTF8`` and needs a relay that offers SMTPUTF8.
+ASCII (``jürgen@…``, or a configured sender or Reply-To like that) can only be written as
+UTF-8 (RFC 6532); such a message is serialized with ``policy.SMTPUTF8`` and needs a relay that
+offers SMTPUTF8 (:mod:`worker.smtp_extensions`).
 """
 
 from __future__ import annotations
@@ -108,13 +109,16 @@ def compose(
     ``List-Unsubscribe`` and the RFC 8058 one-click ``List-Unsubscribe-Post``; ``list_id``
     (RFC 2919, ``<rule.domain>``) lets receivers group and filter the messages of one rule.
     """
-    wire = WIRE_POLICY_UTF8 if needs_smtputf8(recipient) else WIRE_POLICY
-    headers: list[tuple[str, str | Address]] = [
-        ("From", parse_mailbox(sender)),
-        ("To", mailbox(recipient_name, recipient)),
-    ]
+    boxes = [parse_mailbox(sender), mailbox(recipient_name, recipient)]
     if reply_to:
-        headers.append(("Reply-To", parse_mailbox(reply_to)))
+        boxes.append(parse_mailbox(reply_to))
+    # A non-ASCII local part has no encoded form (RFC 2047 §5 forbids encoded words in an
+    # addr-spec): any such address makes the whole header UTF-8, for a relay with SMTPUTF8.
+    utf8 = any(needs_smtputf8(box.username) for box in boxes)
+    wire = WIRE_POLICY_UTF8 if utf8 else WIRE_POLICY
+    headers: list[tuple[str, str | Address]] = [("From", boxes[0]), ("To", boxes[1])]
+    if reply_to:
+        headers.append(("Reply-To", boxes[2]))
     headers += [
         ("Subject", message.subject),
         ("Date", date_value(date)),
@@ -143,7 +147,13 @@ def _through_email_package(
     for name, value in headers:
         mail[name] = value
     mail.set_content(message.text)
-    mail.add_alternative(message.html, subtype="html")
+    # add_alternative() would give the HTML part a MIME-Version of its own (an EmailMessage's
+    # set_content() adds one); RFC 2045 wants it once, in the message's header.
+    html = EmailMessage(policy=wire)
+    html.set_content(message.html, subtype="html")
+    del html["MIME-Version"]
+    mail.make_alternative()
+    mail.attach(html)
     # After set_content(), which deletes every Content-* header of the message it fills.
     mail["Content-Language"] = message.locale
     return mail.as_bytes(policy=wire)

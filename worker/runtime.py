@@ -138,8 +138,14 @@ class Runtime:
         return TemplateRenderer(self.settings.templates_dir, self.settings.default_locale)
 
     @cached_property
+    def dkim(self) -> DkimSigner | None:
+        return DkimSigner.from_settings(self.settings)
+
+    @cached_property
     def channel(self) -> Channel:
-        return self._channel if self._channel is not None else all_channels(self.settings)
+        if self._channel is not None:
+            return self._channel
+        return all_channels(self.settings, sign=self.dkim.sign if self.dkim else None)
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -183,7 +189,7 @@ class Runtime:
             company=s.company,
             reply_to=s.reply_to,
             unsubscriber=self.unsubscriber,
-            dkim=DkimSigner.from_settings(s),
+            dkim=self.dkim,
             suppression=self.suppression,
             pause=self.pause,
             delivery_log=self.delivery_log,

@@ -357,12 +357,11 @@ def _body(policy: EmailPolicy, text: str) -> tuple[str, bytes]:
     return cte, b"\r\n".join(body.splitlines()) + b"\r\n"
 
 
-def _text_part(policy: EmailPolicy, subtype: str, text: str, *, mime_version: bool) -> bytes:
+def _text_part(policy: EmailPolicy, subtype: str, text: str) -> bytes:
     cte, body = _body(policy, text)
     lines = [
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n',
         f"Content-Transfer-Encoding: {cte}\r\n",
-        "MIME-Version: 1.0\r\n" if mime_version else "",
         "\r\n",
     ]
     return "".join(lines).encode("ascii") + body
@@ -377,10 +376,10 @@ def message_bytes(
     language: str,
 ) -> bytes | None:
     """A multipart/alternative message (text, then HTML) with ``headers`` first, exactly as
-    ``EmailMessage.set_content(text); add_alternative(html, subtype="html")`` flattens under
+    :func:`worker.mail.compose` builds it with the email package and flattens it under
     ``policy`` (:data:`worker.mail.WIRE_POLICY`: lines up to 998 octets, encoded words folded at
-    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`); ``None`` when the email package
-    must write it."""
+    :data:`~worker.constants.ENCODED_HEADER_FOLD_COLUMNS`); ``MIME-Version`` once, at the top.
+    ``None`` when the email package must write it."""
     if _encode_text is None or policy.utf8 or policy.linesep != "\r\n":
         return None
     # The email package's boundary: 15 "=", 19 random digits, "=="; it must not occur inside.
@@ -392,7 +391,7 @@ def message_bytes(
     out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode())
     out.append(header_line(policy, "Content-Language", language))
     marker = f"--{boundary}\r\n".encode()
-    out += [b"\r\n", marker, _text_part(policy, "plain", text, mime_version=False)]
-    out += [b"\r\n", marker, _text_part(policy, "html", html, mime_version=True)]
+    out += [b"\r\n", marker, _text_part(policy, "plain", text)]
+    out += [b"\r\n", marker, _text_part(policy, "html", html)]
     out.append(f"\r\n--{boundary}--\r\n".encode())
     return b"".join(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker.channels.base import Channel, Outgoing, Receipt
 from worker.channels.memory import MemoryChannel
 from worker.channels.outbox import OutboxChannel
@@ -24,15 +26,19 @@ __all__ = [
 ]
 
 
-def email_channel(settings: Settings) -> Channel:
-    """SMTP when ``CRM_SMTP_HOST`` is set, else the ``.eml`` outbox."""
+def email_channel(settings: Settings, *, sign: Callable[[bytes], bytes] | None = None) -> Channel:
+    """SMTP when ``CRM_SMTP_HOST`` is set, else the ``.eml`` outbox. ``sign``: the DKIM signer
+    of the composed messages, for those SMTP must re-encode (see :class:`SmtpChannel`)."""
     if settings.smtp_host:
-        return SmtpChannel(settings)
+        return SmtpChannel(settings, sign=sign)
     return OutboxChannel(settings.effective_outbox_dir)
 
 
-def all_channels(settings: Settings) -> Channel:
+def all_channels(settings: Settings, *, sign: Callable[[bytes], bytes] | None = None) -> Channel:
     """Every configured channel behind one router: ``email`` and ``webhook``."""
     return ChannelRouter(
-        {"email": email_channel(settings), "webhook": WebhookChannel.from_settings(settings)}
+        {
+            "email": email_channel(settings, sign=sign),
+            "webhook": WebhookChannel.from_settings(settings),
+        }
     )

@@ -17,6 +17,8 @@ RCPT and DATA when the relay offers PIPELINING (two round trips per message inst
 and an eighth of aiosmtplib's CPU per message: bench/README.md). Every reply is classified
 knowing which step it answered (:mod:`worker.replies`): a lost connection before the content
 was written is transient, one after it may have delivered the message and is ``unknown``.
+MAIL FROM carries ``BODY=8BITMIME`` and ``SMTPUTF8`` when the message needs them and the relay
+offers them; a relay without 8BITMIME gets the message's 7-bit form (:mod:`worker.smtp_extensions`).
 Credentials never appear in errors or logs.
 """
 
@@ -26,17 +28,18 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiosmtplib
 
 from worker.channels.base import Done, Outgoing, Receipt
 from worker.channels.smtp_session import Failed, SmtpSession, envelope_address
-from worker.errors import PermanentDeliveryError, RelayUnavailableError
+from worker.errors import RelayUnavailableError
 from worker.metrics import SMTP_SEND_SECONDS
 from worker.replies import classify, delivery_error
 from worker.settings import Settings
+from worker.smtp_extensions import submission
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,12 @@ class _ThreadState:
 
 
 class SmtpChannel:
-    """Sends prepared messages to the configured relay."""
+    """Sends prepared messages to the configured relay. ``sign`` is the DKIM signer of the
+    composed messages: a message re-encoded for a relay without 8BITMIME is signed again."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sign: Callable[[bytes], bytes] | None = None) -> None:
         self.settings = settings
+        self.sign = sign
         self._local = threading.local()
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
@@ -158,18 +163,24 @@ class SmtpChannel:
 
     async def _send(self, connection: _Connection, message: Outgoing) -> Receipt:
         session = await self._connected(connection)
-        # A non-ASCII local part (jürgen@…) exists only under SMTPUTF8 (RFC 6531).
-        utf8 = not message.recipient.isascii()
-        if utf8 and not session.smtputf8:
-            raise PermanentDeliveryError(
-                "the SMTP relay does not offer SMTPUTF8, which this non-ASCII address needs"
-            )
-        encoding = "utf-8" if utf8 else "ascii"
+        # BODY=8BITMIME / SMTPUTF8 as this relay offers them, or the message's 7-bit form;
+        # raises Utf8UnsupportedError (permanent for this message only, never for the batch).
+        outgoing = submission(
+            message.sender,
+            message.recipient,
+            message.data,
+            eightbitmime=session.eightbitmime,
+            smtputf8=session.smtputf8,
+            sign=self.sign,
+        )
+        encoding = "utf-8" if outgoing.utf8 else "ascii"
         sender = envelope_address(message.sender, encoding)
         recipient = envelope_address(message.recipient, encoding)
         started = time.perf_counter()
         try:
-            outcome = await session.transaction(sender, recipient, message.data, utf8=utf8)
+            outcome = await session.transaction(
+                sender, recipient, outgoing.data, mail_options=outgoing.mail_options
+            )
         finally:
             SMTP_SEND_SECONDS.observe(time.perf_counter() - started)
         connection.last_used = time.monotonic()  # refused or not: it just answered

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -102,18 +103,20 @@ def wire_content(data: bytes) -> bytes:
 class SmtpSession(asyncio.Protocol):
     """The protocol of one SMTP connection after its greeting, EHLO and AUTH.
 
-    ``pipelining`` and ``smtputf8``: what the server's EHLO offered. ``timeout_s``: how long
-    each reply may take."""
+    ``pipelining``, ``eightbitmime`` and ``smtputf8``: what the server's EHLO offered.
+    ``timeout_s``: how long each reply may take."""
 
     def __init__(
         self,
         transport: asyncio.WriteTransport,
         *,
         pipelining: bool,
+        eightbitmime: bool,
         smtputf8: bool,
         timeout_s: float,
     ) -> None:
         self.pipelining = pipelining
+        self.eightbitmime = eightbitmime
         self.smtputf8 = smtputf8
         self.timeout_s = timeout_s
         self._transport = transport
@@ -134,6 +137,7 @@ class SmtpSession(asyncio.Protocol):
         session = cls(
             transport,
             pipelining=client.supports_extension("pipelining"),
+            eightbitmime=client.supports_extension("8bitmime"),
             smtputf8=client.supports_extension("smtputf8"),
             timeout_s=timeout_s,
         )
@@ -183,13 +187,16 @@ class SmtpSession(asyncio.Protocol):
     # transactions
 
     async def transaction(
-        self, sender: bytes, recipient: bytes, data: bytes, *, utf8: bool = False
+        self, sender: bytes, recipient: bytes, data: bytes, *, mail_options: Sequence[str] = ()
     ) -> Reply | Failed:
         """Send one message from ``sender`` to ``recipient`` (both ``<…>``, see
-        :func:`envelope_address`); ``data``: the message, any line endings. ``utf8`` asks for
-        SMTPUTF8 (RFC 6531), which the caller checks :attr:`smtputf8` for."""
+        :func:`envelope_address`); ``data``: the message, any line endings. ``mail_options``:
+        parameters of MAIL FROM (``BODY=8BITMIME``, ``SMTPUTF8``) as aiosmtplib's ``mail()``
+        takes them; the caller checks that the server offered them
+        (:mod:`worker.smtp_extensions`)."""
+        mail = b"".join([b"MAIL FROM:", sender, *(b" " + o.encode("ascii") for o in mail_options)])
         steps: tuple[tuple[bytes, Phase, tuple[int, ...]], ...] = (
-            (b"MAIL FROM:" + sender + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), "mail", (250,)),
+            (mail + b"\r\n", "mail", (250,)),
             (b"RCPT TO:" + recipient + b"\r\n", "rcpt", (250, 251)),
             (b"DATA\r\n", "data", (354,)),
         )
