@@ -60,10 +60,13 @@ def test_check_plan_run_run_again(tmp_path, smtp_server, redis_client):
     assert f"sent {len(lines)}," in first.stdout
     assert sorted(r.recipients[0] for r in smtp_server.received) == sorted(x["to"] for x in lines)
 
-    second = crm_worker("run", "--once", "--now", NOW, env=env, cwd=tmp_path)
+    assert " INFO worker.scheduler: pass at " in first.stderr  # state changes logged at INFO
+
+    second = crm_worker("-q", "run", "--once", "--now", NOW, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "sent 0," in second.stdout
     assert len(smtp_server.received) == len(lines)
+    assert " INFO " not in second.stderr  # -q: warnings and errors only
 
 
 def test_check_reports_problems_with_positions(tmp_path):

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.constants import EMBEDDED_REDIS_START_TIMEOUT_S, EMBEDDED_REDIS_STOP_TIMEOUT_S
 from worker.errors import EmbeddedRedisError
@@ -116,19 +118,29 @@ class EmbeddedRedis:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _running(self) -> redis.Redis | None:
-        """A client of the server that already serves this data file, if one answers."""
+    def _running(self, *, joining: bool = True) -> redis.Redis | None:
+        """A client of the server that already serves this data file, if one answers.
+        ``joining=False``: a client to stop it with, which does not retry (redis-py retries a
+        lost connection with backoff by default: seconds of waiting on a server shutting
+        down, which hangs up as it should)."""
         try:
             state = json.loads(self._state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        client = redis.Redis(unix_socket_path=str(state.get("socket", "")))
+        socket_path = str(state.get("socket", ""))
+        if joining:
+            client = redis.Redis(unix_socket_path=socket_path)
+        else:
+            client = redis.Redis(unix_socket_path=socket_path, retry=Retry(NoBackoff(), 0))
         try:
             client.ping()
         except (redis.RedisError, OSError):
             client.close()
             return None
-        log.info("embedded Redis: joined the server of %s (pid %s)", self.data_file, state["pid"])
+        if joining:
+            log.info(
+                "embedded Redis: joined the server of %s (pid %s)", self.data_file, state["pid"]
+            )
         return client
 
     def _start(self) -> redis.Redis:
@@ -175,7 +187,7 @@ class EmbeddedRedis:
         return client
 
     def _stop(self) -> None:
-        client = self._running()
+        client = self._running(joining=False)
         if client is None:
             return
         with contextlib.suppress(redis.RedisError):  # it hangs up as it exits

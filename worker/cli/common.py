@@ -70,8 +70,11 @@ def runtime_for(ctx: click.Context) -> Runtime:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option(
+    "-v", "--verbose", count=True, help="More log output (-v per-message detail, -vv Dramatiq's)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
     """CRM messaging automation worker.
 
     \b
@@ -91,6 +94,8 @@ def cli(verbose: int) -> None:
     # INFO by default: one line per change of the system's state (pause, resume, Redis lost
     # and back, takeovers, passes); per-message detail is DEBUG (-v).
     level = (logging.INFO, logging.DEBUG, logging.DEBUG)[min(verbose, 2)]
+    if quiet:
+        level = logging.WARNING
     handler = logging.StreamHandler()
     handler.setFormatter(CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
