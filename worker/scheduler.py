@@ -294,16 +294,17 @@ def run_scheduler(
     me = f"{socket.gethostname()}:{os.getpid()}"
     while not stop.is_set():
         try:
-            if lock.acquire():
+            acquired = lock.acquire()
+            if redis_lost:
+                log.info("Redis back; the scheduler runs again")
+                redis_lost = False
+            if acquired:
                 if not leading:
                     log.info("scheduler is the leader")
                 leading = True
                 started = time.monotonic()
                 report = scheduler.run_pass(clock())
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
-            if redis_lost:
-                log.info("Redis back; the scheduler runs again")
-                redis_lost = False
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")
