@@ -123,6 +123,9 @@ EVENT_TTL = timedelta(days=7)
 MAX_EVENTS_PER_TYPE = 100_000
 #: Largest JSON payload an event may carry (templates see it as ``event.data``).
 MAX_EVENT_DATA_BYTES = 16 * 1024
+#: Deepest nesting of objects and lists in a posted event (the event itself is level 1; real
+#: ``data`` is flat). Deeper JSON is refused before it reaches code that recurses per level.
+MAX_EVENT_JSON_DEPTH = 32
 
 #: Contact cap: one sorted set per customer of the deliveries counted against the cap
 #: (member = delivery key, score = claim time).

@@ -122,13 +122,17 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(EVENTS_PATH, post_event, methods=["POST"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
             *unsubscribe_routes(runtime),
         ]
     )
+    # Starlette answers '/events/' with a redirect to an absolute URL built from the Host
+    # header, which anyone can set: a public app must not echo it. A wrong path is a 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def refusal(exc: IntakeError) -> JSONResponse:
