@@ -169,6 +169,25 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
+#: Largest request line plus headers the intake reads (h11 answers 400 past it); ours are a
+#: few hundred bytes.
+MAX_INTAKE_HEADER_BYTES = 8 * 1024
+#: Connections the kernel may queue for the intake before it accepts them (a CRM whose
+#: connection is not queued retries its SYN within a second).
+INTAKE_LISTEN_BACKLOG = 32
+#: File descriptors accepted connections may hold before the connection limit has closed them:
+#: asyncio accepts up to the backlog per event-loop round, and an accepted socket reaches the
+#: protocol, is refused and is closed over about four rounds, while accepting goes on.
+INTAKE_ACCEPTING_FDS = 4 * INTAKE_LISTEN_BACKLOG
+#: File descriptors the intake keeps free for its own use (Redis connections, the listening
+#: socket, logs; about ten at rest) when it fits CRM_INTAKE_MAX_CONNECTIONS to the process's
+#: open-file limit (with INTAKE_ACCEPTING_FDS).
+INTAKE_SPARE_FDS = 64
+#: Each kind of trouble on the public intake (a refused connection, a timed-out request, a
+#: client gone mid-body) is logged at most once per this many seconds, with a count.
+INTAKE_LOG_INTERVAL_S = 60.0
+#: Distinct kinds of log line the throttle remembers (a bound on its memory).
+MAX_THROTTLED_LOG_KINDS = 256
 
 #: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
 #: this, dirty data must not flood the log.

@@ -35,7 +35,7 @@ import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -43,6 +43,7 @@ from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
 from worker.errors import EventError, IntakeError, SourceUnavailableError
 from worker.intake.auth import IntakeAuth
 from worker.intake.body import EventBody, parse_event
+from worker.intake.server import ServerLimits, descriptor_limit, server_config, throttled_logs
 from worker.intake.unsubscribe_pages import pages_path, unsubscribe_routes
 from worker.localtime import utc_now
 from worker.runtime import Runtime, TakenEvent
@@ -82,6 +83,11 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             event = parse_event(body, request.headers.get("content-type"), utc_now())
         except IntakeError as exc:
             return refusal(exc)
+        except ClientDisconnect:
+            # Nobody reads this answer; a client hanging up is no error of ours (and many at
+            # once are one throttled line, see worker.intake.server.throttled_logs).
+            log.warning("a client closed its connection before its request body was complete")
+            return refusal(IntakeError(400, "the connection closed before the body was complete"))
         try:
             taken = await run_in_threadpool(take, event)
         except EventError as exc:  # what the model cannot see, e.g. data too large once encoded
@@ -166,13 +172,24 @@ def serve(
     port: int | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Run the intake until SIGINT/SIGTERM (uvicorn's handling: in-flight requests finish).
+    """Run the intake until SIGINT/SIGTERM: in-flight requests may finish within
+    ``CRM_INTAKE_SHUTDOWN_TIMEOUT_S``, then they are cancelled and the process exits.
 
     Raises :class:`~worker.errors.ConfigError` when it would run without credentials.
     """
     host = host or settings.intake_host
     port = port or settings.intake_port
     auth = IntakeAuth.from_settings(settings, host)
+    wanted = ServerLimits.from_settings(settings)
+    limits = wanted.within_descriptors(descriptor_limit())
+    if limits != wanted:
+        log.warning(
+            "CRM_INTAKE_MAX_CONNECTIONS lowered from %d to %d: the process may open only %d "
+            "files (raise it with ulimit -n)",
+            wanted.max_connections,
+            limits.max_connections,
+            descriptor_limit(),
+        )
     runtime = Runtime(settings)
     try:
         app = create_app(runtime, auth)
@@ -182,7 +199,7 @@ def serve(
             f"event intake on http://{shown}:{port}{EVENTS_PATH} (health: {HEALTH_PATH}; "
             f"unsubscribe pages: {pages}/<token>)"
         )
-        # log_config=None: uvicorn logs through ours (crm-worker -v), not its own handlers.
-        uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
+        with throttled_logs():
+            uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()
     finally:
         runtime.close()
