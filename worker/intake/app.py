@@ -7,10 +7,13 @@ it (:meth:`worker.runtime.Runtime.take_event`, the same as ``crm-worker event``)
 ====  =======================================================================================
 202   recorded and its messages queued: ``{"status": "accepted", "id", "rules", "queued"}``
 200   that event id was recorded before: ``{"status": "duplicate", …}``; nothing is sent twice
-400   the body is not JSON                      401  missing or wrong token / signature
-413   the body is over MAX_INTAKE_BODY_BYTES    415  the body is not ``application/json``
+400   the body is not JSON (or nested too deep)  401  missing or wrong token / signature
+404   any other path (a trailing slash too: no redirect that would echo the Host header)
+408   headers or body not sent in time (:mod:`worker.intake.server`)
+413   the body is over MAX_INTAKE_BODY_BYTES     415  the body is not ``application/json``
 422   a field is missing or wrong: ``{"error", "field"}`` names it
-503   Redis is down: nothing is acknowledged; retry after ``Retry-After`` seconds
+503   Redis is down, too many connections, or shutting down: nothing is acknowledged; retry
+      after ``Retry-After`` seconds
 ====  =======================================================================================
 
 The answer comes only once Redis holds the event and its claimed deliveries are on the queue,
@@ -21,7 +24,8 @@ customers' unsubscribe pages are served beside them (:mod:`worker.intake.unsubsc
 Example (tests run it in a thread the same way)::
 
     app = create_app(Runtime(settings), IntakeAuth.from_settings(settings, "127.0.0.1"))
-    uvicorn.run(app, host="127.0.0.1", port=8080)
+    limits = ServerLimits.from_settings(settings)
+    uvicorn.Server(server_config(app, host="127.0.0.1", port=8080, limits=limits)).run()
 """
 
 from __future__ import annotations
