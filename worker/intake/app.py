@@ -88,9 +88,10 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
         except IntakeError as exc:
             return refusal(exc)
         except ClientDisconnect:
-            # Nobody reads this answer; a client hanging up is no error of ours (and many at
-            # once are one throttled line, see worker.intake.server.throttled_logs).
-            log.warning("a client closed its connection before its request body was complete")
+            # Nobody reads this answer; a client hanging up (or one cut off by a read deadline
+            # or at shutdown) is no error of ours, and many at once are one throttled line
+            # (worker.intake.server.throttled_logs).
+            log.warning("a connection closed before its request body was complete")
             return refusal(IntakeError(400, "the connection closed before the body was complete"))
         try:
             taken = await run_in_threadpool(take, event)
