@@ -295,9 +295,14 @@ def test_sigterm_ends_the_intake_while_a_client_trickles_its_body(tmp_path):
 def test_clients_hanging_up_mid_body_log_one_line_and_no_traceback(tmp_path):
     with intake_process(tmp_path) as (_, url, log_path):
         port = int(url.rsplit(":", 1)[1])
-        for _ in range(20):
+        unsubscribe = (
+            b"POST /unsubscribe/some-token HTTP/1.1\r\nHost: intake\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+            b"List-Unsub"
+        )
+        for request in [_SLOW_POST + b'{"id": "crm-', unsubscribe] * 10:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(_SLOW_POST + b'{"id": "crm-')
+                sock.sendall(request)
                 time.sleep(0.05)  # the app is reading the body when the client goes
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -87,12 +87,6 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             event = parse_event(body, request.headers.get("content-type"), utc_now())
         except IntakeError as exc:
             return refusal(exc)
-        except ClientDisconnect:
-            # Nobody reads this answer; a client hanging up (or one cut off by a read deadline
-            # or at shutdown) is no error of ours, and many at once are one throttled line
-            # (worker.intake.server.throttled_logs).
-            log.warning("a connection closed before its request body was complete")
-            return refusal(IntakeError(400, "the connection closed before the body was complete"))
         try:
             taken = await run_in_threadpool(take, event)
         except EventError as exc:  # what the model cannot see, e.g. data too large once encoded
@@ -138,12 +132,23 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             Route(EVENTS_PATH, post_event, methods=["POST"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
             *unsubscribe_routes(runtime),
-        ]
+        ],
+        # For every route's body, the unsubscribe pages' too: uncaught, it was an ERROR
+        # traceback per hang-up.
+        exception_handlers={ClientDisconnect: _connection_gone},
     )
     # Starlette answers '/events/' with a redirect to an absolute URL built from the Host
     # header, which anyone can set: a public app must not echo it. A wrong path is a 404.
     app.router.redirect_slashes = False
     return app
+
+
+async def _connection_gone(request: Request, exc: Exception) -> JSONResponse:
+    # Nobody reads this answer; a client hanging up (or one cut off by a read deadline or at
+    # shutdown) is no error of ours, and many at once are one throttled line
+    # (worker.intake.server.throttled_logs).
+    log.warning("a connection closed before its request body was complete")
+    return refusal(IntakeError(400, "the connection closed before the body was complete"))
 
 
 def refusal(exc: IntakeError) -> JSONResponse:

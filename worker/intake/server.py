@@ -55,7 +55,13 @@ log = logging.getLogger(__name__)
 
 #: Loggers whose warnings and errors are throttled while the intake runs: uvicorn's (one per bad
 #: request), asyncio's (accept() failures), and the intake's own.
-THROTTLED_LOGGERS = ("uvicorn.error", "asyncio", "worker.intake.app", __name__)
+THROTTLED_LOGGERS = (
+    "uvicorn.error",
+    "asyncio",
+    "worker.intake.app",
+    "worker.intake.unsubscribe_pages",
+    __name__,
+)
 
 Phase = Literal["headers", "body"]
 
