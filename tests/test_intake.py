@@ -27,6 +27,7 @@ from worker.errors import ConfigError
 from worker.events import EventLog, record_event
 from worker.intake import IntakeAuth, create_app
 from worker.intake.auth import sign
+from worker.intake.server import ServerLimits, server_config
 from worker.localtime import utc_now
 from worker.runtime import Runtime
 
@@ -69,11 +70,11 @@ def _free_port() -> int:
 
 
 def serve(runtime: Runtime, auth: IntakeAuth) -> Iterator[str]:
-    """The intake app served by a real uvicorn on a free port, until the generator closes."""
+    """The intake app served by a real uvicorn on a free port, configured as ``crm-worker
+    intake`` configures it, until the generator closes."""
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(runtime, auth), host="127.0.0.1", port=port, log_config=None, lifespan="off"
-    )
+    limits = ServerLimits.from_settings(runtime.settings)
+    config = server_config(create_app(runtime, auth), host="127.0.0.1", port=port, limits=limits)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -166,6 +166,9 @@ EVENT_TTL = timedelta(days=7)
 MAX_EVENTS_PER_TYPE = 100_000
 #: Largest JSON payload an event may carry (templates see it as ``event.data``).
 MAX_EVENT_DATA_BYTES = 16 * 1024
+#: Deepest nesting of objects and lists in a posted event (the event itself is level 1; real
+#: ``data`` is flat). Deeper JSON is refused before it reaches code that recurses per level.
+MAX_EVENT_JSON_DEPTH = 32
 
 #: Contact cap: one sorted set per customer of the deliveries counted against the cap
 #: (member = delivery key, score = claim time).
@@ -209,6 +212,25 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
+#: Largest request line plus headers the intake reads (h11 answers 400 past it); ours are a
+#: few hundred bytes.
+MAX_INTAKE_HEADER_BYTES = 8 * 1024
+#: Connections the kernel may queue for the intake before it accepts them (a CRM whose
+#: connection is not queued retries its SYN within a second).
+INTAKE_LISTEN_BACKLOG = 32
+#: File descriptors accepted connections may hold before the connection limit has closed them:
+#: asyncio accepts up to the backlog per event-loop round, and an accepted socket reaches the
+#: protocol, is refused and is closed over about four rounds, while accepting goes on.
+INTAKE_ACCEPTING_FDS = 4 * INTAKE_LISTEN_BACKLOG
+#: File descriptors the intake keeps free for its own use (Redis connections, the listening
+#: socket, logs; about ten at rest) when it fits CRM_INTAKE_MAX_CONNECTIONS to the process's
+#: open-file limit (with INTAKE_ACCEPTING_FDS).
+INTAKE_SPARE_FDS = 64
+#: Each kind of trouble on the public intake (a refused connection, a timed-out request, a
+#: client gone mid-body) is logged at most once per this many seconds, with a count.
+INTAKE_LOG_INTERVAL_S = 60.0
+#: Distinct kinds of log line the throttle remembers (a bound on its memory).
+MAX_THROTTLED_LOG_KINDS = 256
 
 #: How long the embedded redis-server may take to answer after it was started, and to exit
 #: after SHUTDOWN (it writes its data out first).

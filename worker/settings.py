@@ -230,6 +230,25 @@ class Settings(BaseSettings):
         default=False,
         description="Event intake without token or secret; only on a loopback address.",
     )
+    intake_max_connections: int = Field(
+        default=500,
+        ge=1,
+        description="Event intake: open connections at most; one more is answered 503.",
+    )
+    intake_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Event intake: a request's headers must arrive within this."
+    )
+    intake_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Event intake: a request's body must arrive within this."
+    )
+    intake_keep_alive_s: int = Field(
+        default=5, ge=1, description="Event intake: an idle kept-alive connection is closed after."
+    )
+    intake_shutdown_timeout_s: int = Field(
+        default=10,
+        ge=1,
+        description="Event intake: on SIGTERM, requests still running after this are cancelled.",
+    )
 
     @classmethod
     def settings_customise_sources(

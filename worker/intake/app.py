@@ -7,10 +7,13 @@ it (:meth:`worker.runtime.Runtime.take_event`, the same as ``crm-worker event``)
 ====  =======================================================================================
 202   recorded and its messages queued: ``{"status": "accepted", "id", "rules", "queued"}``
 200   that event id was recorded before: ``{"status": "duplicate", …}``; nothing is sent twice
-400   the body is not JSON                      401  missing or wrong token / signature
-413   the body is over MAX_INTAKE_BODY_BYTES    415  the body is not ``application/json``
+400   the body is not JSON (or nested too deep)  401  missing or wrong token / signature
+404   any other path (a trailing slash too: no redirect that would echo the Host header)
+408   headers or body not sent in time (:mod:`worker.intake.server`)
+413   the body is over MAX_INTAKE_BODY_BYTES     415  the body is not ``application/json``
 422   a field is missing or wrong: ``{"error", "field"}`` names it
-503   Redis is down: nothing is acknowledged; retry after ``Retry-After`` seconds
+503   Redis is down, too many connections, or shutting down: nothing is acknowledged; retry
+      after ``Retry-After`` seconds
 ====  =======================================================================================
 
 The answer comes only once Redis holds the event and its claimed deliveries are on the queue,
@@ -21,7 +24,8 @@ customers' unsubscribe pages are served beside them (:mod:`worker.intake.unsubsc
 Example (tests run it in a thread the same way)::
 
     app = create_app(Runtime(settings), IntakeAuth.from_settings(settings, "127.0.0.1"))
-    uvicorn.run(app, host="127.0.0.1", port=8080)
+    limits = ServerLimits.from_settings(settings)
+    uvicorn.Server(server_config(app, host="127.0.0.1", port=8080, limits=limits)).run()
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -44,6 +48,7 @@ from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
 from worker.errors import EventError, IntakeError, SourceUnavailableError
 from worker.intake.auth import IntakeAuth
 from worker.intake.body import EventBody, parse_event
+from worker.intake.server import ServerLimits, descriptor_limit, server_config, throttled_logs
 from worker.intake.unsubscribe_pages import pages_path, unsubscribe_routes
 from worker.localtime import utc_now
 from worker.runtime import Runtime, TakenEvent
@@ -123,13 +128,28 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(EVENTS_PATH, post_event, methods=["POST"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
             *unsubscribe_routes(runtime),
-        ]
+        ],
+        # For every route's body, the unsubscribe pages' too: uncaught, it was an ERROR
+        # traceback per hang-up.
+        exception_handlers={ClientDisconnect: _connection_gone},
     )
+    # Starlette answers '/events/' with a redirect to an absolute URL built from the Host
+    # header, which anyone can set: a public app must not echo it. A wrong path is a 404.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _connection_gone(request: Request, exc: Exception) -> JSONResponse:
+    # Nobody reads this answer; a client hanging up (or one cut off by a read deadline or at
+    # shutdown) is no error of ours, and many at once are one throttled line
+    # (worker.intake.server.throttled_logs).
+    log.warning("a connection closed before its request body was complete")
+    return refusal(IntakeError(400, "the connection closed before the body was complete"))
 
 
 def refusal(exc: IntakeError) -> JSONResponse:
@@ -163,13 +183,24 @@ def serve(
     port: int | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Run the intake until SIGINT/SIGTERM (uvicorn's handling: in-flight requests finish).
+    """Run the intake until SIGINT/SIGTERM: in-flight requests may finish within
+    ``CRM_INTAKE_SHUTDOWN_TIMEOUT_S``, then they are cancelled and the process exits.
 
     Raises :class:`~worker.errors.ConfigError` when it would run without credentials.
     """
     host = host or settings.intake_host
     port = port or settings.intake_port
     auth = IntakeAuth.from_settings(settings, host)
+    wanted = ServerLimits.from_settings(settings)
+    limits = wanted.within_descriptors(descriptor_limit())
+    if limits != wanted:
+        log.warning(
+            "CRM_INTAKE_MAX_CONNECTIONS lowered from %d to %d: the process may open only %d "
+            "files (raise it with ulimit -n)",
+            wanted.max_connections,
+            limits.max_connections,
+            descriptor_limit(),
+        )
     runtime = Runtime(settings)
     # uvicorn stops on SIGTERM, then raises the signal again for the handler it found: with the
     # default one the process died right there, before closing the runtime, and left the
@@ -183,8 +214,8 @@ def serve(
             f"event intake on http://{shown}:{port}{EVENTS_PATH} (health: {HEALTH_PATH}; "
             f"unsubscribe pages: {pages}/<token>)"
         )
-        # log_config=None: uvicorn logs through ours (crm-worker -v), not its own handlers.
-        uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
+        with throttled_logs():
+            uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
         runtime.close()

@@ -27,6 +27,8 @@ from worker.settings import Settings
 
 #: Addresses only this machine can reach: the one place an intake may run without credentials.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Digits of the longest unix time in seconds a signature may carry (until the year 33658).
+_TIMESTAMP_DIGITS = 12
 
 
 def sign(secret: bytes, body: bytes, now: float) -> dict[str, str]:
@@ -96,7 +98,9 @@ class IntakeAuth:
         self, secret: bytes, timestamp: str, given: str, body: bytes, now: float
     ) -> None:
         max_age_s = self.max_age.total_seconds()
-        if not timestamp.isdigit():
+        # str.isdigit() admits '²' and other Unicode digits int() refuses, and int() of a
+        # 400-digit value overflows the float comparison: only a short ASCII number is a time.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > _TIMESTAMP_DIGITS:
             raise IntakeError(401, f"{TIMESTAMP_HEADER} must be unix seconds, e.g. {int(now)}")
         if abs(now - int(timestamp)) > max_age_s:
             raise IntakeError(
