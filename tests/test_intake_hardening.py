@@ -285,8 +285,8 @@ def test_sigterm_ends_the_intake_while_a_client_trickles_its_body(tmp_path):
         took_s = time.monotonic() - started
         answer = answer_of(sock, timeout_s=5)
     print(f"exited {took_s:.1f} s after SIGTERM with {process.returncode}; client got {answer}")
-    # uvicorn ends by raising the signal it caught again, so the exit is the default SIGTERM's.
-    assert process.returncode == -signal.SIGTERM, log_path.read_text()
+    # A clean stop: the intake closes its runtime (and an embedded Redis) and exits 0.
+    assert process.returncode == 0, log_path.read_text()
     assert answer == "503"
     assert lines_with(log_path, "request body still arriving at shutdown")
     assert lines_with(log_path, "Traceback") == [], log_path.read_text()

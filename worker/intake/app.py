@@ -48,6 +48,7 @@ from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
 from worker.errors import EventError, IntakeError, SourceUnavailableError
 from worker.intake.auth import IntakeAuth
 from worker.intake.body import EventBody, parse_event
+from worker.intake.reading import read_limited
 from worker.intake.server import ServerLimits, descriptor_limit, server_config, throttled_logs
 from worker.intake.unsubscribe_pages import pages_path, unsubscribe_routes
 from worker.localtime import utc_now
@@ -162,18 +163,12 @@ def refusal(exc: IntakeError) -> JSONResponse:
 
 async def _read_body(request: Request) -> bytes:
     """The request body, refused (413) as soon as it passes the limit, declared or not."""
-    declared = request.headers.get("content-length", "")
-    too_large = IntakeError(
-        413, f"the body is over {MAX_INTAKE_BODY_BYTES} bytes; post ids and a small data object"
-    )
-    if declared.isdigit() and int(declared) > MAX_INTAKE_BODY_BYTES:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_INTAKE_BODY_BYTES:
-            raise too_large
-    return bytes(body)
+    body = await read_limited(request, MAX_INTAKE_BODY_BYTES)
+    if body is None:
+        raise IntakeError(
+            413, f"the body is over {MAX_INTAKE_BODY_BYTES} bytes; post ids and a small data object"
+        )
+    return body
 
 
 def serve(

@@ -43,6 +43,7 @@ from worker.constants import (
     UNSUBSCRIBE_REQUESTS_PER_MINUTE,
 )
 from worker.errors import SourceUnavailableError, UnsubscribeTokenError
+from worker.intake.reading import read_limited
 from worker.localtime import utc_now
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -289,17 +290,6 @@ def unsubscribe_routes(runtime: Runtime) -> list[Route]:
             runtime.suppression.remove(entry.address)
             log.info("unsubscribe: an address came back to marketing mail")
 
-    async def read_body(request: Request) -> bytes | None:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_UNSUBSCRIBE_BODY_BYTES:
-            return None
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_UNSUBSCRIBE_BODY_BYTES:
-                return None
-        return bytes(body)
-
     async def confirm(request: Request) -> HTMLResponse:
         token = request.path_params["token"]
         locale = unverified_locale(token)
@@ -315,7 +305,7 @@ def unsubscribe_routes(runtime: Runtime) -> list[Route]:
                 "rate", "unsubscribe: requests over the limit from %s", client_of(request)
             )
             return page(locale, company, "title", "busy", status=429)
-        body = await read_body(request)
+        body = await read_limited(request, MAX_UNSUBSCRIBE_BODY_BYTES)
         if body is None:
             return page(locale, company, "title", "bad", status=413)
         if not _is_one_click(body, request.headers.get("content-type", "")):
@@ -335,7 +325,7 @@ def unsubscribe_routes(runtime: Runtime) -> list[Route]:
         locale = unverified_locale(token)
         if not limit.allow(client_of(request)):
             return page(locale, company, "title", "busy", status=429)
-        if await read_body(request) is None:
+        if await read_limited(request, MAX_UNSUBSCRIBE_BODY_BYTES) is None:
             return page(locale, company, "title", "bad", status=413)
         try:
             await run_in_threadpool(resubscribe, token)
