@@ -54,3 +54,24 @@ def test_queued_jobs_carry_occurrence_keys_only(make_runtime, redis_client):
         assert "@" not in text and "<" not in text
         assert not [p["last_name"] for p in people if p["last_name"] and p["last_name"] in text]
     assert sorted(carried) == sorted(queued)
+
+
+def test_a_failing_over_or_full_redis_retries_the_batch_and_a_bug_does_not() -> None:
+    """Dramatiq's retry rule: a batch that met a Redis failover (READONLY), a full Redis (OOM)
+    or a lost connection is retried, never dead-lettered; any other error is not retried."""
+    import dramatiq
+    import redis
+
+    from worker.actors import _redis_unreachable
+
+    for exc in (
+        redis.ConnectionError("gone"),
+        redis.TimeoutError("slow"),
+        redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."),
+        redis.exceptions.OutOfMemoryError("OOM command not allowed"),
+        redis.exceptions.TryAgainError("TRYAGAIN"),
+        dramatiq.Retry("later"),
+    ):
+        assert _redis_unreachable(1_000, exc), exc
+    assert not _redis_unreachable(0, redis.ResponseError("WRONGTYPE"))
+    assert not _redis_unreachable(0, ValueError("malformed delivery batch"))

@@ -10,6 +10,7 @@ import redis
 
 import worker.ledger
 from tests.faultkit import NOW
+from worker.batch import deliver_batch
 from worker.constants import CLAIM_STALE_AFTER
 from worker.delivery_log import LogEntry
 from worker.ledger import Finish, Ledger
@@ -119,3 +120,42 @@ def test_claims_and_leases_of_a_batch_are_each_decided_as_alone(make_runtime, mo
     assert begins[1].attempt == 2 and begins[3].attempt == 1 and begins[2].state == "sent"
     assert ledger.get(k[1])["lease_owner"] == "me" and ledger.get(k[0])["lease_owner"] == "a"
     assert ledger.begin_many([], now=now, owner="me") == []
+
+
+def test_a_delivery_waiting_out_its_backoff_is_not_sent_early_by_a_second_message(make_runtime):
+    """A second queue message of a delivery in ``retrying`` (a sweeper's, a broker re-run)
+    finds it busy until its retry time: a greylisting relay sees the retries it asked for."""
+    runtime = make_runtime()
+    ledger = runtime.ledger
+    key = "birthday-greeting:customer:1:2026/email"
+    ledger.claim_many([(key, "birthday-greeting", NOW)], now=NOW)
+    ledger.mark_queued([key])
+    now = utc_now()
+    (first,) = ledger.begin_many([key], now=now, owner="me")
+    assert first.verdict == "go"
+    retry_after = timedelta(minutes=30)
+    ledger.finish(key, "retrying", owner="me", reason="451 greylisted", now=now,
+                  retry_after=retry_after)  # fmt: skip
+    (early,) = ledger.begin_many([key], now=now + timedelta(seconds=5), owner="other")
+    assert early.verdict == "busy"
+    assert float(early.lease_until) >= (now + retry_after).timestamp() - 1
+    (due,) = ledger.begin_many([key], now=now + retry_after + timedelta(seconds=1), owner="other")
+    assert due.verdict == "go" and due.attempt == 2
+
+
+def test_a_send_pause_moves_the_deadlines_so_no_sweeper_queues_the_waiting_work(make_runtime):
+    """Every batch meeting a 5-minute pause leaves its keys waiting; their deadlines move past
+    the pause, so a sweeper a minute later takes none of them over (no second queue message)."""
+    runtime = make_runtime()
+    ledger = runtime.ledger
+    keys = [f"birthday-greeting:customer:{n}:2026/email" for n in range(3)]
+    ledger.claim_many([(key, "birthday-greeting", NOW) for key in keys], now=NOW)
+    ledger.mark_queued(keys)
+    now = utc_now()
+    runtime.pause.pause(now, "535 authentication failed", length=timedelta(minutes=5))
+    results = deliver_batch(runtime.deliverer, keys, as_of=NOW, enqueued_at=now, now=now)
+    assert {r.outcome for r in results} == {"paused"}
+    later = Ledger(runtime.redis, clock=lambda: now + timedelta(seconds=61))
+    assert later.take_over(limit=100) == []
+    after_the_pause = Ledger(runtime.redis, clock=lambda: now + timedelta(minutes=7))
+    assert sorted(stale.key for stale in after_the_pause.take_over(limit=100)) == sorted(keys)

@@ -3,6 +3,7 @@ limit; then the delivery is failed with the reason. Metrics show every outcome."
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from datetime import timedelta
 
@@ -29,6 +30,7 @@ def test_a_retry_that_would_land_after_the_grace_fails_instead(tmp_path, smtp_se
     early = runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now())
     assert early.outcome == "retry" and early.retry_after == timedelta(seconds=0.2)
 
+    time.sleep(0.3)  # the retry comes when its backoff asked for it, not before
     last_moment = DUE + timedelta(days=1) - timedelta(seconds=0.1)
     late = runtime.deliverer.deliver(key, as_of=last_moment, enqueued_at=utc_now())
     assert late.outcome == "failed"
@@ -40,9 +42,10 @@ def test_a_retry_that_would_land_after_the_grace_fails_instead(tmp_path, smtp_se
 def test_the_attempt_limit_fails_the_delivery_with_the_reason(tmp_path, smtp_server, make_runtime):
     smtp_server.reply = "421 4.4.2 Connection dropped"
     runtime, key = one_queued_key(tmp_path, smtp_server, make_runtime)
+    # Each retry when its backoff is over (an hour later each: past the longest backoff).
+    later = [utc_now() + timedelta(hours=n) for n in range(MAX_DELIVERY_ATTEMPTS)]
     outcomes = [
-        runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now()).outcome
-        for _ in range(MAX_DELIVERY_ATTEMPTS)
+        runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=at, now=at).outcome for at in later
     ]
     assert outcomes == ["retry"] * (MAX_DELIVERY_ATTEMPTS - 1) + ["failed"]
     assert f"gave up after {MAX_DELIVERY_ATTEMPTS} attempts" in runtime.ledger.get(key)["reason"]

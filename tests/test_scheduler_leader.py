@@ -61,3 +61,13 @@ def test_the_leader_keeps_its_lock_and_a_standby_takes_over(
     finally:
         stop_leader.set()
         leader.join()
+
+
+def test_stopping_while_redis_is_gone_ends_without_a_traceback(make_runtime: Any) -> None:
+    import redis
+
+    runtime = make_runtime()
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    stop = threading.Event()
+    stop.set()  # stop at once: only the lock's release is left, and Redis is gone
+    run_scheduler(runtime.scheduler, LeaderLock(dead), interval_s=0.05, stop=stop)

@@ -33,7 +33,7 @@ from worker.batch import deliver_batch
 from worker.channels import MemoryChannel
 from worker.constants import MAX_DELIVERY_ATTEMPTS
 from worker.errors import SourceError, SourceUnavailableError
-from worker.localtime import parse_instant
+from worker.localtime import parse_instant, utc_now
 from worker.planning import PlannedDelivery, Skip, plan
 from worker.rules.catalog import RuleCatalog
 from worker.scheduler import LeaderLock, run_scheduler
@@ -481,10 +481,15 @@ def test_delivery_retries_while_the_database_is_down(postgres: Database, make_ru
     assert result.outcome == "retry" and result.retry_after == timedelta(seconds=30)
     assert runtime.ledger.get(key)["state"] == "retrying"
     # A long outage outlasts the attempts a flaky relay gets; the delivery is not given up.
-    for _ in range(MAX_DELIVERY_ATTEMPTS):
-        assert outage.deliver(key, as_of=now, enqueued_at=now, now=now).outcome == "retry"
+    # Each attempt when the backoff before it is over (an hour later: past the longest one).
+    for n in range(1, MAX_DELIVERY_ATTEMPTS + 1):
+        wall = utc_now()
+        at = wall + timedelta(hours=n)
+        assert outage.deliver(key, as_of=now, enqueued_at=wall, now=at).outcome == "retry"
+    wall = utc_now()
+    at = wall + timedelta(hours=MAX_DELIVERY_ATTEMPTS + 1)
     assert PASSWORD not in runtime.ledger.get(key)["reason"]
-    again = runtime.deliverer.deliver(key, as_of=now, enqueued_at=now, now=now)
+    again = runtime.deliverer.deliver(key, as_of=now, enqueued_at=wall, now=at)
     assert again.outcome == "sent" and [m.key for m in channel.sent] == [key]
     runtime.source.close()
 

@@ -28,7 +28,7 @@ from worker.channels.webhook import (
     signature,
 )
 from worker.errors import PermanentDeliveryError, RuleError
-from worker.localtime import parse_instant
+from worker.localtime import parse_instant, utc_now
 from worker.payload import render_payload
 from worker.planning import PlannedDelivery, plan
 from worker.rendering import TemplateRenderer
@@ -155,8 +155,11 @@ def _one_queued_key(runtime: Any) -> str:
     return str(report.queued[0])
 
 
-def _deliver(runtime: Any, key: str) -> Any:
-    return runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=NOW, now=NOW)
+def _deliver(runtime: Any, key: str, after: timedelta = timedelta(0)) -> Any:
+    """Deliver ``key`` as a worker would ``after`` the planned instant (a retry comes when its
+    backoff is over)."""
+    wall = utc_now()
+    return runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=wall, now=wall + after)
 
 
 def test_run_once_posts_each_due_message_once_signed(
@@ -206,9 +209,9 @@ def test_server_error_then_success_is_one_delivery(
     first = _deliver(runtime, key)
     assert first.outcome == "retry" and first.retry_after == timedelta(seconds=30)
     assert runtime.ledger.get(key)["state"] == "retrying"
-    second = _deliver(runtime, key)
+    second = _deliver(runtime, key, after=timedelta(seconds=31))
     assert second.outcome == "sent"
-    third = _deliver(runtime, key)
+    third = _deliver(runtime, key, after=timedelta(seconds=32))
     assert third.outcome == "duplicate"
 
     assert [r.headers[IDEMPOTENCY_HEADER] for r in hook_server.requests] == [key, key]
@@ -226,7 +229,8 @@ def test_too_many_requests_waits_as_long_as_the_server_asks(
     assert result.outcome == "retry"
     assert result.retry_after == timedelta(seconds=120)  # not the 30 s first backoff
     assert "429" in runtime.ledger.get(key)["reason"]
-    assert _deliver(runtime, key).outcome == "sent"
+    assert _deliver(runtime, key, after=timedelta(seconds=60)).outcome == "busy"  # asked 120 s
+    assert _deliver(runtime, key, after=timedelta(seconds=121)).outcome == "sent"
     assert len(hook_server.requests) == 2
 
 

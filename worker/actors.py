@@ -89,7 +89,7 @@ class DeliveryActor:
         later: dict[timedelta, list[str]] = {}
         try:
             results = deliver_batch(deliverer, keys, as_of=planned_for, enqueued_at=queued)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             # Dramatiq logs an unhandled error with the message's repr (all 50 keys) and a
             # traceback, per batch; a Retry it logs at most as one short line. The sweeper
             # logs the outage itself once.
@@ -108,8 +108,21 @@ class DeliveryActor:
             self.send(retry_keys, as_of=planned_for + (utc_now() - queued), delay=delay)
 
 
+#: Redis errors that pass: a lost connection, and what a failing-over or full Redis answers
+#: for a while (a replica not yet primary: READONLY; a cluster moving: TRYAGAIN; OOM). They
+#: derive from ResponseError, which otherwise means a bug, so they are named one by one.
+REDIS_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,
+)
+
+
 def _redis_unreachable(retries: int, exc: BaseException) -> bool:
-    """Dramatiq's ``retry_when``: retry a batch that lost its Redis connection, whatever the
-    count (the keys wait in the ledger; nothing else would take the message back); any other
-    failure is a poison message or a bug, dead-lettered at once."""
-    return isinstance(exc, dramatiq.Retry | redis.ConnectionError | redis.TimeoutError)
+    """Dramatiq's ``retry_when``: retry a batch that lost its Redis (connection lost, a
+    failover under way, Redis full), whatever the count (the keys wait in the ledger; nothing
+    else would take the message back); any other failure is a poison message or a bug,
+    dead-lettered at once."""
+    return isinstance(exc, (dramatiq.Retry, *REDIS_UNAVAILABLE))

@@ -49,6 +49,9 @@ def deliver_batch(
         return []
     held = deliverer.paused(keys[0], now)
     if held is not None:
+        # They wait out the pause on purpose: no sweeper is to queue them again meanwhile.
+        if held.retry_after is not None:
+            deliverer.ledger.postpone(keys, held.retry_after)
         return [dataclasses.replace(held, key=key) for key in keys]
     owner = lease_owner()
     leased_at = time.monotonic()

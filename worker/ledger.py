@@ -111,6 +111,10 @@ for i = 2, #KEYS do
   elseif state == 'sending'
      and tonumber(redis.call('HGET', key, 'lease_until') or '0') > tonumber(ARGV[1]) then
     verdict, value = 'busy', redis.call('HGET', key, 'lease_until')
+  elseif state == 'retrying'
+     and tonumber(redis.call('HGET', key, 'retry_at') or '0') > tonumber(ARGV[1]) then
+    -- A second queue message of a delivery waiting out its backoff: it waits too.
+    verdict, value = 'busy', redis.call('HGET', key, 'retry_at')
   end
   if verdict == 'go' then
     -- An expired lease: its worker was cut off mid-send and may have handed the message over.
@@ -127,7 +131,8 @@ return out
 """
 
 # KEYS: the delivery, the deadline index, the log stream (optional). ARGV: owner, state,
-# reason, detail, now, refund, deadline (of a retry), maxlen, then the log entry's fields.
+# reason, detail, now, refund, deadline (of a retry), retry time, maxlen, then the log
+# entry's fields.
 _FINISH = """
 local finished = 0
 if redis.call('HGET', KEYS[1], 'state') == 'sending'
@@ -138,15 +143,29 @@ if redis.call('HGET', KEYS[1], 'state') == 'sending'
   if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
   if ARGV[2] == 'retrying' then
     redis.call('ZADD', KEYS[2], ARGV[7], KEYS[1])
+    redis.call('HSET', KEYS[1], 'retry_at', ARGV[8])
   else
     redis.call('ZREM', KEYS[2], KEYS[1])
+    redis.call('HDEL', KEYS[1], 'retry_at')
   end
   finished = 1
 end
 if KEYS[3] then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 10))
 end
 return finished
+"""
+
+# KEYS: the deadline index, then the deliveries. ARGV: the new deadline. Moves the deadline
+# of each delivery that has one (not final) to at least ARGV[1].
+_POSTPONE = """
+for i = 2, #KEYS do
+  local current = redis.call('ZSCORE', KEYS[1], KEYS[i])
+  if current and tonumber(current) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], KEYS[i])
+  end
+end
+return 1
 """
 
 # KEYS: the delivery, the deadline index. ARGV: now, deadline, offset, wall clock.
@@ -272,6 +291,7 @@ class Ledger:
         self._finish = client.register_script(_FINISH)
         self._reset = client.register_script(_RESET)
         self._take_over = client.register_script(_TAKE_OVER)
+        self._postpone = client.register_script(_POSTPONE)
 
     @staticmethod
     def redis_key(key: str) -> str:
@@ -380,6 +400,8 @@ class Ledger:
             _ts(item.now),
             "1" if item.refund_attempt else "0",
             _ts(self.clock() + wait),
+            # On the clock the attempt ran on, as begin() compares it with its own ``now``.
+            _ts(item.now + (item.retry_after or timedelta(0))),
         ]
         args.append(item.log_entry.maxlen if item.log_entry is not None else 0)
         if item.log_entry is not None:
@@ -387,6 +409,15 @@ class Ledger:
             for name, value in item.log_entry.fields.items():
                 args += [name, value]
         return keys, args
+
+    def postpone(self, keys: Sequence[str], wait: timedelta) -> None:
+        """Move the deadline of each of ``keys`` still in flight to at least ``wait`` from now
+        plus the queue deadline: they wait on purpose (a send pause), so no sweeper is to take
+        them over meanwhile and queue them a second time."""
+        deadline = _ts(self.clock() + wait + self.queue_deadline)
+        for run in _chunks(list(keys)):
+            redis_keys = [self.redis_key(k) for k in run]
+            self._postpone(keys=[DEADLINE_INDEX_KEY, *redis_keys], args=[deadline])
 
     def reset(self, key: str, *, now: datetime) -> bool:
         """``failed``/``unknown`` back to ``queued`` with a fresh attempt count, atomically;

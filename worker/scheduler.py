@@ -15,6 +15,7 @@ waits as a standby and takes over when the lock expires.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -119,7 +120,9 @@ class Scheduler:
             default_zone=self.default_zone,
             company=self.company,
         )
-        return self._dispatch((i for i in items if i.rule_id not in broken), now)
+        return self._dispatch(
+            (i for i in items if i.rule_id not in broken), now, summary_level=logging.DEBUG
+        )
 
     def _unusable_rules(self) -> dict[str, str]:
         """Rules whose messages could not be rendered (a template folder missing or misnamed),
@@ -144,8 +147,16 @@ class Scheduler:
                     break
         return broken
 
-    def _dispatch(self, items: Iterable[PlannedDelivery | Skip], now: datetime) -> PassReport:
-        """Claim, cap and queue planned deliveries in batches."""
+    def _dispatch(
+        self,
+        items: Iterable[PlannedDelivery | Skip],
+        now: datetime,
+        *,
+        summary_level: int = logging.INFO,
+    ) -> PassReport:
+        """Claim, cap and queue planned deliveries in batches; the summary line is logged at
+        ``summary_level`` (a pass: INFO; one CRM event: DEBUG, as each event is no change of
+        the system's state)."""
         report = PassReport(now)
         due: list[PlannedDelivery] = []
         progress_at = time.monotonic() + PASS_PROGRESS_INTERVAL.total_seconds()
@@ -168,7 +179,8 @@ class Scheduler:
                 due = []
         if due:
             self._claim_and_enqueue(due, now, report)
-        log.info(
+        log.log(
+            summary_level,
             "pass at %s: %d queued, %d already claimed, %d skipped",
             now.isoformat(),
             len(report.queued),
@@ -322,4 +334,6 @@ def run_scheduler(
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
         stop.wait(interval_s if leading else min(interval_s, STANDBY_POLL.total_seconds()))
-    lock.release()
+    # Stopping while Redis is gone: the lock expires by itself (its TTL); no traceback.
+    with contextlib.suppress(redis.RedisError):
+        lock.release()

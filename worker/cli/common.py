@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from worker.constants import MAX_LOG_LINE_CHARS
 from worker.errors import ConfigError
+from worker.intake.throttle import LogThrottle
 from worker.localtime import parse_instant, utc_now
 from worker.rules.models import parse_duration
 from worker.runtime import Runtime
@@ -101,6 +103,22 @@ def cli(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
         logging.getLogger("dramatiq").setLevel(logging.WARNING)
+        # Each of Dramatiq's consumer threads logs a lost Redis at CRITICAL every few seconds;
+        # the sweeper already says "Redis lost" and "Redis back" once each.
+        handler.addFilter(_ConsumerOutageFilter())
+
+
+class _ConsumerOutageFilter(logging.Filter):
+    """At most one line a minute of Dramatiq's consumers' connection errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = LogThrottle(interval_s=60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("dramatiq.worker.ConsumerThread"):
+            return True
+        return self._throttle.admit(str(record.msg), now=time.monotonic()) is not None
 
 
 class CappedFormatter(logging.Formatter):
