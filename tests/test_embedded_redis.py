@@ -152,3 +152,31 @@ def test_intake_stopped_by_sigterm_leaves_no_redis_server(tmp_path, smtp_server,
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(pid)
+
+
+def test_a_server_that_refuses_to_stop_keeps_serving_and_is_joined_not_doubled(
+    tmp_path: Path,
+) -> None:
+    """Redis refuses SHUTDOWN when it cannot write its data (here: its directory is gone). The
+    last process out then leaves it running and says so, and the next process joins it: never
+    a second server on the same data file."""
+    import shutil
+
+    first = EmbeddedRedis(tmp_path / "var")
+    client = first.open()
+    client.set("kept", "1")
+    client.config_set("save", "3600 1")  # a save point: SHUTDOWN must write, and cannot
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    client.config_set("dir", str(gone))
+    shutil.rmtree(gone)
+    pid = server_pid(tmp_path / "var")
+    try:
+        first.close()
+        assert pid is not None and alive(pid)
+        second = EmbeddedRedis(tmp_path / "var")
+        assert second.open().get("kept") == b"1"
+        assert server_pid(tmp_path / "var") == pid  # joined, not a second server
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -145,6 +145,14 @@ class EmbeddedRedis:
 
     def _start(self) -> redis.Redis:
         socket_path = self.socket_path
+        if _answers(socket_path):
+            # A server whose state file is gone still serves this data file: a second server
+            # on the same AOF would hand every occurrence out twice. Refuse, and say what to do.
+            raise EmbeddedRedisError(
+                self.data_file,
+                f"a redis-server still answers on {socket_path} without a state file; stop it "
+                "(redis-cli -s <socket> shutdown) and start again",
+            )
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # left by a server that died
         args = [
@@ -190,16 +198,32 @@ class EmbeddedRedis:
         client = self._running(joining=False)
         if client is None:
             return
-        with contextlib.suppress(redis.RedisError):  # it hangs up as it exits
+        refused = ""
+        try:
             client.shutdown()
+        except redis.ConnectionError:
+            pass  # it hangs up as it exits
+        except redis.RedisError as exc:
+            refused = str(exc)  # e.g. it cannot write its data (a full disk): it keeps running
         deadline = time.monotonic() + EMBEDDED_REDIS_STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
+        stopped = False
+        while time.monotonic() < deadline and not refused:
             try:
                 client.ping()
             except (redis.RedisError, OSError):
+                stopped = True
                 break
             time.sleep(0.02)
         client.close()
+        if not stopped:
+            # Still serving: keep its state file, so the next process joins it instead of
+            # starting a second server on the same data.
+            log.error(
+                "embedded Redis for %s did not stop (%s); it keeps serving",
+                self.data_file,
+                refused or "no answer to SHUTDOWN in time",
+            )
+            return
         with contextlib.suppress(FileNotFoundError):
             self._state_file.unlink()
         if self._process is not None:  # ours: collect its exit status (no zombie)
@@ -207,6 +231,19 @@ class EmbeddedRedis:
                 self._process.wait(timeout=EMBEDDED_REDIS_STOP_TIMEOUT_S)
             self._process = None
         log.info("embedded Redis: stopped (the last user of %s left)", self.data_file)
+
+
+def _answers(socket_path: Path) -> bool:
+    """Does a Redis server answer on ``socket_path``?"""
+    if not socket_path.exists():
+        return False
+    client = redis.Redis(unix_socket_path=str(socket_path), retry=Retry(NoBackoff(), 0))
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 def _bundled_executable() -> str:
