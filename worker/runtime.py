@@ -45,6 +45,7 @@ from worker.signature import DkimSigner
 from worker.sources import Source, open_source
 from worker.suppression import SuppressionList
 from worker.unsubscribe import Unsubscriber, shared_secret
+from worker.validation import vet_rule
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class Runtime:
 
     @cached_property
     def catalog(self) -> RuleCatalog:
-        catalog = RuleCatalog(self.settings.rules_dir)
+        # A rule naming a field the CRM data lacks is refused like a broken edit.
+        catalog = RuleCatalog(self.settings.rules_dir, vet=vet_rule(self.source))
         catalog.refresh()
         return catalog
 
