@@ -42,7 +42,8 @@ from worker.validation import check_all
 @cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
-    """Validate rules and templates; one `path:line:col: message` line per problem.
+    """Validate rules and templates; one `path:line:col: message` line per problem, then the
+    line itself with a caret under the place.
 
     \b
     Exit 0 when everything is valid, 1 otherwise.
@@ -61,8 +62,16 @@ def check(ctx: click.Context) -> None:
     except SourceError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_UNAVAILABLE)
+    texts: dict[Path, str] = {}
     for problem in problems:
         out.print(str(problem), markup=False)
+        if problem.path not in texts:
+            try:
+                texts[problem.path] = problem.path.read_text(encoding="utf-8", errors="replace")
+            except OSError:  # a folder, or gone since: the position alone must do
+                texts[problem.path] = ""
+        for line in problem.excerpt(texts[problem.path]):
+            out.print(line, markup=False)
     if problems:
         err.print(f"{len(problems)} problem(s) found")
         sys.exit(EXIT_PROBLEMS)

@@ -32,6 +32,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from worker.constants import MAX_RULE_DEPTH, MAX_RULE_FILE_BYTES, MAX_RULE_NODES
 from worker.errors import Problem, RuleError
 from worker.rules.models import Rule
+from worker.rules.yaml_errors import explain
 
 Loc = tuple[str | int, ...]
 Position = tuple[int, int]
@@ -97,6 +98,13 @@ class _Converter:
         result: dict[str, Any] = {}
         first_seen: dict[str, Node] = {}
         for key_node, value_node in node.value:
+            if isinstance(key_node, MappingNode) and node.flow_style:
+                # `when: {{ x }}` reads as a mapping inside a mapping, keyed by a mapping.
+                raise self.fail(
+                    node,
+                    '{{ ... }} must be quoted: "{{ ... }}"; a when: condition needs no braces '
+                    "at all (when: customer.email_opt_in)",
+                )
             if not isinstance(key_node, ScalarNode):
                 raise self.fail(
                     key_node,
@@ -166,19 +174,22 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, _Positions]:
         _check_size(yaml, text, path)
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = exc.problem or exc.context or "invalid YAML"
-        hint = ""
-        if "\\t" in reason or "'\\t'" in str(exc):
-            hint = "; indent with spaces, not tabs"
-        elif "{" in (exc.problem or "") or "found unhashable key" in str(exc):
-            hint = '; put text with {{ }} in quotes: "{{ ... }}"'
-        raise RuleError([Problem(path, line, col, f"{reason}{hint}")]) from None
+        line, col, message = explain(
+            exc.problem,
+            exc.context,
+            _position(exc.problem_mark),
+            _position(exc.context_mark),
+            text.splitlines(),
+        )
+        raise RuleError([Problem(path, line, col, message)]) from None
     if node is None:
         raise RuleError([Problem(path, 1, 1, "the file is empty; a rule needs id, trigger, send")])
     converter = _Converter(path)
     return converter.convert(node, ()), converter.positions
+
+
+def _position(mark: Any) -> Position | None:
+    return (mark.line + 1, mark.column + 1) if mark is not None else None
 
 
 def load_rule_text(text: str, path: Path) -> Rule:
