@@ -60,6 +60,6 @@ class SendPause:
         )
         return length
 
-    def clear(self) -> None:
-        """Resume sending now (an operator fixed the cause)."""
-        self.client.delete(SEND_PAUSE_KEY)
+    def clear(self) -> bool:
+        """Resume sending now (an operator fixed the cause); False when it was not paused."""
+        return bool(self.client.delete(SEND_PAUSE_KEY))

@@ -311,7 +311,8 @@ def _check_webhooks(rule: Rule, path: Path, webhooks: Collection[str]) -> Iterat
                 path,
                 line,
                 col,
-                f"webhook {action.webhook!r} is not in CRM_WEBHOOKS (configured: {known})",
+                f"webhook {action.webhook!r} is not in CRM_WEBHOOKS (configured: {known})"
+                f"{_did_you_mean(action.webhook, frozenset(webhooks))}",
             )
 
 

@@ -22,6 +22,7 @@ from worker.cli.common import (
     cli,
     err,
     out,
+    require_rules,
     runtime_for,
 )
 from worker.errors import (
@@ -103,7 +104,7 @@ def plan_command(
     """
     runtime = runtime_for(ctx)
     now = now or utc_now()
-    runtime.catalog.refresh()
+    require_rules(runtime, rules)
     rule_ids = frozenset(rules) if rules else None
     if customer is not None:
         _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
