@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from worker.cli.common import (
     out,
     require_rules,
     runtime_for,
+    usage_error,
 )
+from worker.constants import DELIVERY_BATCH_SIZE
+from worker.delivery_state import DeliveryState, delivery_states
 from worker.errors import (
     AddressError,
     DeliveryError,
@@ -43,8 +47,7 @@ from worker.validation import check_all
 @cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
-    """Validate rules and templates; one `path:line:col: message` line per problem, then the
-    line itself with a caret under the place.
+    """Validate rules and templates; one `path:line:col: message` line per problem.
 
     \b
     Exit 0 when everything is valid, 1 otherwise.
@@ -85,6 +88,9 @@ def check(ctx: click.Context) -> None:
 @click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
 @click.option("--customer", "customer", help="Per rule, why this customer gets a message or not.")
 @click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Also list messages the ledger is done with (sent …)."
+)
 @click.pass_context
 def plan_command(
     ctx: click.Context,
@@ -93,12 +99,18 @@ def plan_command(
     rules: tuple[str, ...],
     customer: str | None,
     explain: bool,
+    show_all: bool,
 ) -> None:
     """Dry run: what a scheduler pass at --now would queue. Nothing is claimed or sent.
+
+    Each message shows where it stands in the ledger (new, queued, already sent on …) and
+    whether its address is suppressed; messages the ledger is done with (sent, skipped, failed)
+    are left out unless --all.
 
     \b
     Examples:
       crm-worker plan --now 2026-03-14T10:00:00Z
+      crm-worker plan --now 2026-03-14T10:00:00Z --all
       crm-worker plan --now 2026-03-14T10:00:00Z --json | jq .to
       crm-worker plan --customer 42 --explain
     """
@@ -107,6 +119,8 @@ def plan_command(
     require_rules(runtime, rules)
     rule_ids = frozenset(rules) if rules else None
     if customer is not None:
+        if show_all:
+            usage_error("--all lists a whole plan; --customer already shows every rule")
         _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
         return
     items = plan(
@@ -118,27 +132,41 @@ def plan_command(
         rule_ids=rule_ids,
         events=runtime.events,
     )
-    planned: list[PlannedDelivery] = []
+    planned: list[tuple[PlannedDelivery, DeliveryState]] = []
     skips: list[Skip] = []
+    done = 0
     try:
-        for item in items:
-            if isinstance(item, PlannedDelivery):
-                planned.append(item)
-                if as_json:
-                    out.print(json.dumps(_plan_json(item), ensure_ascii=False), markup=False)
-            elif explain:
-                skips.append(item)
-                if as_json:
-                    out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
-    except redis.RedisError as exc:  # event rules read the event store
-        err.print(f"[red]error:[/] Redis unavailable (CRM events): {exc}")
+        for batch in _batches(items):
+            due = [item for item in batch if isinstance(item, PlannedDelivery)]
+            states = delivery_states(
+                runtime.ledger, runtime.suppression, [(i.key, i.to) for i in due]
+            )
+            shown = iter(zip(due, states, strict=True))
+            for item in batch:
+                if isinstance(item, PlannedDelivery):
+                    entry = next(shown)
+                    if entry[1].final and not show_all:
+                        done += 1
+                        continue
+                    planned.append(entry)
+                    if as_json:
+                        line = _plan_json(item) | entry[1].as_json()
+                        out.print(json.dumps(line, ensure_ascii=False), markup=False)
+                elif explain:
+                    skips.append(item)
+                    if as_json:
+                        out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    except redis.RedisError as exc:  # the ledger, the suppression list, the event store
+        err.print(f"[red]error:[/] Redis unavailable (ledger, CRM events): {exc}")
         sys.exit(EXIT_UNAVAILABLE)
+    if done:
+        err.print(f"{done} message(s) already sent, skipped or failed not shown (use --all)")
     if as_json:
         return
     table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
-    for column in ("rule", "due at (UTC)", "channel", "to", "template", "locale", "key"):
+    for column in ("rule", "due at (UTC)", "channel", "to", "template", "locale", "state", "key"):
         table.add_column(column)
-    for item in planned:
+    for item, state in planned:
         table.add_row(
             item.rule_id,
             item.due_at.strftime("%Y-%m-%d %H:%M"),
@@ -146,6 +174,7 @@ def plan_command(
             item.to,
             item.action.template,
             item.locale or "",
+            state.describe(),
             item.key,
         )
     out.print(table)
@@ -156,6 +185,20 @@ def plan_command(
         for skip in skips:
             reasons.add_row(skip.rule_id, f"{skip.entity} {skip.record_id}", skip.reason)
         out.print(reasons)
+
+
+def _batches(
+    items: Iterable[PlannedDelivery | Skip],
+) -> Iterator[list[PlannedDelivery | Skip]]:
+    """``items`` in runs of :data:`DELIVERY_BATCH_SIZE`: the ledger is asked once per run."""
+    batch: list[PlannedDelivery | Skip] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= DELIVERY_BATCH_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _explain_customer(
@@ -281,11 +324,21 @@ def preview(
         sys.exit(EXIT_PROBLEMS)
     shown = [item for item in items if isinstance(item, Preview)]
     mails = [item for item in shown if item.message is not None]
+    try:
+        states = delivery_states(
+            runtime.ledger,
+            runtime.suppression,
+            [(item.planned.key, item.planned.to) for item in shown],
+        )
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    state_of = dict(zip((item.planned.key for item in shown), states, strict=True))
     for item in items:
         if isinstance(item, Skip):
             err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
             continue
-        out.print(describe(item), markup=False)
+        out.print(describe(item, state_of[item.planned.key].describe()), markup=False)
     if html_file and mails and mails[0].message is not None:
         html_file.parent.mkdir(parents=True, exist_ok=True)
         html_file.write_text(mails[0].message.html, encoding="utf-8")
