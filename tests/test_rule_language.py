@@ -117,6 +117,11 @@ def line(rule, key, to, due, template, locale, entity, record_id, channel="email
         "locale": locale,
         "entity": entity,
         "record_id": record_id,
+        # Nothing is in the ledger yet: every message is new, no address suppressed.
+        "state": "new",
+        "state_at": None,
+        "state_reason": None,
+        "suppressed": None,
     }
 
 
