@@ -277,6 +277,6 @@ def test_check_finds_fields_names_templates_of_related_entities(
             "complaint.closed_at is not in the complaint data",
             f"{tmp_path / 'names.yaml'}:6:32: template 'nope' does not exist in {templates}; there "
             "are: birthday, complaint-alert, complaint-escalation, complaint-follow-up, "
-            "delivery-follow-up, purchase-anniversary",
+            "delivery-follow-up, purchase-anniversary, purchase-thank-you",
         ]
     )
