@@ -27,6 +27,10 @@ Condition = Callable[[Mapping[str, Any]], bool]
 _ENV = make_environment(templates_dir=Path())
 
 
+#: What a condition looks like, for people whose condition does not parse.
+CONDITION_EXAMPLE = "write e.g. customer.email_opt_in and purchase.total > 100"
+
+
 class ConditionError(ValueError):
     """The condition does not compile, or fails on this record; the message is a reason."""
 
@@ -37,7 +41,9 @@ def compile_condition(expression: str) -> Condition:
     try:
         compiled = _ENV.compile_expression(expression, undefined_to_none=False)
     except TemplateSyntaxError as exc:
-        raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
+        raise ConditionError(
+            f"condition {expression!r} is not valid: {exc.message}; {CONDITION_EXAMPLE}"
+        ) from None
 
     def check(context: Mapping[str, Any]) -> bool:
         try:

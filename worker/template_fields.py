@@ -70,6 +70,17 @@ def referenced_templates(ast: nodes.Template) -> list[tuple[str, int]]:
     return found
 
 
+def filter_uses(ast: nodes.Template, source: str) -> list[tuple[int, int, str]]:
+    """Every filter the template applies (``| money("EUR")``), as (line, column, name)."""
+    lines = source.splitlines()
+    found = set()
+    for node in ast.find_all(nodes.Filter):
+        text = lines[node.lineno - 1] if 0 < node.lineno <= len(lines) else ""
+        match = re.search(rf"\|\s*({re.escape(node.name)})\b", text)
+        found.add((node.lineno, match.start(1) + 1 if match else 1, node.name))
+    return sorted(found)
+
+
 def _bound_names(ast: nodes.Template) -> set[str]:
     names = {node.name for node in ast.find_all(nodes.Name) if node.ctx in ("store", "param")}
     names |= {node.name for node in ast.find_all(nodes.Macro)}

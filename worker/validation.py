@@ -1,9 +1,12 @@
 """``crm-worker check``: everything a sales manager can get wrong, found before customers see it.
 
 Rules are validated by their loader (YAML and models); this module adds what needs the other
-parts: templates exist in the default locale and compile, each template renders for a sample
-record in every locale (typos in field names, sandbox violations, render limits), conditions
-compile and use known names, and recipients point at fields the source has.
+parts: every field a rule names (trigger dates, ``when:``, recipients) is one the CRM data has;
+templates exist in the default locale and compile; every field, filter and file a template
+reads, in every branch, macro, include and layout, exists (read from the syntax tree, see
+:mod:`worker.template_fields`); and each template renders for a sample record in every locale
+(sandbox violations, render limits, values a filter cannot format). Every problem is reported
+where it is written: the rule file's line and column, or the template's.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from worker.rules.loader import parse_yaml
 from worker.rules.models import EventTrigger, Rule
 from worker.sources.base import Record, Source
 from worker.sources.schema import FIELD_TYPES, REQUIRED_COLUMNS
-from worker.template_fields import field_uses, referenced_templates, use_pattern
+from worker.template_fields import field_uses, filter_uses, referenced_templates, use_pattern
 from worker.triggers import Occurrence
 
 #: The fields of what every message sees besides its records (see worker.context).
@@ -271,7 +274,23 @@ def _template_field_problems(
         except (TemplateError, OSError, UnicodeDecodeError):
             continue  # reported by _check_template_files, with its line
         path = renderer.templates_dir / file
-        pending.extend(target for target, _ in referenced_templates(ast))
+        for target, line in referenced_templates(ast):
+            if (renderer.templates_dir / target).is_file():
+                pending.append(target)
+                continue
+            files = sorted(
+                f.relative_to(renderer.templates_dir).as_posix()
+                for f in renderer.templates_dir.rglob("*.j2")
+            )
+            guess = difflib.get_close_matches(target, files, n=1, cutoff=0.75)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            yield Problem(path, line, 1, f"template file {target!r} does not exist{hint}")
+        for line, col, name in filter_uses(ast, source):
+            if name not in renderer.env.filters or name.startswith("_"):
+                names = sorted(f for f in renderer.env.filters if not f.startswith("_"))
+                guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                yield Problem(path, line, col, f"unknown filter {name!r}{hint}")
         for use in field_uses(ast, source):
             if use.name not in usable:
                 yield Problem(

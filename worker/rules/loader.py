@@ -231,9 +231,20 @@ def load_rule_file(path: Path) -> Rule:
 
 
 def _problems(exc: ValidationError, positions: _Positions, path: Path) -> list[Problem]:
+    errors = exc.errors()
+    # A misspelt required key is one mistake, not two: "unknown key 'feild'; did you mean
+    # 'field'?" says it all, so "field: required key is missing" is left out.
+    meant = {
+        (*_data_loc(e["loc"])[:-1], guess)
+        for e in errors
+        if e["type"] == "extra_forbidden"
+        for guess in _guesses(_data_loc(e["loc"]))
+    }
     problems = []
-    for error in exc.errors():
+    for error in errors:
         loc = _data_loc(error["loc"])
+        if error["type"] == "missing" and loc in meant:
+            continue
         line, col = positions.nearest(loc, prefer_key=error["type"] == "extra_forbidden")
         problems.append(Problem(path, line, col, _message(error, loc)))
     return problems
@@ -244,14 +255,19 @@ def _data_loc(loc: tuple[int | str, ...]) -> Loc:
     return tuple(p for p in loc if isinstance(p, int) or not p.startswith("function-"))
 
 
+def _guesses(loc: Loc) -> list[str]:
+    """The allowed key an unknown key at ``loc`` was probably meant to be (at most one)."""
+    return difflib.get_close_matches(str(loc[-1]), _allowed_keys(loc[:-1]), n=1, cutoff=0.6)
+
+
 def _message(error: ErrorDetails, loc: Loc) -> str:
     where = ".".join(str(p) for p in loc) or "rule"
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _allowed_keys(loc[:-1])
-        guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean {guess[0]!r}?" if guess else f"; allowed here: {', '.join(allowed)}"
+        guess = _guesses(loc)
+        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        hint = f"; did you mean {guess[0]!r}?" if guess else f"; allowed here: {allowed}"
         return f"unknown key {key!r}{hint}"
     if kind == "missing":
         return f"{where}: required key is missing"
@@ -262,6 +278,10 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         return f"{where}: expected true or false, got {value!r}"
     if kind in ("int_type", "int_parsing"):
         return f"{where}: expected a whole number, got {value!r}"
+    if kind == "list_type":
+        return f"{where}: expected a list like [1, 2], got {value!r}"
+    if kind in ("model_type", "dict_type"):
+        return f"{where}: expected keys indented below it, got {value!r}"
     if kind == "too_short":
         return f"{where}: must not be empty"
     if kind == "literal_error":

@@ -75,18 +75,9 @@ def _mapping_value(at: Position, lines: list[str]) -> tuple[int, int, str]:
     here = _key_line(lines, line_no)
     above = _previous_line(lines, line_no)
     if here is not None and above is not None:
-        indent, key = here
         above_indent = _indent_of_key(lines[above - 1])
-        if above_indent is not None and indent > above_indent:
-            parent = _parent_key(lines, above, above_indent)
-            above_key = _key_line(lines, above)
-            sibling = f", lined up with `{above_key[1]}:`" if above_key else ""
-            where = f"belongs under `{parent}:`{sibling}" if parent else f"lines up{sibling}"
-            return (
-                line_no,
-                indent + 1,
-                f"this line is indented more than the one above; `{key}:` {where}",
-            )
+        if above_indent is not None and here[0] > above_indent:
+            return _indented_more(at, lines)
     text = _line(lines, line_no)
     key_value = re.match(r"(\s*(?:-\s+)?[\w-]+):\s+(.*\S)", text)
     if key_value and ": " in key_value[2]:
@@ -96,6 +87,20 @@ def _mapping_value(at: Position, lines: list[str]) -> tuple[int, int, str]:
             f'a value with ": " in it must be in quotes: {key_value[1].strip()}: "{value}"',
         )
     return (*at, "a colon here is not allowed; put the value in quotes")
+
+
+def _indented_more(at: Position, lines: list[str]) -> tuple[int, int, str]:
+    """The line at ``at`` is a ``key:`` indented more than the ``key:`` line above it, which
+    already has its value: it belongs beside that key, under the same parent."""
+    here = _key_line(lines, at[0])
+    above = _previous_line(lines, at[0])
+    assert here is not None and above is not None
+    indent, key = here
+    above_key = _key_line(lines, above)
+    parent = _parent_key(lines, above, above_key[0]) if above_key else None
+    sibling = f", lined up with `{above_key[1]}:`" if above_key else ""
+    where = f"belongs under `{parent}:`{sibling}" if parent else f"lines up{sibling}"
+    return at[0], indent + 1, f"this line is indented more than the one above; `{key}:` {where}"
 
 
 def _block_end(at: Position, problem: str, lines: list[str]) -> tuple[int, int, str]:
@@ -108,6 +113,8 @@ def _block_end(at: Position, problem: str, lines: list[str]) -> tuple[int, int, 
         indent, key = here
         above_key = _key_line(lines, above)
         above_indent = _indent_of_key(lines[above - 1])
+        if above_indent is not None and indent > above_indent:
+            return _indented_more(at, lines)
         if above_key is not None and above_indent is not None:
             side = "less" if indent < above_indent else "more"
             return (
