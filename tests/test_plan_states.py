@@ -87,3 +87,18 @@ def test_plan_all_with_customer_is_contradictory(tmp_path, redis_client):
     result = crm_worker("plan", "--customer", "1", "--all", env=base_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert "error: --all lists a whole plan; --customer already shows every rule" in result.stderr
+
+
+def test_explain_says_an_address_is_suppressed(tmp_path, smtp_server, redis_client):
+    env = birthday_only(tmp_path, smtp_server)
+    planned, _ = plan_json(env, tmp_path)
+    customer, address = planned[0]["record_id"], planned[0]["to"]
+    crm_worker("suppress", "add", address, "--reason", "asked by phone", env=env, cwd=tmp_path)
+    result = crm_worker(
+        "plan", "--now", NOW, "--customer", customer, "--explain", "--json", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(v["verdict"], v["reason"]) for v in verdicts] == [
+        ("skipped", "address suppressed: asked by phone")
+    ]

@@ -8,7 +8,8 @@ Verdicts, in the order they are decided:
 * ``disabled`` – the rule has ``enabled: false``;
 * ``no data`` – the record cannot have occurrences (garbage date, unknown event record …);
 * ``not due`` – not the date (with the next due time when there is one within a year);
-* ``skipped`` – due, but the condition is false (opted out), the address is unusable …;
+* ``skipped`` – due, but the condition is false (opted out), the address is unusable or
+  suppressed …;
 * ``already`` – due, and the ledger already has it (sent, skipped, failed, queued …);
 * ``capped`` – due, but the customer reached the contact cap;
 * ``due`` – a pass now would queue it.
@@ -29,6 +30,7 @@ from worker.planning import Related, Skip, occurrences, prepare_delivery, subjec
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, format_duration
 from worker.sources.base import Source
+from worker.suppression import SuppressionList
 from worker.triggers import NotApplicable, TriggerWindow
 
 Verdict = Literal["disabled", "no data", "not due", "skipped", "already", "capped", "due"]
@@ -60,6 +62,7 @@ class Explainer:
     events: EventLog
     default_zone: ZoneInfo
     company: Mapping[str, str]
+    suppression: SuppressionList | None = None
 
     def data_notes(self, customer_id: str) -> list[str]:
         """What is wrong with the customer's own CRM data (a garbage birthday, an unknown time
@@ -124,6 +127,11 @@ class Explainer:
                     if entry.get("reason"):
                         reason += f": {entry['reason']}"
                     yield Explanation(rule.id, where, "already", reason, item.key, item.to)
+                    continue
+                suppressed = self.suppression.reason(item.to) if self.suppression else None
+                if suppressed is not None:  # the worker skips it at send time
+                    reason = f"address suppressed: {suppressed}"
+                    yield Explanation(rule.id, where, "skipped", reason, item.key, item.to)
                     continue
                 cap = self.contact_policy.cap
                 if (

@@ -220,6 +220,7 @@ class Runtime:
             events=self.events,
             default_zone=self.default_zone,
             company=self.settings.company,
+            suppression=self.suppression,
         )
 
     @cached_property
