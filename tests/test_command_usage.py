@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_cli import base_env, crm_worker
+from worker.delivery_log import LogEntry
 from worker.localtime import utc_now
 
 
@@ -25,6 +26,10 @@ from worker.localtime import utc_now
             "error: unknown rule 'birthday-greetin'; did you mean 'birthday-greeting'?",
         ),
         (["report", "--rule", "nope"], "error: unknown rule 'nope'"),
+        (
+            ["plan", "--customer", "nope", "--explain"],
+            "error: customer 'nope' is not in the CRM data",
+        ),
         (["plan", "--rule", "birthday-greeting", "--rule", "nope"], "error: unknown rule 'nope'"),
         (
             ["suppress", "add", "not-an-address"],
@@ -65,3 +70,17 @@ def test_resume_says_when_nothing_was_paused(tmp_path, make_runtime, make_settin
     paused = crm_worker("resume", env=env, cwd=tmp_path)
     assert (paused.returncode, paused.stdout) == (0, "sending resumed\n")
     assert runtime.pause.remaining(utc_now()) is None
+
+
+def test_report_of_a_rule_deleted_since_still_shows_its_history(
+    tmp_path, make_runtime, make_settings
+):
+    runtime = make_runtime(make_settings())
+    runtime.delivery_log.record(
+        LogEntry(at=utc_now(), status="sent", rule="old-rule", key="old-rule:customer:1:2025/email")
+    )
+    result = crm_worker(
+        "report", "--rule", "old-rule", "--json", env=base_env(tmp_path), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"rule": "old-rule", "status": "sent", "count": 1' in result.stdout

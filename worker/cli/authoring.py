@@ -211,6 +211,13 @@ def _explain_customer(
 ) -> None:
     """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
     explainer = runtime.explainer
+    try:
+        known = runtime.source.get("customer", customer_id) is not None
+    except SourceError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    if not known:  # a typo would otherwise read as "no rule has anything for this customer"
+        usage_error(f"customer {customer_id!r} is not in the CRM data")
     for note in explainer.data_notes(customer_id):
         err.print(f"note: {note}", markup=False)
     try:
