@@ -7,9 +7,9 @@ and that the address is on the suppression list when it is.
 
 Example::
 
-    >>> states = delivery_states(ledger, suppression, [("birthday-greeting:customer:42:2026/email",
-    ...                                                  "kim@example.com")])  # doctest: +SKIP
-    >>> states[0].describe()
+    >>> key = "birthday-greeting:customer:42:2026/email"
+    >>> states = delivery_states(ledger, suppression, [(key, "kim@example.com")])  # doctest: +SKIP
+    >>> states[0].describe()  # doctest: +SKIP
     'already sent on 2026-03-14 10:00 UTC'
 """
 

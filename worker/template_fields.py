@@ -11,7 +11,7 @@ Example::
     >>> env = make_environment(Path("templates"))                        # doctest: +SKIP
     >>> source = "{% if customer.vip %}Hi {{ customer.frist_name }}{% endif %}"
     >>> [(u.name, u.field, u.line, u.col) for u in field_uses(env.parse(source), source)]
-    [('customer', 'vip', 1, 16), ('customer', 'frist_name', 1, 40)]
+    [('customer', 'vip', 1, 16), ('customer', 'frist_name', 1, 37)]
 """
 
 from __future__ import annotations
