@@ -32,6 +32,17 @@ def templates_with(tmp_path: Path, files: dict[str, str]) -> Path:
     return templates
 
 
+LAYOUT = (REPO / "templates/_layouts/base.html.j2").read_text(encoding="utf-8")
+
+
+def position_in(text: str, snippet: str, word: str) -> str:
+    """``line:col`` of ``word`` in the first line of ``text`` that holds ``snippet``."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if snippet in line:
+            return f"{n}:{line.index(snippet) + snippet.index(word) + 1}"
+    raise AssertionError(f"{snippet!r} not found")
+
+
 @pytest.mark.parametrize(
     ("files", "where", "message"),
     [
@@ -60,12 +71,20 @@ def templates_with(tmp_path: Path, files: dict[str, str]) -> Path:
         ),
         (
             {
-                "_layouts/base.html.j2": (REPO / "templates/_layouts/base.html.j2")
-                .read_text(encoding="utf-8")
-                .replace("{{ company.address }}", "{{ company.adress }}")
+                "_layouts/base.html.j2": LAYOUT.replace(
+                    "{{ company.address }}", "{{ company.adress }}"
+                )
             },
-            "_layouts/base.html.j2:18:33",
+            f"_layouts/base.html.j2:{position_in(LAYOUT, '{{ company.address }}', 'address')}",
             "company.adress is not in the company data; did you mean 'address'?",
+        ),
+        (
+            {
+                BODY: "{% if customer.vip is defined and customer.vip %}VIP{% endif %}\n"
+                "{{ customer.frist_name }}\n"
+            },
+            f"{BODY}:2:13",
+            "customer.frist_name is not in the customer data; did you mean 'first_name'?",
         ),
         (
             {BODY: "{% for p in [1, 2] %}{{ p }}{{ loop.index }}{% endfor %}{{ frist_name }}\n"},
@@ -95,14 +114,14 @@ def test_check_finds_a_typo_in_every_branch(
 def test_check_reports_a_layout_typo_once_however_many_templates_use_it(
     tmp_path, make_runtime, make_settings
 ):
-    layout = (REPO / "templates/_layouts/base.html.j2").read_text(encoding="utf-8")
     templates = templates_with(
-        tmp_path, {"_layouts/base.html.j2": layout.replace("company.name", "company.nam", 1)}
+        tmp_path, {"_layouts/base.html.j2": LAYOUT.replace("company.name", "company.nam", 1)}
     )
     runtime = make_runtime(make_settings(CRM_TEMPLATES_DIR=str(templates)))
     found = [str(p) for p in check_all(runtime.catalog, runtime.renderer, runtime.source)]
+    where = position_in(LAYOUT, "company.name", "name")
     assert [f for f in found if "company.nam " in f] == [
-        f"{templates / '_layouts/base.html.j2'}:12:93: company.nam is not in the company data; "
+        f"{templates / '_layouts/base.html.j2'}:{where}: company.nam is not in the company data; "
         "did you mean 'name'?"
     ]
 

@@ -40,13 +40,14 @@ class FieldUse:
 
 def field_uses(ast: nodes.Template, source: str) -> list[FieldUse]:
     """Every name the template reads from its context (not those it sets itself: loop
-    variables, ``{% set %}``, macro parameters, imports), with the field read from it when
-    there is one, in the order written."""
+    variables, ``{% set %}``, macro parameters, imports; nor those it tests with ``is
+    defined``), with the field read from it when there is one, in the order written."""
     bound = _bound_names(ast) | JINJA_NAMES
+    guarded = _guarded(ast)
     lines = source.splitlines()
     uses = set()
     for name, field, lineno in _reads(ast, None):
-        if name in bound:
+        if name in bound or name in guarded or (name, field) in guarded:
             continue
         name_col, col = _columns(lines, lineno, name, field)
         uses.add(FieldUse(lineno, col, name, field, name_col))
@@ -79,6 +80,23 @@ def filter_uses(ast: nodes.Template, source: str) -> list[tuple[int, int, str]]:
         match = re.search(rf"\|\s*({re.escape(node.name)})\b", text)
         found.add((node.lineno, match.start(1) + 1 if match else 1, node.name))
     return sorted(found)
+
+
+def _guarded(ast: nodes.Template) -> set[str | tuple[str, str | None]]:
+    """What the template tests with ``is defined`` (``company.crm_url is defined``, or a bare
+    name): it is written to do without it, so a missing field there is no typo."""
+    guarded: set[str | tuple[str, str | None]] = set()
+    for test in ast.find_all(nodes.Test):
+        if test.name not in ("defined", "undefined"):
+            continue
+        target = test.node
+        if isinstance(target, nodes.Name):
+            guarded.add(target.name)
+        elif isinstance(target, (nodes.Getattr, nodes.Getitem)) and isinstance(
+            target.node, nodes.Name
+        ):
+            guarded.add((target.node.name, _field_of(target.node, target)))
+    return guarded
 
 
 def _bound_names(ast: nodes.Template) -> set[str]:
