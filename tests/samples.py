@@ -17,6 +17,7 @@ MAIL_TEMPLATES = (
     "delivery-follow-up",
     "complaint-follow-up",
     "complaint-escalation",
+    "purchase-thank-you",
 )
 
 

@@ -131,8 +131,8 @@ def test_preview_of_a_webhook_rule_shows_the_body_it_posts(tmp_path, redis_clien
         "complaint-alert · due 2026-03-14 10:00 UTC · key "
         "complaint-sales-chat:complaint:C7:1/webhook"
     )
-    assert lines[1:3] == ["Content-Type: application/json", "-- body --"]
-    assert json.loads("\n".join(lines[3:])) == {
+    assert lines[1:4] == ["ledger: new", "Content-Type: application/json", "-- body --"]
+    assert json.loads("\n".join(lines[4:])) == {
         "text": 'Complaint C7 (Wrong size) from Ana Ruiz "R" is still open since '
         "2026-03-12T10:00:00+00:00. Account manager: m1@example.com"
     }

@@ -259,15 +259,13 @@ def test_check_finds_fields_names_templates_of_related_entities(
     runtime = make_runtime(make_settings(CRM_RULES_DIR=str(tmp_path)))
     found = [str(p) for p in check_all(runtime.catalog, runtime.renderer, runtime.source)]
     templates = runtime.settings.templates_dir
-    # check sorts by path; where the checkout lies relative to the temp folder decides the
-    # order of the two folders, so compare in one order (each file's own lines stay in order).
     assert sorted(found) == sorted(
         [
             f"{tmp_path / 'fields.yaml'}:4:12: trigger.anniversary.field: purchase.bought_at is "
             "not in the purchase data",
-            f"{tmp_path / 'fields.yaml'}:5:7: condition uses customer.email_optin, which is not in "
-            "the customer data; did you mean 'email_opt_in'?",
-            f"{tmp_path / 'fields.yaml'}:5:7: condition uses purchase.totl, which is not in the "
+            f"{tmp_path / 'fields.yaml'}:5:16: condition uses customer.email_optin, which is not "
+            "in the customer data; did you mean 'email_opt_in'?",
+            f"{tmp_path / 'fields.yaml'}:5:41: condition uses purchase.totl, which is not in the "
             "purchase data; did you mean 'total'?",
             f"{tmp_path / 'fields.yaml'}:9:9: send[0].to: manager.email is not a field of this "
             "rule's purchase or its customer; write e.g. customer.email",
@@ -277,7 +275,8 @@ def test_check_finds_fields_names_templates_of_related_entities(
             "customer data; did you mean 'email'?",
             f"{tmp_path / 'resolved.yaml'}:3:37: trigger.unresolved.resolved: "
             "complaint.closed_at is not in the complaint data",
-            f"{templates / 'nope'}:0:0: rule names: template 'nope' needs a en/ folder with "
-            "subject.txt.j2, body.txt.j2, body.html.j2 (found: nothing)",
+            f"{tmp_path / 'names.yaml'}:6:32: template 'nope' does not exist in {templates}; there "
+            "are: birthday, complaint-alert, complaint-escalation, complaint-follow-up, "
+            "delivery-follow-up, purchase-anniversary, purchase-thank-you",
         ]
     )

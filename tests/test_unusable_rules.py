@@ -40,6 +40,11 @@ def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
     copies = [k.replace("birthday-greeting:", "birthday-copy:", 1) for k in greetings]
     assert set(runtime.ledger.states(copies).values()) == {""}  # nothing claimed
     assert "rule birthday-copy is not run: template 'birthdya' has no en/ folder" in caplog.text
+    # Logged once, not at every pass while nobody has fixed it yet.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="worker.scheduler"):
+        runtime.scheduler.run_pass(parse_instant("2026-03-14T10:01:00Z"))
+    assert "birthday-copy" not in caplog.text
 
     # The template appears (a sales manager renamed the folder): the next pass sends them.
     shutil.copytree(templates / "birthday", templates / "birthdya")

@@ -10,19 +10,25 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import meta, nodes
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
 from worker.rendering import make_environment
+from worker.template_fields import FieldUse, field_uses
 
 Condition = Callable[[Mapping[str, Any]], bool]
 
 # One sandboxed environment for every condition (same limits as templates).
 _ENV = make_environment(templates_dir=Path())
+
+
+#: What a condition looks like, for people whose condition does not parse.
+CONDITION_EXAMPLE = "write e.g. customer.email_opt_in and purchase.total > 100"
 
 
 class ConditionError(ValueError):
@@ -35,7 +41,9 @@ def compile_condition(expression: str) -> Condition:
     try:
         compiled = _ENV.compile_expression(expression, undefined_to_none=False)
     except TemplateSyntaxError as exc:
-        raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
+        raise ConditionError(
+            f"condition {expression!r} is not valid: {exc.message}; {CONDITION_EXAMPLE}"
+        ) from None
 
     def check(context: Mapping[str, Any]) -> bool:
         try:
@@ -52,23 +60,16 @@ def compile_condition(expression: str) -> Condition:
     return check
 
 
-def condition_names(expression: str) -> set[str]:
-    """Top-level names a condition uses (``customer``, ``purchase`` …), for validation."""
+def condition_uses(expression: str) -> list[FieldUse]:
+    """The names and fields a condition reads (``customer.email_opt_in``), in every branch
+    (``a if b else c``), for validation; columns count from the expression's first character."""
+    source = f"{{{{ {expression} }}}}"
     try:
-        ast: nodes.Template = _ENV.parse(f"{{{{ {expression} }}}}")
+        ast: nodes.Template = _ENV.parse(source)
     except TemplateSyntaxError as exc:
         raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
-    return set(meta.find_undeclared_variables(ast))
-
-
-def condition_fields(expression: str) -> set[tuple[str, str]]:
-    """``(entity, field)`` pairs a condition reads (``customer.email_opt_in``), for validation."""
-    try:
-        ast: nodes.Template = _ENV.parse(f"{{{{ {expression} }}}}")
-    except TemplateSyntaxError as exc:
-        raise ConditionError(f"condition {expression!r} is not valid: {exc.message}") from None
-    return {
-        (node.node.name, node.attr)
-        for node in ast.find_all(nodes.Getattr)
-        if isinstance(node.node, nodes.Name)
-    }
+    # The expression was parsed after "{{ ": take those three characters off every column.
+    return [
+        replace(use, col=max(use.col - 3, 1), name_col=max(use.name_col - 3, 1))
+        for use in field_uses(ast, source)
+    ]

@@ -246,3 +246,7 @@ PASS_PROGRESS_INTERVAL = timedelta(seconds=10)
 #: Distinct unknown time-zone names in the CRM data warned about per process (each once); past
 #: this, dirty data must not flood the log.
 MAX_REPORTED_UNKNOWN_ZONES = 100
+
+#: Customers ``check`` reads to find the locales the templates must serve (a full read of a
+#: CRM with millions of customers would make ``check`` slow; the first ones show the mix).
+MAX_LOCALE_SCAN = 200_000

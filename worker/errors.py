@@ -54,6 +54,18 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
 
+    def excerpt(self, text: str) -> list[str]:
+        """The problem's line of ``text`` (the file's content) with a caret under its column,
+        for people who do not count lines and columns; empty for the whole file."""
+        lines = text.removeprefix("\ufeff").splitlines()
+        if not 0 < self.line <= len(lines):
+            return []
+        shown = lines[self.line - 1]
+        # Copy tabs from the line itself so that the caret stands under the same character.
+        before = "".join(c if c == "\t" else " " for c in shown[: max(self.col - 1, 0)])
+        number = str(self.line)
+        return [f"  {number} | {shown}", f"  {' ' * len(number)} | {before}^"]
+
 
 class ConfigError(CrmWorkerError):
     """Invalid settings; ``problems`` has one line per bad variable."""

@@ -8,7 +8,8 @@ Verdicts, in the order they are decided:
 * ``disabled`` – the rule has ``enabled: false``;
 * ``no data`` – the record cannot have occurrences (garbage date, unknown event record …);
 * ``not due`` – not the date (with the next due time when there is one within a year);
-* ``skipped`` – due, but the condition is false (opted out), the address is unusable …;
+* ``skipped`` – due, but the condition is false (opted out), the address is unusable or
+  suppressed …;
 * ``already`` – due, and the ledger already has it (sent, skipped, failed, queued …);
 * ``capped`` – due, but the customer reached the contact cap;
 * ``due`` – a pass now would queue it.
@@ -23,13 +24,23 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from worker.contact_policy import ContactPolicy, counted
+from worker.errors import TemplateError
 from worker.events import EventLog
 from worker.ledger import Ledger
 from worker.localtime import describe_local
-from worker.planning import Related, Skip, occurrences, prepare_delivery, subjects
+from worker.planning import (
+    PlannedDelivery,
+    Related,
+    Skip,
+    occurrences,
+    prepare_delivery,
+    subjects,
+)
+from worker.rendering import TemplateRenderer, locale_chain
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import EventTrigger, Rule, format_duration
 from worker.sources.base import Source
+from worker.suppression import SuppressionList
 from worker.triggers import NotApplicable, Occurrence, TriggerWindow
 
 Verdict = Literal["disabled", "no data", "not due", "skipped", "already", "capped", "due"]
@@ -61,6 +72,9 @@ class Explainer:
     events: EventLog
     default_zone: ZoneInfo
     company: Mapping[str, str]
+    suppression: SuppressionList | None = None
+    #: Finds the language a message is written in (says when a reader gets a fallback one).
+    renderer: TemplateRenderer | None = None
 
     def data_notes(self, customer_id: str) -> list[str]:
         """What is wrong with the customer's own CRM data (a garbage birthday, an unknown time
@@ -126,6 +140,11 @@ class Explainer:
                         reason += f": {entry['reason']}"
                     yield Explanation(rule.id, where, "already", reason, item.key, item.to)
                     continue
+                suppressed = self.suppression.reason(item.to) if self.suppression else None
+                if suppressed is not None:  # the worker skips it at send time
+                    reason = f"address suppressed: {suppressed}"
+                    yield Explanation(rule.id, where, "skipped", reason, item.key, item.to)
+                    continue
                 cap = self.contact_policy.cap
                 if (
                     cap is not None
@@ -136,8 +155,21 @@ class Explainer:
                         rule.id, where, "capped", self.contact_policy.reason(), item.key, item.to
                     )
                     continue
-                reason = f"due {self._local(occurrence)}"
+                reason = f"due {self._local(occurrence)}{self._language_note(item)}"
                 yield Explanation(rule.id, where, "due", reason, item.key, item.to)
+
+    def _language_note(self, item: PlannedDelivery) -> str:
+        """``; in en: no fr template`` when the reader's language has no template folder."""
+        if self.renderer is None or not item.action.to_customer or not item.locale:
+            return ""
+        wanted = locale_chain(item.locale, self.renderer.default_locale)[0].partition("-")[0]
+        try:
+            chosen = self.renderer.resolve_locale(item.action.template, item.locale)
+        except TemplateError:
+            return ""
+        if chosen.lower().partition("-")[0] == wanted:
+            return ""
+        return f"; written in {chosen}: template {item.action.template!r} has no {wanted}/ folder"
 
     def _local(self, occurrence: Occurrence) -> str:
         """The occurrence's calendar date and send time on the customer's clock, and UTC."""

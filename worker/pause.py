@@ -75,6 +75,6 @@ class SendPause:
             self.held = False
             log.info("sending resumed: the mail relay accepts messages again")
 
-    def clear(self) -> None:
-        """Resume sending now (an operator fixed the cause)."""
-        self.client.delete(SEND_PAUSE_KEY)
+    def clear(self) -> bool:
+        """Resume sending now (an operator fixed the cause); False when it was not paused."""
+        return bool(self.client.delete(SEND_PAUSE_KEY))

@@ -157,13 +157,15 @@ _UTC = ZoneInfo("UTC")
 PREVIEW_HEADERS = ("From", "To", "Reply-To", "Subject", "Message-ID", "List-Unsubscribe")
 
 
-def describe(item: Preview) -> str:
-    """The preview as text: a summary line, the note, then the mail's headers and parts, or
+def describe(item: Preview, state: str = "") -> str:
+    """The preview as text: a summary line, the note and where the message stands (``state``:
+    new, already sent on …, address suppressed …), then the mail's headers and parts, or
     the webhook's body exactly as it is posted."""
     planned, message, outgoing = item.planned, item.message, item.outgoing
     zone = planned.occurrence.zone or _UTC
     due = f"due {describe_local(planned.due_at, zone)} · key {planned.key}"
     note = [f"note: {item.note}"] if item.note else []
+    note += [f"ledger: {state}"] if state else []
     if message is None:
         body = outgoing.data.decode("utf-8", "replace")
         return "\n".join(

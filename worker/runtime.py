@@ -48,6 +48,7 @@ from worker.status import read_status
 from worker.suppression import SuppressionList
 from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.unsubscribe import Unsubscriber, shared_secret
+from worker.validation import vet_rule
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ class Runtime:
 
     @cached_property
     def catalog(self) -> RuleCatalog:
-        catalog = RuleCatalog(self.settings.rules_dir)
+        # A rule naming a field the CRM data lacks is refused like a broken edit.
+        catalog = RuleCatalog(self.settings.rules_dir, vet=vet_rule(self.source))
         catalog.refresh()
         return catalog
 
@@ -260,6 +262,8 @@ class Runtime:
             events=self.events,
             default_zone=self.default_zone,
             company=self.settings.company,
+            suppression=self.suppression,
+            renderer=self.renderer,
         )
 
     @cached_property

@@ -84,6 +84,9 @@ class Scheduler:
     events: EventLog | None = None
     delivery_log: DeliveryLog | None = None
     renderer: TemplateRenderer | None = None
+    # Rules left out for a missing template, with the reason already logged: a pass every
+    # minute would otherwise repeat the same error until someone fixes the folder.
+    _left_out: dict[str, str] = field(default_factory=dict)
 
     def run_pass(self, now: datetime, *, rule_ids: frozenset[str] | None = None) -> PassReport:
         """One pass at ``now``: claim and queue every delivery due and not yet claimed.
@@ -139,12 +142,16 @@ class Scheduler:
                 reason = self.renderer.missing(action.template)
                 if reason is not None:
                     broken[rule.id] = reason
-                    log.error(
-                        "rule %s is not run: %s; fix it (crm-worker check shows every problem)",
-                        rule.id,
-                        reason,
-                    )
+                    if self._left_out.get(rule.id) != reason:
+                        log.error(
+                            "rule %s is not run: %s; fix it (crm-worker check shows every problem)",
+                            rule.id,
+                            reason,
+                        )
                     break
+        for rule_id in self._left_out.keys() - broken.keys():
+            log.info("rule %s runs again: its templates are there", rule_id)
+        self._left_out = broken
         return broken
 
     def _dispatch(

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,12 @@ from worker.cli.common import (
     cli,
     err,
     out,
+    require_rules,
     runtime_for,
+    usage_error,
 )
+from worker.constants import DELIVERY_BATCH_SIZE
+from worker.delivery_state import DeliveryState, delivery_states
 from worker.errors import (
     AddressError,
     DeliveryError,
@@ -36,7 +41,7 @@ from worker.planning import PlannedDelivery, Skip, plan
 from worker.preview import Preview, build_previews, describe, send_test_copy
 from worker.rules.loader import rule_json_schema
 from worker.runtime import Runtime
-from worker.validation import check_all
+from worker.validation import check_all, check_warnings
 
 
 @cli.command()
@@ -61,12 +66,25 @@ def check(ctx: click.Context) -> None:
     except SourceError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_UNAVAILABLE)
+    texts: dict[Path, str] = {}
     for problem in problems:
         out.print(str(problem), markup=False)
+        if problem.path not in texts:
+            try:
+                texts[problem.path] = problem.path.read_text(encoding="utf-8", errors="replace")
+            except OSError:  # a folder, or gone since: the position alone must do
+                texts[problem.path] = ""
+        for line in problem.excerpt(texts[problem.path]):
+            out.print(line, markup=False)
     if problems:
         err.print(f"{len(problems)} problem(s) found")
         sys.exit(EXIT_PROBLEMS)
-    err.print(f"ok: {len(runtime.catalog)} rule(s), templates valid")
+    # Valid but likely not meant: printed, without failing the check.
+    warnings = check_warnings(runtime.catalog, runtime.renderer, runtime.source)
+    for warning in warnings:
+        out.print(str(warning), markup=False)
+    noted = f", {len(warnings)} warning(s)" if warnings else ""
+    err.print(f"ok: {len(runtime.catalog)} rule(s), templates valid{noted}")
 
 
 @cli.command("plan")
@@ -75,6 +93,9 @@ def check(ctx: click.Context) -> None:
 @click.option("--rule", "rules", multiple=True, help="Only this rule id (repeatable).")
 @click.option("--customer", "customer", help="Per rule, why this customer gets a message or not.")
 @click.option("--explain", is_flag=True, help="Also list occurrences that are not sent, and why.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Also list messages the ledger is done with (sent …)."
+)
 @click.pass_context
 def plan_command(
     ctx: click.Context,
@@ -83,20 +104,28 @@ def plan_command(
     rules: tuple[str, ...],
     customer: str | None,
     explain: bool,
+    show_all: bool,
 ) -> None:
     """Dry run: what a scheduler pass at --now would queue. Nothing is claimed or sent.
+
+    Each message shows where it stands in the ledger (new, queued, already sent on …) and
+    whether its address is suppressed; messages the ledger is done with (sent, skipped, failed)
+    are left out unless --all.
 
     \b
     Examples:
       crm-worker plan --now 2026-03-14T10:00:00Z
+      crm-worker plan --now 2026-03-14T10:00:00Z --all
       crm-worker plan --now 2026-03-14T10:00:00Z --json | jq .to
       crm-worker plan --customer 42 --explain
     """
     runtime = runtime_for(ctx)
     now = now or utc_now()
-    runtime.catalog.refresh()
+    require_rules(runtime, rules)
     rule_ids = frozenset(rules) if rules else None
     if customer is not None:
+        if show_all:
+            usage_error("--all lists a whole plan; --customer already shows every rule")
         _explain_customer(runtime, customer, now, rule_ids, as_json=as_json)
         return
     items = plan(
@@ -108,28 +137,42 @@ def plan_command(
         rule_ids=rule_ids,
         events=runtime.events,
     )
-    planned: list[PlannedDelivery] = []
+    planned: list[tuple[PlannedDelivery, DeliveryState]] = []
     skips: list[Skip] = []
+    done = 0
     try:
-        for item in items:
-            if isinstance(item, PlannedDelivery):
-                planned.append(item)
-                if as_json:
-                    line = _plan_json(item, runtime)
-                    out.print(json.dumps(line, ensure_ascii=False), markup=False)
-            elif explain:
-                skips.append(item)
-                if as_json:
-                    out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
-    except redis.RedisError as exc:  # event rules read the event store
-        err.print(f"[red]error:[/] Redis unavailable (CRM events): {exc}")
+        for batch in _batches(items):
+            due = [item for item in batch if isinstance(item, PlannedDelivery)]
+            states = delivery_states(
+                runtime.ledger, runtime.suppression, [(i.key, i.to) for i in due]
+            )
+            shown = iter(zip(due, states, strict=True))
+            for item in batch:
+                if isinstance(item, PlannedDelivery):
+                    entry = next(shown)
+                    if entry[1].final and not show_all:
+                        done += 1
+                        continue
+                    planned.append(entry)
+                    if as_json:
+                        line = _plan_json(item, runtime) | entry[1].as_json()
+                        out.print(json.dumps(line, ensure_ascii=False), markup=False)
+                elif explain:
+                    skips.append(item)
+                    if as_json:
+                        out.print(json.dumps(_skip_json(item), ensure_ascii=False), markup=False)
+    except redis.RedisError as exc:  # the ledger, the suppression list, the event store
+        err.print(f"[red]error:[/] Redis unavailable (ledger, CRM events): {exc}")
         sys.exit(EXIT_UNAVAILABLE)
+    if done:
+        err.print(f"{done} message(s) already sent, skipped or failed not shown (use --all)")
     if as_json:
         return
     table = Table(title=f"Due at {now.isoformat()}: {len(planned)} message(s)")
-    for column in ("rule", "due (customer's time)", "channel", "to", "template", "locale", "key"):
+    columns = ("rule", "due (customer's time)", "channel", "to", "template", "locale", "state")
+    for column in (*columns, "key"):
         table.add_column(column)
-    for item in planned:
+    for item, state in planned:
         table.add_row(
             item.rule_id,
             describe_local(item.due_at, item.occurrence.zone or runtime.default_zone),
@@ -137,6 +180,7 @@ def plan_command(
             item.to,
             item.action.template,
             item.reader(runtime.default_zone, runtime.staff)[0] or "",
+            state.describe(),
             item.key,
         )
     out.print(table)
@@ -149,6 +193,20 @@ def plan_command(
         out.print(reasons)
 
 
+def _batches(
+    items: Iterable[PlannedDelivery | Skip],
+) -> Iterator[list[PlannedDelivery | Skip]]:
+    """``items`` in runs of :data:`DELIVERY_BATCH_SIZE`: the ledger is asked once per run."""
+    batch: list[PlannedDelivery | Skip] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= DELIVERY_BATCH_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _explain_customer(
     runtime: Runtime,
     customer_id: str,
@@ -159,6 +217,13 @@ def _explain_customer(
 ) -> None:
     """Per rule, why the customer gets a message at ``now`` or not (read-only lookups)."""
     explainer = runtime.explainer
+    try:
+        known = runtime.source.get("customer", customer_id) is not None
+    except SourceError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    if not known:  # a typo would otherwise read as "no rule has anything for this customer"
+        usage_error(f"customer {customer_id!r} is not in the CRM data")
     for note in explainer.data_notes(customer_id):
         err.print(f"note: {note}", markup=False)
     try:
@@ -276,11 +341,21 @@ def preview(
         sys.exit(EXIT_PROBLEMS)
     shown = [item for item in items if isinstance(item, Preview)]
     mails = [item for item in shown if item.message is not None]
+    try:
+        states = delivery_states(
+            runtime.ledger,
+            runtime.suppression,
+            [(item.planned.key, item.planned.to) for item in shown],
+        )
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] Redis unavailable: {exc}")
+        sys.exit(EXIT_UNAVAILABLE)
+    state_of = dict(zip((item.planned.key for item in shown), states, strict=True))
     for item in items:
         if isinstance(item, Skip):
             err.print(f"not sent to customer {customer_id}: {item.reason}", markup=False)
             continue
-        out.print(describe(item), markup=False)
+        out.print(describe(item, state_of[item.planned.key].describe()), markup=False)
     if html_file and mails:
         # Every mail of the rule (the customer's and, say, the account manager's alert): the
         # first in FILE, each other one beside it, named after its send step.

@@ -6,11 +6,13 @@ configuration error, 3 a service (Redis, the CRM data) is unreachable.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -69,6 +71,25 @@ def runtime_for(ctx: click.Context) -> Runtime:
     runtime = Runtime(load_or_exit())
     ctx.call_on_close(runtime.close)
     return runtime
+
+
+def usage_error(reason: str) -> NoReturn:
+    """One line on stderr and exit 2: what was wrong with the command, and what to write."""
+    err.print(f"error: {reason}", markup=False, soft_wrap=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def require_rules(runtime: Runtime, rule_ids: Iterable[str | None]) -> None:
+    """Exit 2 for a rule id that no file in the rules folder has (a typo in ``--rule`` would
+    otherwise select nothing and look like "nothing to do")."""
+    runtime.catalog.refresh()
+    known = sorted({rule.id for _, rule in runtime.catalog.written()})
+    for rule_id in rule_ids:
+        if rule_id is None or rule_id in known:
+            continue
+        guess = difflib.get_close_matches(rule_id, known, n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"rules: {', '.join(known) or 'none'}"
+        usage_error(f"unknown rule {rule_id!r}; {hint}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

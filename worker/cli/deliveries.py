@@ -13,6 +13,7 @@ import redis
 from rich.markup import escape
 from rich.table import Table
 
+from worker.addresses import normalize_recipient
 from worker.backlog import STATE_NAMES, Backlog, read_backlog
 from worker.cli.common import (
     EXIT_PROBLEMS,
@@ -22,11 +23,14 @@ from worker.cli.common import (
     cli,
     err,
     out,
+    require_rules,
     runtime_for,
+    usage_error,
 )
 from worker.connections import describe_redis
 from worker.constants import SWEEP_INTERVALS_OF_GRACE
 from worker.delivery_log import Summary, summarize
+from worker.errors import AddressError
 from worker.localtime import utc_now
 from worker.runtime import Runtime
 from worker.status import SystemStatus, read_status
@@ -53,7 +57,10 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
       crm-worker report --since 7d --json | jq 'select(.kind == "failure")'
     """
     runtime = runtime_for(ctx)
-    summary = summarize(runtime.delivery_log.read(since=since, rule=rule_id))
+    entries = list(runtime.delivery_log.read(since=since, rule=rule_id))
+    if not entries:  # a rule deleted since still has its history; a typo has none
+        require_rules(runtime, [rule_id])
+    summary = summarize(entries)
     backlog = _backlog(runtime)
     if as_json:
         for (rule, status), count in sorted(summary.counts.items()):
@@ -227,6 +234,7 @@ def retry_failed(ctx: click.Context, rule_id: str | None, now: datetime | None) 
       crm-worker retry-failed --rule birthday-greeting
     """
     runtime = runtime_for(ctx)
+    require_rules(runtime, [rule_id])
     keys = runtime.retry_failed(rule_id=rule_id, now=now)
     out.print(f"queued again: {len(keys)} deliveries", markup=False)
     for key in keys:
@@ -269,16 +277,26 @@ def suppress_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--reason", default="added by an operator", help="Why (shown in reports).")
 @click.pass_context
 def suppress_add(ctx: click.Context, address: str, reason: str) -> None:
-    """Never send to ADDRESS again."""
+    """Never send to ADDRESS again. Exit 2 when ADDRESS is not an address."""
+    _require_address(address)
     runtime_for(ctx).suppression.add(address, reason, now=utc_now())
     out.print(f"suppressed {address}", markup=False)
+
+
+def _require_address(address: str) -> None:
+    # A typo here would otherwise sit in the list for ever and protect nobody.
+    try:
+        normalize_recipient(address)
+    except AddressError as exc:
+        usage_error(f"{address!r} is not an email address: {exc.reason}")
 
 
 @suppress.command("remove")
 @click.argument("address")
 @click.pass_context
 def suppress_remove(ctx: click.Context, address: str) -> None:
-    """Allow ADDRESS again. Exit 1 when it was not suppressed."""
+    """Allow ADDRESS again. Exit 1 when it was not suppressed, 2 when it is not an address."""
+    _require_address(address)
     if not runtime_for(ctx).suppression.remove(address):
         err.print(f"{address} was not suppressed", markup=False)
         sys.exit(EXIT_PROBLEMS)
@@ -290,10 +308,14 @@ def suppress_remove(ctx: click.Context, address: str) -> None:
 def resume(ctx: click.Context) -> None:
     """End a send pause now (after fixing SMTP credentials or the relay's policy).
 
+    Says so when sending was not paused (exit 0: nothing needed doing).
+
     \b
     Example:
       crm-worker resume
     """
-    runtime_for(ctx).pause.clear()
-    logging.getLogger("worker.pause").info("sending resumed by an operator")
-    out.print("sending resumed", markup=False)
+    if runtime_for(ctx).pause.clear():
+        logging.getLogger("worker.pause").info("sending resumed by an operator")
+        out.print("sending resumed", markup=False)
+    else:
+        out.print("sending was not paused; nothing to resume", markup=False)

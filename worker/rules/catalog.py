@@ -2,12 +2,17 @@
 
 A broken edit never takes a rule away: the catalog keeps the last valid version of that file's
 rule, reports the problem (file:line:col) and keeps every other rule running.
+
+A rule file can be valid on its own and still unusable: a ``when:`` on a field the CRM data does
+not have would skip every customer. The catalog takes a ``vet`` function (given by the runtime,
+which knows the data) and treats a rule it objects to like a broken edit. Problems are logged
+when a file changes, so a refused rule is logged once, not at every pass.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +24,10 @@ log = logging.getLogger(__name__)
 
 RULE_SUFFIXES = (".yaml", ".yml")
 
+#: Problems of a rule that loaded, found with what the rules folder alone cannot tell (the
+#: CRM's fields); given the rule and its file.
+Vet = Callable[[Rule, Path], list[Problem]]
+
 
 @dataclass
 class _Entry:
@@ -26,13 +35,15 @@ class _Entry:
     size: int
     rule: Rule | None  # last valid version, kept through broken edits
     problems: list[Problem] = field(default_factory=list)
+    written: Rule | None = None  # what the file says now, when it loads (even if refused)
 
 
 class RuleCatalog:
     """Rules of one folder, by id; call :meth:`refresh` to pick up edits."""
 
-    def __init__(self, rules_dir: Path) -> None:
+    def __init__(self, rules_dir: Path, *, vet: Vet | None = None) -> None:
         self.rules_dir = rules_dir
+        self._vet = vet
         self._entries: dict[Path, _Entry] = {}
         self._by_id: dict[str, Rule] = {}
         self._id_problems: list[Problem] = []
@@ -53,13 +64,19 @@ class RuleCatalog:
             if entry and (entry.mtime_ns, entry.size) == (stat.st_mtime_ns, stat.st_size):
                 continue
             previous = entry.rule if entry else None
+            written: Rule | None = None
             try:
-                rule = load_rule_file(path)
-                self._entries[path] = _Entry(stat.st_mtime_ns, stat.st_size, rule)
+                written = load_rule_file(path)
+                refused = self._vet(written, path) if self._vet is not None else []
+                if refused:
+                    raise RuleError(refused)
+                self._entries[path] = _Entry(stat.st_mtime_ns, stat.st_size, written, [], written)
                 if entry is not None:
-                    log.info("rule reloaded: %s (%s)", rule.id, path)
+                    log.info("rule reloaded: %s (%s)", written.id, path)
             except RuleError as exc:
-                self._entries[path] = _Entry(stat.st_mtime_ns, stat.st_size, previous, exc.problems)
+                self._entries[path] = _Entry(
+                    stat.st_mtime_ns, stat.st_size, previous, exc.problems, written
+                )
                 for problem in exc.problems:
                     kept = f" (keeping the previous version of {previous.id})" if previous else ""
                     log.error("invalid rule: %s%s", problem, kept)
@@ -96,6 +113,15 @@ class RuleCatalog:
             for p in self.rules_dir.iterdir()
             if p.suffix in RULE_SUFFIXES and p.is_file() and not p.name.startswith(".")
         }
+
+    def written(self) -> list[tuple[Path, Rule]]:
+        """Each file's rule as written now, also one refused by the vet (whose previous
+        version may be in force instead): what ``check`` reports on."""
+        return [
+            (path, entry.written)
+            for path, entry in sorted(self._entries.items())
+            if entry.written is not None
+        ]
 
     def path_of(self, rule_id: str) -> Path | None:
         """The file the rule in force with this id was loaded from."""

@@ -32,6 +32,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from worker.constants import MAX_RULE_DEPTH, MAX_RULE_FILE_BYTES, MAX_RULE_NODES
 from worker.errors import Problem, RuleError
 from worker.rules.models import Rule
+from worker.rules.yaml_errors import explain
 
 Loc = tuple[str | int, ...]
 Position = tuple[int, int]
@@ -97,6 +98,13 @@ class _Converter:
         result: dict[str, Any] = {}
         first_seen: dict[str, Node] = {}
         for key_node, value_node in node.value:
+            if isinstance(key_node, MappingNode) and node.flow_style:
+                # `when: {{ x }}` reads as a mapping inside a mapping, keyed by a mapping.
+                raise self.fail(
+                    node,
+                    '{{ ... }} must be quoted: "{{ ... }}"; a when: condition needs no braces '
+                    "at all (when: customer.email_opt_in)",
+                )
             if not isinstance(key_node, ScalarNode):
                 raise self.fail(
                     key_node,
@@ -166,19 +174,22 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, _Positions]:
         _check_size(yaml, text, path)
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = exc.problem or exc.context or "invalid YAML"
-        hint = ""
-        if "\\t" in reason or "'\\t'" in str(exc):
-            hint = "; indent with spaces, not tabs"
-        elif "{" in (exc.problem or "") or "found unhashable key" in str(exc):
-            hint = '; put text with {{ }} in quotes: "{{ ... }}"'
-        raise RuleError([Problem(path, line, col, f"{reason}{hint}")]) from None
+        line, col, message = explain(
+            exc.problem,
+            exc.context,
+            _position(exc.problem_mark),
+            _position(exc.context_mark),
+            text.splitlines(),
+        )
+        raise RuleError([Problem(path, line, col, message)]) from None
     if node is None:
         raise RuleError([Problem(path, 1, 1, "the file is empty; a rule needs id, trigger, send")])
     converter = _Converter(path)
     return converter.convert(node, ()), converter.positions
+
+
+def _position(mark: Any) -> Position | None:
+    return (mark.line + 1, mark.column + 1) if mark is not None else None
 
 
 def load_rule_text(text: str, path: Path) -> Rule:
@@ -220,9 +231,20 @@ def load_rule_file(path: Path) -> Rule:
 
 
 def _problems(exc: ValidationError, positions: _Positions, path: Path) -> list[Problem]:
+    errors = exc.errors()
+    # A misspelt required key is one mistake, not two: "unknown key 'feild'; did you mean
+    # 'field'?" says it all, so "field: required key is missing" is left out.
+    meant = {
+        (*_data_loc(e["loc"])[:-1], guess)
+        for e in errors
+        if e["type"] == "extra_forbidden"
+        for guess in _guesses(_data_loc(e["loc"]))
+    }
     problems = []
-    for error in exc.errors():
+    for error in errors:
         loc = _data_loc(error["loc"])
+        if error["type"] == "missing" and loc in meant:
+            continue
         line, col = positions.nearest(loc, prefer_key=error["type"] == "extra_forbidden")
         problems.append(Problem(path, line, col, _message(error, loc)))
     return problems
@@ -233,14 +255,19 @@ def _data_loc(loc: tuple[int | str, ...]) -> Loc:
     return tuple(p for p in loc if isinstance(p, int) or not p.startswith("function-"))
 
 
+def _guesses(loc: Loc) -> list[str]:
+    """The allowed key an unknown key at ``loc`` was probably meant to be (at most one)."""
+    return difflib.get_close_matches(str(loc[-1]), _allowed_keys(loc[:-1]), n=1, cutoff=0.6)
+
+
 def _message(error: ErrorDetails, loc: Loc) -> str:
     where = ".".join(str(p) for p in loc) or "rule"
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _allowed_keys(loc[:-1])
-        guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean {guess[0]!r}?" if guess else f"; allowed here: {', '.join(allowed)}"
+        guess = _guesses(loc)
+        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        hint = f"; did you mean {guess[0]!r}?" if guess else f"; allowed here: {allowed}"
         return f"unknown key {key!r}{hint}"
     if kind == "missing":
         return f"{where}: required key is missing"
@@ -251,6 +278,10 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         return f"{where}: expected true or false, got {value!r}"
     if kind in ("int_type", "int_parsing"):
         return f"{where}: expected a whole number, got {value!r}"
+    if kind == "list_type":
+        return f"{where}: expected a list like [1, 2], got {value!r}"
+    if kind in ("model_type", "dict_type"):
+        return f"{where}: expected keys indented below it, got {value!r}"
     if kind == "too_short":
         return f"{where}: must not be empty"
     if kind == "literal_error":
