@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, SmtpSink
 from tests.faultkit import NOW, crm_worker, free_port, wait_until, worker_env, write_crm
-from worker.embedded_redis import EmbeddedRedis
+from worker.embedded_redis import EmbeddedRedis, server_answers
 
 
 def server_pid(data_dir: Path) -> int | None:
@@ -79,15 +79,7 @@ def test_two_run_once_on_the_embedded_redis_share_one_server_and_send_once(tmp_p
 
 
 def _answers(tmp_path: Path) -> bool:
-    import redis
-
-    client = redis.Redis(unix_socket_path=str(EmbeddedRedis(tmp_path / "var").socket_path))
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
+    return server_answers(EmbeddedRedis(tmp_path / "var").socket_path)
 
 
 def test_an_orphaned_server_is_reused_and_the_last_one_out_stops_it(tmp_path):
@@ -98,7 +90,7 @@ def test_an_orphaned_server_is_reused_and_the_last_one_out_stops_it(tmp_path):
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; "
-            "from worker.embedded_redis import EmbeddedRedis; "
+            "from worker.embedded_redis import EmbeddedRedis, server_answers; "
             "EmbeddedRedis(Path(sys.argv[1])).open().set('left', 'behind'); "
             "print('up', flush=True); time.sleep(60)",
             str(data_dir),

@@ -145,7 +145,7 @@ class EmbeddedRedis:
 
     def _start(self) -> redis.Redis:
         socket_path = self.socket_path
-        if _answers(socket_path):
+        if server_answers(socket_path):
             # A server whose state file is gone still serves this data file: a second server
             # on the same AOF would hand every occurrence out twice. Refuse, and say what to do.
             raise EmbeddedRedisError(
@@ -233,7 +233,7 @@ class EmbeddedRedis:
         log.info("embedded Redis: stopped (the last user of %s left)", self.data_file)
 
 
-def _answers(socket_path: Path) -> bool:
+def server_answers(socket_path: Path) -> bool:
     """Does a Redis server answer on ``socket_path``?"""
     if not socket_path.exists():
         return False
