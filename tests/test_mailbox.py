@@ -243,6 +243,7 @@ def test_the_command_files_the_mail_and_prints_a_summary(imap, tmp_path, redis_c
     done = crm_worker("mailbox", "--once", env=env, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
+    assert "detector" not in done.stderr  # one line per mail, not one per bounce heuristic
     assert "mailbox: 2 mails handled: unsubscribed 0, bounced 1" in done.stdout
     assert "other 1" in done.stdout
     assert set(FEEDBACK_FOLDERS) <= {name.removeprefix("crm/") for name in contents(imap)}
@@ -253,6 +254,7 @@ def test_the_command_says_when_the_mailbox_cannot_be_reached(imap, tmp_path, red
     refused = crm_worker("mailbox", "--once", env=env, cwd=tmp_path)
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "cannot be read" in refused.stderr
+    assert "wrong" not in refused.stderr and imap.password not in refused.stderr
 
     unset = crm_worker("mailbox", "--once", env=base_env(tmp_path), cwd=tmp_path)
     assert unset.returncode == 2

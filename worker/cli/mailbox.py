@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -34,6 +35,9 @@ def mailbox(ctx: click.Context, once: bool, now: datetime | None) -> None:
 
     Exit codes: 0 done, 2 configuration error, 3 the mailbox or Redis is unreachable.
     """
+    # flufl.bounce logs each detector it tries at INFO and a traceback when one trips over a
+    # broken mail; the mail's own reason already says so, once.
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
     runtime = runtime_for(ctx)
     if not runtime.settings.mailbox_host:
         err.print("[red]error:[/] CRM_MAILBOX_HOST is not set: which IMAP server holds the mail?")
