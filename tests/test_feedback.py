@@ -119,3 +119,10 @@ def test_a_reason_is_cut_to_a_readable_length() -> None:
     feedback = classify(samples.dsn("gone@example.net", "5.1.1", "550 5.1.1 " + "x" * 5000))
     assert feedback.kind == "hard-bounce"
     assert len(feedback.reason) <= MAX_REASON_CHARS
+
+
+@pytest.mark.parametrize(("tls", "port"), [("tls", 993), ("starttls", 143), ("none", 143)])
+def test_the_imap_port_follows_the_transport_security(make_settings, tls: str, port: int) -> None:
+    settings = make_settings(CRM_MAILBOX_HOST="imap.example.com", CRM_MAILBOX_TLS=tls)
+    assert settings.effective_mailbox_port == port
+    assert make_settings(CRM_MAILBOX_PORT="10143").effective_mailbox_port == 10143

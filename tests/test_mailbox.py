@@ -4,6 +4,11 @@ acted on and filed in its folder, and nothing is deleted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -19,6 +24,8 @@ from worker.delivery_log import DeliveryLog, LogEntry
 from worker.localtime import utc_now
 from worker.mailbox import FeedbackMailbox, feedback_mailbox
 from worker.runtime import Runtime
+from worker.suppression import SuppressionList
+from worker.unsubscribe import sign
 
 USER_UNKNOWN = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
 SECRET = "a-secret-for-the-mailbox-tests"
@@ -283,3 +290,43 @@ def test_the_report_shows_a_bounced_delivery_as_bounced(imap, tmp_path, redis_cl
     counts = {(x["rule"], x["status"]): x["count"] for x in lines if x["kind"] == "count"}
     assert counts == {("birthday-greeting", "bounced"): 1}
     assert "bounced" in table.stdout
+
+
+def test_a_token_of_older_mail_unsubscribes_the_address_that_wrote(imap, runtime):
+    old_token = sign(SECRET.encode(), "42", "email")  # format 1: a customer id, no address
+    deliver(imap, samples.mailto_unsubscribe("Jo <jo@example.org>", old_token))
+
+    result = reader(runtime).run_pass(utc_now())
+
+    assert result.counts["unsubscribed"] == 1
+    entry = runtime.suppression.entry("jo@example.org")
+    assert entry is not None and entry.scope == "marketing"
+
+
+def test_the_polling_command_files_new_mail_and_stops_on_sigterm(imap, tmp_path, redis_client):
+    env = base_env(tmp_path) | mailbox_env(imap, CRM_MAILBOX_POLL_S="0.2")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | env
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from worker.cli import main; main()", "mailbox"],
+        env=full_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deliver(imap, samples.arf("angry@example.net"))
+        deadline = time.monotonic() + 30
+        suppression = SuppressionList(redis_client)
+        while suppression.entry("angry@example.net") is None:
+            assert time.monotonic() < deadline, "the complaint was not handled within 30 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert "complaint 1" in out
+    assert contents(imap)["crm/complaint"] == ["FW: Happy birthday, Jo!"]
