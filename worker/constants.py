@@ -250,3 +250,13 @@ MAX_REPORTED_UNKNOWN_ZONES = 100
 #: Customers ``check`` reads to find the locales the templates must serve (a full read of a
 #: CRM with millions of customers would make ``check`` slow; the first ones show the mix).
 MAX_LOCALE_SCAN = 200_000
+#: The feedback mailbox (`crm-worker mailbox`): a mail larger than this is not downloaded or
+#: parsed (a bounce or complaint is a few kilobytes; an attachment-laden reply is not one).
+MAX_FEEDBACK_MAIL_BYTES = 2 * 1024 * 1024
+#: Mails handled per pass, so one pass over a flooded inbox ends and reports in bounded time.
+MAILBOX_BATCH = 500
+#: Soft bounces per address: a sorted set (member = the bounce's own Message-ID, so a mail
+#: read twice counts once; score = time) trimmed to the counting window.
+SOFT_BOUNCE_KEY_PREFIX = f"{KEY_PREFIX}:soft-bounce:"
+#: Where each outcome of a feedback mail is filed, under CRM_MAILBOX_FOLDER_PREFIX.
+FEEDBACK_FOLDERS = ("unsubscribed", "bounced", "soft-bounce", "complaint", "auto-reply", "other")

@@ -15,6 +15,7 @@
     ├── EventError             a reported CRM event is unusable (also a ValueError)
     ├── IntakeError            an event posted over HTTP is refused (carries status and field)
     ├── EmbeddedRedisError     the embedded redis-server (CRM_REDIS_URL unset) did not start
+    ├── MailboxError           the feedback mailbox (IMAP) cannot be reached or read
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
@@ -230,4 +231,17 @@ class EmbeddedRedisError(CrmWorkerError):
         super().__init__(
             f"the embedded Redis for {data_file} did not start: {reason}; check that "
             "CRM_DATA_DIR is writable, or set CRM_REDIS_URL to a running Redis"
+        )
+
+
+class MailboxError(CrmWorkerError):
+    """The unsubscribe/bounce mailbox at ``host`` cannot be used (``reason``: connection,
+    login, folder); mails not yet handled stay in the inbox for the next pass."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            f"the feedback mailbox at {host} cannot be read: {reason}; check CRM_MAILBOX_HOST, "
+            "CRM_MAILBOX_PORT, CRM_MAILBOX_TLS, CRM_MAILBOX_USER and CRM_MAILBOX_PASSWORD"
         )

@@ -47,6 +47,7 @@ from worker.errors import ConfigError
 ENV_PREFIX = "CRM_"
 
 SmtpSecurity = Literal["none", "starttls", "tls"]
+MailboxSecurity = Literal["none", "starttls", "tls"]
 
 
 class Settings(BaseSettings):
@@ -214,6 +215,33 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="Per million commands: requeue dead work.",
+    )
+    mailbox_host: str | None = Field(
+        default=None,
+        description="IMAP server of the unsubscribe/bounce mailbox (`crm-worker mailbox`).",
+    )
+    mailbox_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default 993 (tls) or 143 (starttls, none)."
+    )
+    mailbox_user: str | None = None
+    mailbox_password: SecretStr | None = None
+    mailbox_tls: MailboxSecurity = "tls"
+    mailbox_folder: str = Field(default="INBOX", description="Where bounces and requests arrive.")
+    mailbox_folder_prefix: str = Field(
+        default="crm",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Handled mails are moved to <prefix>/bounced, <prefix>/complaint, ….",
+    )
+    mailbox_poll_s: float = Field(default=60.0, gt=0, description="Pause between mailbox passes.")
+    mailbox_timeout_s: float = Field(default=30.0, gt=0)
+    mailbox_soft_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Soft bounces (mailbox full, 4.x.x) of one address within the window after "
+        "which it is suppressed.",
+    )
+    mailbox_soft_bounce_days: float = Field(
+        default=14.0, gt=0, description="The window soft bounces are counted in."
     )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics here; unset: off."
@@ -416,6 +444,13 @@ class Settings(BaseSettings):
         if self.smtp_port is not None:
             return self.smtp_port
         return {"none": 25, "starttls": 587, "tls": 465}[self.smtp_security]
+
+    @property
+    def effective_mailbox_port(self) -> int:
+        """IMAP port: ``CRM_MAILBOX_PORT``, else the default of the transport security."""
+        if self.mailbox_port is not None:
+            return self.mailbox_port
+        return 993 if self.mailbox_tls == "tls" else 143
 
     @property
     def company(self) -> dict[str, str]:

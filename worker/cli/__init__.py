@@ -2,8 +2,9 @@
 
 One module per audience: :mod:`~worker.cli.authoring` (check, plan, schema, preview),
 :mod:`~worker.cli.operations` (run, scheduler, worker, intake, event),
-:mod:`~worker.cli.deliveries` (report, retry-failed, suppress, resume); shared pieces (exit
-codes, option types, the ``cli`` group) in :mod:`~worker.cli.common`.
+:mod:`~worker.cli.deliveries` (report, retry-failed, suppress, resume),
+:mod:`~worker.cli.mailbox` (the feedback mailbox); shared pieces (exit codes, option types,
+the ``cli`` group) in :mod:`~worker.cli.common`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import sys
 
 import redis
 
-from worker.cli import authoring, deliveries, operations
+from worker.cli import authoring, deliveries, mailbox, operations
 from worker.cli.common import EXIT_CONFIG, EXIT_UNAVAILABLE, cli, err
 from worker.errors import CrmWorkerError, SourceError
 
-__all__ = ["authoring", "cli", "deliveries", "main", "operations"]
+__all__ = ["authoring", "cli", "deliveries", "mailbox", "main", "operations"]
 
 
 def main() -> None:

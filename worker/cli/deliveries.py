@@ -76,7 +76,10 @@ def report(ctx: click.Context, since: datetime | None, rule_id: str | None, as_j
             work = {"kind": "work", "state": name, "count": figures.count, "stuck": figures.stuck}
             out.print(json.dumps(work | {"oldest_age_s": age}), markup=False)
     else:
-        statuses = ("sent", "skipped", "failed", "unknown")
+        statuses: tuple[str, ...] = ("sent", "skipped", "failed", "unknown")
+        if any(status == "bounced" for _, status in summary.counts):
+            # Written by `crm-worker mailbox` after `sent`: a column only once it happens.
+            statuses = (*statuses, "bounced")
         title = f"Deliveries since {since.isoformat(timespec='seconds')}" if since else "Deliveries"
         table = Table(title=title)
         for column in ("rule", *statuses):
