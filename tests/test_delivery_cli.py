@@ -45,7 +45,15 @@ def test_report_retry_failed_and_suppress(tmp_path, smtp_server, redis_client):
     assert "birthday-greeting" in table.stdout and "user unknown" in table.stdout
 
     listed = crm_worker("suppress", "list", "--json", env=env, cwd=tmp_path)
-    assert [json.loads(x)["address"] for x in listed.stdout.splitlines()] == [addresses[0]]
+    (entry,) = [json.loads(x) for x in listed.stdout.splitlines()]
+    assert entry["address"] == addresses[0] and entry["scope"] == "all"  # a bounce: all mail
+    # The CRM's nightly export: only what changed since its last run.
+    recent = crm_worker("suppress", "list", "--json", "--since", "1h", env=env, cwd=tmp_path)
+    assert [json.loads(x)["address"] for x in recent.stdout.splitlines()] == [addresses[0]]
+    later = crm_worker(
+        "suppress", "list", "--json", "--since", "2099-01-01T00:00:00Z", env=env, cwd=tmp_path
+    )
+    assert later.returncode == 0 and later.stdout == ""
 
     # The operator fixes the content and retries: the suppressed address is skipped, the
     # other is sent; a second retry finds nothing left.

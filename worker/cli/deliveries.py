@@ -258,20 +258,37 @@ def suppress() -> None:
 
 @suppress.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--since", type=Since(), default=None, help="Only entries added from this instant or ago."
+)
 @click.pass_context
-def suppress_list(ctx: click.Context, as_json: bool) -> None:
-    """Every suppressed address, oldest first, with why and since when."""
-    entries = list(runtime_for(ctx).suppression)
+def suppress_list(ctx: click.Context, as_json: bool, since: datetime | None) -> None:
+    """Every suppressed address, oldest first, with why, since when and what it stops.
+
+    \b
+    For the CRM's nightly export of who left or bounced:
+      crm-worker suppress list --json --since 24h
+    Each line: {"address", "reason", "at", "key", "scope"}; scope "marketing" is an
+    unsubscribe (service mail still goes), "all" a bounce, complaint or operator.
+    """
+    entries = [e for e in runtime_for(ctx).suppression if since is None or e.at >= since]
     if as_json:
         for e in entries:
-            line = {"address": e.address, "reason": e.reason, "at": e.at.isoformat(), "key": e.key}
+            line = {
+                "address": e.address,
+                "reason": e.reason,
+                "at": e.at.isoformat(),
+                "key": e.key,
+                "scope": e.scope,
+            }
             out.print(json.dumps(line, ensure_ascii=False), markup=False)
         return
     table = Table(title=f"{len(entries)} suppressed address(es)")
-    for column in ("address", "since (UTC)", "reason", "delivery"):
+    for column in ("address", "since (UTC)", "stops", "reason", "delivery"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e.address, e.at.strftime("%Y-%m-%d %H:%M"), e.reason, e.key)
+        stops = "marketing mail" if e.scope == "marketing" else "all mail"
+        table.add_row(e.address, e.at.strftime("%Y-%m-%d %H:%M"), stops, e.reason, e.key)
     out.print(table)
 
 
