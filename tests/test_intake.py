@@ -195,6 +195,14 @@ def test_requests_without_valid_credentials_are_refused_with_401(intake):
     ],
 )
 def test_malformed_events_are_refused_naming_the_field(intake, body, status, field, words):
+    assert_refused(intake, body, status, field, words)
+
+
+def assert_refused(
+    intake: tuple[str, Runtime], body: Any, status: int, field: str | None, words: str
+) -> None:
+    """An authenticated post of ``body`` is refused with ``status``, naming ``field`` and
+    saying ``words``, and no event is recorded."""
     url, runtime = intake
     answer = post(url, body, Authorization=f"Bearer {TOKEN}")
     assert answer.status_code == status, answer.text

@@ -24,7 +24,7 @@ import pytest
 
 from tests import test_intake as served
 from tests.test_cli import base_env
-from tests.test_intake import SECRET, TOKEN, event, post
+from tests.test_intake import SECRET, TOKEN, assert_refused, event
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from worker.intake.auth import sign
 from worker.intake.throttle import LogThrottle
@@ -115,12 +115,7 @@ def test_an_unusable_signature_timestamp_is_401(intake, timestamp):
 def test_json_the_event_store_cannot_keep_is_a_4xx_with_a_reason(
     intake, body, status, field, words
 ):
-    url, runtime = intake
-    answer = post(url, body, Authorization=f"Bearer {TOKEN}")
-    assert answer.status_code == status, answer.text
-    assert answer.json()["field"] == field
-    assert words in answer.json()["error"]
-    assert runtime.redis.keys("crm:event:*") == []
+    assert_refused(intake, body, status, field, words)
 
 
 def test_a_trailing_slash_is_404_and_never_echoes_the_host(intake):
