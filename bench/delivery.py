@@ -238,7 +238,7 @@ def print_cpu(cpu: dict[str, float], messages: int, elapsed: float) -> None:
 
 def prerender(env: dict[str, str]) -> list[tuple[str, str, bytes]]:
     """(sender, recipient, bytes) of every due message, exactly as the product would send."""
-    from worker.planning import PlannedDelivery, plan
+    from worker.planning.plan import PlannedDelivery, plan
 
     runtime = runtime_for(env)
     items = plan(
@@ -344,7 +344,7 @@ def naive_actor(broker, env: dict[str, str]):  # type: ignore[no-untyped-def]
     import dramatiq
     import redis
 
-    from worker.rendering import TemplateRenderer
+    from worker.messages.rendering import TemplateRenderer
 
     renderer = TemplateRenderer(Path(env["CRM_TEMPLATES_DIR"]), "en")
     done = redis.Redis.from_url(env["CRM_REDIS_URL"])
@@ -393,7 +393,7 @@ def run_naive(
 ) -> tuple[float, int]:
     import redis
 
-    from worker.context import record_data
+    from worker.planning.context import record_data
 
     client = redis.Redis.from_url(env["CRM_REDIS_URL"])
     client.flushdb()

@@ -78,7 +78,7 @@ def measure_pass(n: int, tmp: Path) -> tuple[list[int], dict[str, tuple[str, int
 
 def yearly_deliveries(sample: int, tmp: Path) -> Counter[str]:
     """Deliveries per rule in one year over a CRM of ``sample`` customers."""
-    from worker.planning import PlannedDelivery, plan
+    from worker.planning.plan import PlannedDelivery, plan
     from worker.runtime import Runtime
     from worker.settings import load_settings
 

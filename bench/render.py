@@ -46,10 +46,10 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=3000, help="size of the synthetic CRM")
     args = parser.parse_args()
 
-    from worker.planning import PlannedDelivery, plan
+    from worker.messages.unsubscribe import NO_LINKS_CONTEXT
+    from worker.planning.plan import PlannedDelivery, plan
     from worker.runtime import Runtime
     from worker.settings import load_settings
-    from worker.unsubscribe import NO_LINKS_CONTEXT
 
     crm = Path(tempfile.mkdtemp(prefix="bench-render-"))
     write_crm(crm, customers=args.customers, purchases=args.customers, complaints=args.customers)

@@ -5,7 +5,7 @@
     .venv/bin/python bench/scheduler_scale.py --postgres postgresql://postgres@127.0.0.1:5432
     .venv/bin/python bench/scheduler_scale.py --source 'SPEC'       # another source (see below)
 
-What is measured is what ``crm-worker plan`` does: ``worker.planning.plan`` over every rule in
+What is measured is what ``crm-worker plan`` does: ``worker.planning.plan.plan`` over every rule in
 ``rules/``, the iterator consumed to the end, nothing claimed or queued. Each size runs in a
 fresh subprocess so peak RSS (``ru_maxrss``) belongs to that size alone; "base" is the RSS after
 imports and rule loading, before the pass.
@@ -51,7 +51,7 @@ def _rss_mb() -> float:
 def child(source: str, now_text: str, queries: str | None) -> None:
     """One pass in this process; prints one JSON line."""
     from worker.localtime import parse_instant
-    from worker.planning import PlannedDelivery, plan
+    from worker.planning.plan import PlannedDelivery, plan
     from worker.runtime import Runtime
     from worker.settings import load_settings
 

@@ -5,8 +5,8 @@
     .venv/bin/python bench/worker_cpu.py --postgres postgresql://postgres@127.0.0.1:5432
 
 A real scheduler pass queues N due birthday messages (the CRM of ``bench/delivery.py``), then
-this process calls ``worker.batch.deliver_batch`` on the keys, DELIVERY_BATCH_SIZE at a time,
-as a worker thread does: lease, re-check against the CSV, render, MIME, send over
+this process calls ``worker.delivery.batch.deliver_batch`` on the keys, DELIVERY_BATCH_SIZE at a
+time, as a worker thread does: lease, re-check against the CSV, render, MIME, send over
 ``--connections`` kept-open connections to the sink, outcome into the ledger and the log.
 Prints messages/s and the CPU (user + system) this process spent per message; Redis and the
 sink run in their own processes and are not counted. ``--profile`` adds cProfile's top
@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER", help="re-check through PostgreSQL")
     args = parser.parse_args()
 
-    from worker.batch import deliver_batch
     from worker.constants import DELIVERY_BATCH_SIZE
+    from worker.delivery.batch import deliver_batch
     from worker.localtime import utc_now
 
     with tempfile.TemporaryDirectory(prefix="worker-cpu-") as tmp:

@@ -1,11 +1,11 @@
 """Mails as they arrive in the feedback mailbox: DSNs (RFC 3464) as Postfix writes them, an ARF
 complaint (RFC 5965) as a feedback loop sends it, a qmail bounce (QSBMF), a vacation notice,
 mailto unsubscribes, and broken ones. ``ORIGINAL_ID`` is the Message-ID of the mail they
-answer, as :func:`worker.mail.message_id_for` derives it."""
+answer, as :func:`worker.messages.mail.message_id_for` derives it."""
 
 from __future__ import annotations
 
-from worker.mail import message_id_for
+from worker.messages.mail import message_id_for
 
 DOMAIN = "shop.example.com"
 DELIVERY_KEY = "birthday-greeting:42:2026-12-05/email"

@@ -8,8 +8,8 @@ import random
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from worker.addresses import _plain_address, normalize_recipient
 from worker.errors import AddressError
+from worker.messages.addresses import _plain_address, normalize_recipient
 
 _FORBIDDEN = frozenset('\r\n\0,;<>"')
 

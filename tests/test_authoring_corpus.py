@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from worker.rendering import TemplateRenderer
+from worker.authoring.validation import check_all
+from worker.messages.rendering import TemplateRenderer
 from worker.rules import RuleCatalog
 from worker.sources import open_source
-from worker.validation import check_all
 
 RULE = """\
 id: thanks

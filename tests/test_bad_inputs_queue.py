@@ -62,7 +62,7 @@ def test_a_failing_over_or_full_redis_retries_the_batch_and_a_bug_does_not() -> 
     import dramatiq
     import redis
 
-    from worker.actors import _redis_unreachable
+    from worker.delivery.actors import _redis_unreachable
 
     for exc in (
         redis.ConnectionError("gone"),

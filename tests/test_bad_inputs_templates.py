@@ -16,14 +16,14 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_headers import write_crm
-from worker.context import message_context
+from worker.authoring.validation import SAMPLE_UNSUBSCRIBE, check_all
+from worker.delivery.payload import render_payload
 from worker.errors import TemplateError
 from worker.localtime import parse_instant
-from worker.payload import render_payload
-from worker.rendering import TemplateRenderer
+from worker.messages.rendering import TemplateRenderer
+from worker.planning.context import message_context
+from worker.planning.triggers import Occurrence
 from worker.sources.base import Record
-from worker.triggers import Occurrence
-from worker.validation import SAMPLE_UNSUBSCRIBE, check_all
 
 TEMPLATES = REPO / "templates"
 RENDERER = TemplateRenderer(TEMPLATES, "en")

@@ -1,5 +1,5 @@
-"""A batch of deliveries handled as a unit (worker.batch): shared round trips and connections,
-the same outcome for every key as one by one."""
+"""A batch of deliveries handled as a unit (worker.delivery.batch): shared round trips and
+connections, the same outcome for every key as one by one."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import REPO, SmtpSink
 from tests.faultkit import NOW, free_port, write_crm
-from worker.batch import deliver_batch
+from worker.delivery.batch import deliver_batch
 from worker.localtime import utc_now
-from worker.mail import message_id_for
+from worker.messages.mail import message_id_for
 
 
 def _runtime(make_runtime: Any, make_settings: Any, tmp_path: Path, smtp: SmtpSink, **env: str):  # type: ignore[no-untyped-def]

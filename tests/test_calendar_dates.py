@@ -27,9 +27,10 @@ from tests.test_headers import parsed
 from tests.test_sql_source import PASSWORD, _reachable, _scratch
 from worker.constants import LEDGER_KEY_PREFIX
 from worker.errors import RuleError
-from worker.filters import date_filter, datetime_filter, formatting_locale
 from worker.localtime import later_on_calendar, yearly_date
-from worker.planning import PlannedDelivery, plan
+from worker.messages.filters import date_filter, datetime_filter, formatting_locale
+from worker.planning.plan import PlannedDelivery, plan
+from worker.planning.triggers import TriggerWindow, evaluate, occurrence_for_tag
 from worker.rules import load_rule_text
 from worker.rules.catalog import RuleCatalog
 from worker.rules.models import Rule
@@ -37,7 +38,6 @@ from worker.sources import open_source
 from worker.sources.base import Record
 from worker.sources.csv import CsvSource
 from worker.sources.schema import to_record
-from worker.triggers import TriggerWindow, evaluate, occurrence_for_tag
 
 LA = ZoneInfo("America/Los_Angeles")
 

@@ -60,7 +60,9 @@ def test_check_plan_run_run_again(tmp_path, smtp_server, redis_client):
     assert f"sent {len(lines)}," in first.stdout
     assert sorted(r.recipients[0] for r in smtp_server.received) == sorted(x["to"] for x in lines)
 
-    assert " INFO worker.scheduler: pass at " in first.stderr  # state changes logged at INFO
+    assert (
+        " INFO worker.planning.scheduler: pass at " in first.stderr
+    )  # state changes logged at INFO
 
     second = crm_worker("-q", "run", "--once", "--now", NOW, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr

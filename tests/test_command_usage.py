@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from tests.test_cli import base_env, crm_worker
-from worker.delivery_log import LogEntry
 from worker.localtime import utc_now
+from worker.records.delivery_log import LogEntry
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from datetime import timedelta
 from tests.faultkit import NOW, wait_until, write_crm
 from tests.test_cli import crm_worker
 from tests.test_faults import settings_env
-from worker.ledger import Ledger
 from worker.localtime import utc_now
+from worker.records.ledger import Ledger
 from worker.runtime import Runtime
 from worker.settings import load_settings
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from worker.delivery_log import DeliveryLog, LogEntry, summarize
 from worker.localtime import parse_instant
-from worker.suppression import SuppressionList
+from worker.records.delivery_log import DeliveryLog, LogEntry, summarize
+from worker.records.suppression import SuppressionList
 
 T0 = parse_instant("2026-03-14T09:00:00Z")
 

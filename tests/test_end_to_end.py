@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from worker.localtime import parse_instant
-from worker.planning import PlannedDelivery, plan
+from worker.planning.plan import PlannedDelivery, plan
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 

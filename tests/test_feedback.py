@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests import feedback_samples as samples
-from worker.feedback import MAX_REASON_CHARS, classify
+from worker.delivery.feedback import MAX_REASON_CHARS, classify
 
 USER_UNKNOWN = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
 

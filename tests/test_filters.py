@@ -8,8 +8,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.errors import TemplateError
-from worker.filters import babel_locale, formatting_locale, greeting, in_language, plural, quoted
-from worker.rendering import TemplateRenderer
+from worker.messages.filters import (
+    babel_locale,
+    formatting_locale,
+    greeting,
+    in_language,
+    plural,
+    quoted,
+)
+from worker.messages.rendering import TemplateRenderer
 
 LINE = (
     '{{ amount | money("EUR") }} | {{ day | date("long") }} | {{ n | number }}'

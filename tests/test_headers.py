@@ -20,8 +20,8 @@ from aiosmtpd.controller import Controller
 from tests.conftest import SmtpSink, _free_port
 from worker.constants import MAX_SUBJECT_CHARS
 from worker.localtime import parse_instant
-from worker.planning import PlannedDelivery, plan
-from worker.unsubscribe import OptOut, read_token
+from worker.messages.unsubscribe import OptOut, read_token
+from worker.planning.plan import PlannedDelivery, plan
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 COLUMNS = ["id", "email", "first_name", "last_name", "birthday", "locale", "timezone"]

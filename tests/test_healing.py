@@ -39,7 +39,7 @@ from tests.faultkit import (
 from tests.test_faults import settings_env
 from worker.cli.common import CappedFormatter
 from worker.localtime import utc_now
-from worker.mail import message_id_for
+from worker.messages.mail import message_id_for
 from worker.settings import load_settings
 
 TOTAL = 1000

@@ -24,12 +24,12 @@ from tests.test_cli import base_env, crm_worker
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from worker.constants import MAX_INTAKE_BODY_BYTES
 from worker.errors import ConfigError
-from worker.events import EventLog, record_event
-from worker.intake import IntakeAuth, create_app
-from worker.intake.auth import sign
-from worker.intake.server import ServerLimits, server_config
 from worker.localtime import utc_now
+from worker.planning.events import EventLog, record_event
 from worker.runtime import Runtime
+from worker.web.intake import IntakeAuth, create_app
+from worker.web.intake.auth import sign
+from worker.web.server import ServerLimits, server_config
 
 TOKEN = "token-0123456789abcdef"
 SECRET = "secret-0123456789abcdef"

@@ -26,8 +26,8 @@ from tests import test_intake as served
 from tests.test_cli import base_env
 from tests.test_intake import SECRET, TOKEN, assert_refused, event
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from worker.intake.auth import sign
-from worker.intake.throttle import LogThrottle
+from worker.web.intake.auth import sign
+from worker.web.throttle import LogThrottle
 
 # The running intake (token and secret set) and its CRM, as in the intake's own tests.
 crm = served.crm

@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 import redis
 
-import worker.ledger
+import worker.records.ledger
 from tests.faultkit import NOW
-from worker.batch import deliver_batch
 from worker.constants import CLAIM_STALE_AFTER
-from worker.delivery_log import LogEntry
-from worker.ledger import Finish, Ledger
+from worker.delivery.batch import deliver_batch
 from worker.localtime import utc_now
+from worker.records.delivery_log import LogEntry
+from worker.records.ledger import Finish, Ledger
 
 
 def test_finish_many_records_each_outcome_with_its_own_lease(make_runtime):
@@ -86,7 +86,7 @@ def test_many_at_once_survives_redis_losing_its_scripts_and_raises_real_errors(m
 
 
 def test_claims_and_leases_of_a_batch_are_each_decided_as_alone(make_runtime, monkeypatch):
-    monkeypatch.setattr(worker.ledger, "LEDGER_SCRIPT_KEYS", 2)  # several script calls
+    monkeypatch.setattr(worker.records.ledger, "LEDGER_SCRIPT_KEYS", 2)  # several script calls
     runtime = make_runtime()
     ledger, client = runtime.ledger, runtime.redis
     k = [f"birthday-greeting:customer:{n}:2026/email" for n in range(6)]

@@ -20,12 +20,12 @@ from tests import feedback_samples as samples
 from tests.imap_server import ImapServer, dovecot, dovecot_binary
 from tests.test_cli import base_env, crm_worker
 from worker.constants import FEEDBACK_FOLDERS
-from worker.delivery_log import DeliveryLog, LogEntry
+from worker.delivery.mailbox import FeedbackMailbox, feedback_mailbox
 from worker.localtime import utc_now
-from worker.mailbox import FeedbackMailbox, feedback_mailbox
+from worker.messages.unsubscribe import sign
+from worker.records.delivery_log import DeliveryLog, LogEntry
+from worker.records.suppression import SuppressionList
 from worker.runtime import Runtime
-from worker.suppression import SuppressionList
-from worker.unsubscribe import sign
 
 USER_UNKNOWN = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
 SECRET = "a-secret-for-the-mailbox-tests"

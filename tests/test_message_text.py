@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.samples import LOCALES, MAIL_TEMPLATES, sample_context
-from worker.rendering import TemplateRenderer
+from worker.messages.rendering import TemplateRenderer
 
 REPO = Path(__file__).resolve().parents[1]
 APPROVED = Path(__file__).parent / "approved"

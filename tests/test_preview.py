@@ -7,8 +7,8 @@ import re
 
 from tests.test_cli import base_env, crm_worker
 from tests.test_headers import parsed, write_crm
-from worker.mail import message_id_for
-from worker.unsubscribe import read_token
+from worker.messages.mail import message_id_for
+from worker.messages.unsubscribe import read_token
 
 NOW = "2026-03-14T10:00:00Z"
 SECRET = "preview secret"

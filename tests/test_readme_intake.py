@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 from tests.test_cli import base_env
-from worker.ledger import Ledger
+from worker.records.ledger import Ledger
 
 
 def intake_example() -> tuple[str, str]:

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import REPO
 from worker.constants import TEMPLATE_RECHECK_S
 from worker.errors import RenderLimitError, TemplateError
-from worker.rendering import TemplateRenderer, locale_chain
+from worker.messages.rendering import TemplateRenderer, locale_chain
 
 COMPANY = {"name": "Shop", "address": "Street 1"}
 
@@ -155,7 +155,7 @@ def test_dict_attributes_read_exactly_as_jinjas_sandbox_reads_them(expression):
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from worker.rendering import make_environment
+    from worker.messages.rendering import make_environment
 
     context = {
         "customer": {"first_name": "Ana", "items": "field called items", "nested": {"deeper": 1}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from worker.channels.replies import classify, delivery_error, enhanced_status
 from worker.errors import (
     PermanentDeliveryError,
     RecipientRejectedError,
@@ -11,7 +12,6 @@ from worker.errors import (
     TransientDeliveryError,
     UncertainDeliveryError,
 )
-from worker.replies import classify, delivery_error, enhanced_status
 
 
 @pytest.mark.parametrize(

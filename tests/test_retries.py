@@ -10,7 +10,7 @@ from datetime import timedelta
 from tests.faultkit import NOW, free_port, write_crm
 from tests.test_faults import settings_env
 from worker.constants import MAX_DELIVERY_ATTEMPTS
-from worker.delivery import retry_delay
+from worker.delivery.send import retry_delay
 from worker.localtime import parse_instant, utc_now
 from worker.settings import load_settings
 

@@ -252,7 +252,7 @@ send:
 def test_check_finds_fields_names_templates_of_related_entities(
     tmp_path, make_runtime, make_settings
 ):
-    from worker.validation import check_all
+    from worker.authoring.validation import check_all
 
     for name, text in CHECKED.items():
         (tmp_path / name).write_text(text, encoding="utf-8")

@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_cli import base_env, crm_worker
-from worker.events import EventLog, record_event
+from worker.authoring.validation import check_all
 from worker.localtime import parse_instant
-from worker.planning import PlannedDelivery, plan
-from worker.validation import check_all
+from worker.planning.events import EventLog, record_event
+from worker.planning.plan import PlannedDelivery, plan
 
 #: 23:30 UTC: already Mar 14 in Auckland, still Mar 13 in Los Angeles.
 NOW = "2026-03-13T23:30:00Z"

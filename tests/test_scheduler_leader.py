@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from worker.localtime import parse_instant
-from worker.scheduler import LeaderLock, run_scheduler
+from worker.planning.scheduler import LeaderLock, run_scheduler
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 
@@ -37,7 +37,7 @@ def _start(runtime: Any, stop: threading.Event) -> threading.Thread:
 def test_the_leader_keeps_its_lock_and_a_standby_takes_over(
     make_runtime: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="worker.scheduler")
+    caplog.set_level(logging.INFO, logger="worker.planning.scheduler")
     leader_runtime, standby_runtime = make_runtime(), make_runtime()
     stop_leader, stop_standby = threading.Event(), threading.Event()
     leader = _start(leader_runtime, stop_leader)

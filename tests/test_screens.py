@@ -1,5 +1,5 @@
-"""The planning screens (worker.triggers.screen_value, applied to records and to raw CSV text)
-never drop a due occurrence or a skip: a pass with them finds exactly what evaluating every
+"""The planning screens (worker.planning.triggers.screen_value, applied to records and to raw CSV
+text) never drop a due occurrence or a skip: a pass with them finds exactly what evaluating every
 record against every rule finds — table-driven around Feb 29, Dec 31/Jan 1 in far-apart zones,
 DST days and the exact grace boundary."""
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.planning import PlannedDelivery, Related, plan, plan_subject
+from worker.planning.plan import PlannedDelivery, Related, plan, plan_subject
 from worker.rules import RuleCatalog
 from worker.sources.csv import CsvSource
 

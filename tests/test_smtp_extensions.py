@@ -1,6 +1,6 @@
 """8BITMIME and SMTPUTF8: what a relay receives when it offers them and when it does not.
 
-The decision itself (:func:`worker.smtp_extensions.submission`) is checked on a table; then
+The decision itself (:func:`worker.channels.smtp_extensions.submission`) is checked on a table; then
 real messages go through the SMTP channel into aiosmtpd servers that offer neither extension
 and both, and the tests read what those servers received: MAIL FROM's parameters, the bytes,
 and what they decode to.
@@ -18,11 +18,11 @@ import pytest
 
 from tests.conftest import SmtpSink
 from worker.channels import Outgoing, Receipt, SmtpChannel
+from worker.channels.smtp_extensions import ENCODED_LINE_CHARS, seven_bit, submission
 from worker.errors import Utf8UnsupportedError
-from worker.mail import compose
-from worker.rendering import RenderedMessage
-from worker.smtp_extensions import ENCODED_LINE_CHARS, seven_bit, submission
-from worker.unsubscribe import UnsubscribeLinks
+from worker.messages.mail import compose
+from worker.messages.rendering import RenderedMessage
+from worker.messages.unsubscribe import UnsubscribeLinks
 
 SENDER = "crm@shop.example.com"
 GERMAN = RenderedMessage(

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from tests.test_screens import NOWS, _catalog, _summary, _write_crm
 from tests.test_sql_source import PASSWORD, _reachable, _scratch
 from worker.errors import SourceError
-from worker.planning import Related, plan, plan_subject
+from worker.planning.plan import Related, plan, plan_subject
 from worker.sources.csv import CsvSource
 from worker.sources.mapping import load_mapping
 from worker.sources.schema import FIELD_TYPES, parse_field, parse_native

@@ -29,14 +29,14 @@ import sqlalchemy
 from sqlalchemy import create_engine, text
 
 from tests.conftest import REPO
-from worker.batch import deliver_batch
 from worker.channels import MemoryChannel
 from worker.constants import MAX_DELIVERY_ATTEMPTS
+from worker.delivery.batch import deliver_batch
 from worker.errors import SourceError, SourceUnavailableError
 from worker.localtime import parse_instant, utc_now
-from worker.planning import PlannedDelivery, Skip, plan
+from worker.planning.plan import PlannedDelivery, Skip, plan
+from worker.planning.scheduler import LeaderLock, run_scheduler
 from worker.rules.catalog import RuleCatalog
-from worker.scheduler import LeaderLock, run_scheduler
 from worker.sources import CsvSource, InMemorySource, SqlSource, open_source
 from worker.sources.mapping import load_mapping
 
@@ -449,7 +449,7 @@ def test_a_pass_without_the_database_retries_and_loses_nothing(
         p[1] for p in _plan(CsvSource(REPO / "examples" / "crm"), INSTANTS[0]) if p[0] == "send"
     ]
     stop = threading.Event()
-    caplog.set_level(logging.ERROR, logger="worker.scheduler")
+    caplog.set_level(logging.ERROR, logger="worker.planning.scheduler")
     thread = threading.Thread(
         target=run_scheduler,
         args=(runtime.scheduler, LeaderLock(runtime.redis)),

@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.faultkit import NOW
 from worker.constants import DEADLINE_INDEX_KEY
-from worker.ledger import Ledger
+from worker.delivery.sweeper import Sweeper
 from worker.localtime import utc_now
 from worker.metrics import StatusCollector
-from worker.status import read_status
-from worker.sweeper import Sweeper
+from worker.records.ledger import Ledger
+from worker.records.status import read_status
 
 RULE = "birthday-greeting"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from worker.authoring.validation import check_all
 from worker.localtime import parse_instant
-from worker.validation import check_all
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 BODY = "birthday/en/body.txt.j2"

@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import REPO
 from tests.test_cli import base_env, crm_worker
 from tests.test_headers import write_crm
+from worker.authoring.validation import check_all
 from worker.localtime import parse_instant
-from worker.validation import check_all
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 #: From ../shared/BAD_INPUTS.md: sandbox escapes, then a CPU bomb and a memory bomb.

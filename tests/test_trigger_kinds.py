@@ -12,18 +12,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.events import Event
 from worker.localtime import in_send_window
-from worker.rules import load_rule_text
-from worker.sources.base import Record
-from worker.sources.schema import to_record
-from worker.triggers import (
+from worker.planning.events import Event
+from worker.planning.triggers import (
     NotApplicable,
     TriggerWindow,
     evaluate,
     event_occurrence,
     occurrence_for_tag,
 )
+from worker.rules import load_rule_text
+from worker.sources.base import Record
+from worker.sources.schema import to_record
 
 UTC_ZONE = ZoneInfo("UTC")
 

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.localtime import yearly_date
+from worker.planning.triggers import NotApplicable, TriggerWindow, evaluate, occurrence_for_tag
 from worker.rules import load_rule_text
 from worker.sources.base import Record
-from worker.triggers import NotApplicable, TriggerWindow, evaluate, occurrence_for_tag
 
 UTC_ZONE = ZoneInfo("UTC")
 

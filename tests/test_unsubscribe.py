@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from worker.errors import UnsubscribeTokenError
-from worker.unsubscribe import (
+from worker.messages.unsubscribe import (
     OptOut,
     Unsubscriber,
     UnsubscribeRequest,

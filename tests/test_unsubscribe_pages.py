@@ -16,9 +16,9 @@ import redis
 from tests.test_headers import parsed
 from tests.test_intake import serve
 from worker.constants import SUPPRESSION_KEY, UNSUBSCRIBE_REQUESTS_PER_MINUTE
-from worker.intake import IntakeAuth
+from worker.messages.unsubscribe import sign, sign_address
 from worker.runtime import Runtime
-from worker.unsubscribe import sign, sign_address
+from worker.web.intake import IntakeAuth
 
 SECRET = "unsubscribe secret"
 BASE = "https://links.shop.example.com/u"

@@ -32,7 +32,7 @@ def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
         make_settings(CRM_RULES_DIR=str(rules), CRM_TEMPLATES_DIR=str(templates))
     )
 
-    with caplog.at_level(logging.ERROR, logger="worker.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="worker.planning.scheduler"):
         report = runtime.scheduler.run_pass(NOW)
     greetings = [k for k in report.queued if k.startswith("birthday-greeting:")]
     assert greetings, "the other rule keeps running"
@@ -42,7 +42,7 @@ def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
     assert "rule birthday-copy is not run: template 'birthdya' has no en/ folder" in caplog.text
     # Logged once, not at every pass while nobody has fixed it yet.
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="worker.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="worker.planning.scheduler"):
         runtime.scheduler.run_pass(parse_instant("2026-03-14T10:01:00Z"))
     assert "birthday-copy" not in caplog.text
 

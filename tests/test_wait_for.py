@@ -10,7 +10,7 @@ import pytest
 
 import worker.runtime
 from tests.faultkit import NOW
-from worker.ledger import Ledger
+from worker.records.ledger import Ledger
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
+from worker.authoring.validation import check_all
 from worker.channels import Outgoing, WebhookChannel
 from worker.channels.webhook import (
     IDEMPOTENCY_HEADER,
@@ -27,13 +28,12 @@ from worker.channels.webhook import (
     retry_after,
     signature,
 )
+from worker.delivery.payload import render_payload
 from worker.errors import PermanentDeliveryError, RuleError
 from worker.localtime import parse_instant, utc_now
-from worker.payload import render_payload
-from worker.planning import PlannedDelivery, plan
-from worker.rendering import TemplateRenderer
+from worker.messages.rendering import TemplateRenderer
+from worker.planning.plan import PlannedDelivery, plan
 from worker.rules import load_rule_text
-from worker.validation import check_all
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 SECRET = "webhook-signing-secret"

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker import mail, wire
-from worker.rendering import RenderedMessage, clean_subject
-from worker.unsubscribe import UnsubscribeLinks
+from worker.messages import mail, wire
+from worker.messages.rendering import RenderedMessage, clean_subject
+from worker.messages.unsubscribe import UnsubscribeLinks
 
 NAMES = [
     "",

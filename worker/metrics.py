@@ -19,7 +19,7 @@ import redis
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from worker.status import SystemStatus
+from worker.records.status import SystemStatus
 
 log = logging.getLogger(__name__)
 

@@ -22,33 +22,33 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.actors import DeliveryActor
+from worker.authoring.explanation import Explainer
+from worker.authoring.validation import vet_rule
 from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
 from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_WINDOW
-from worker.contact_policy import ContactPolicy
-from worker.delivery import Deliverer
-from worker.delivery_log import DeliveryLog
+from worker.delivery.actors import DeliveryActor
+from worker.delivery.send import Deliverer
+from worker.delivery.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.embedded_redis import EmbeddedRedis
-from worker.events import Event, EventLog, record_event_once
-from worker.explanation import Explainer
-from worker.ledger import RETRYABLE_STATES, Ledger
 from worker.localtime import utc_now
+from worker.messages.rendering import TemplateRenderer
+from worker.messages.signature import DkimSigner
+from worker.messages.unsubscribe import Unsubscriber, shared_secret
 from worker.metrics import QueueMetrics
 from worker.metrics import serve as serve_metrics
-from worker.pause import SendPause
-from worker.planning import StaffReader, event_rules
-from worker.rendering import TemplateRenderer
+from worker.planning.contact_policy import ContactPolicy
+from worker.planning.events import Event, EventLog, record_event_once
+from worker.planning.plan import StaffReader, event_rules
+from worker.planning.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
+from worker.records.delivery_log import DeliveryLog
+from worker.records.ledger import RETRYABLE_STATES, Ledger
+from worker.records.pause import SendPause
+from worker.records.status import read_status
+from worker.records.suppression import SuppressionList
 from worker.rules.catalog import RuleCatalog
-from worker.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
 from worker.settings import Settings
-from worker.signature import DkimSigner
 from worker.sources import Source, open_source
-from worker.status import read_status
-from worker.suppression import SuppressionList
-from worker.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
-from worker.unsubscribe import Unsubscriber, shared_secret
-from worker.validation import vet_rule
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from worker.constants import (
     SMTP_IDLE_TIMEOUT,
     SWEEP_INTERVAL,
 )
-from worker.contact_policy import ContactCap
 from worker.errors import ConfigError
+from worker.planning.contact_policy import ContactCap
 
 ENV_PREFIX = "CRM_"
 

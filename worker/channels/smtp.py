@@ -15,11 +15,11 @@ aiosmtplib connects, negotiates TLS (implicit or STARTTLS, with its certificate 
 EHLO and logs in; then the connection moves to an :class:`SmtpSession`, which pipelines MAIL,
 RCPT and DATA when the relay offers PIPELINING (two round trips per message instead of four,
 and an eighth of aiosmtplib's CPU per message: bench/README.md). Every reply is classified
-knowing which step it answered (:mod:`worker.replies`): a lost connection before the content
-was written is transient, one after it may have delivered the message and is ``unknown``.
+knowing which step it answered (:mod:`worker.channels.replies`): a lost connection before the
+content was written is transient, one after it may have delivered the message and is ``unknown``.
 MAIL FROM carries ``BODY=8BITMIME`` and ``SMTPUTF8`` when the message needs them and the relay
-offers them; a relay without 8BITMIME gets the message's 7-bit form (:mod:`worker.smtp_extensions`).
-Credentials never appear in errors or logs.
+offers them; a relay without 8BITMIME gets the message's 7-bit form
+(:mod:`worker.channels.smtp_extensions`). Credentials never appear in errors or logs.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from worker.channels.base import Done, Outgoing, Receipt
+from worker.channels.replies import classify, delivery_error
+from worker.channels.smtp_extensions import submission
 from worker.channels.smtp_session import Failed, SmtpSession, envelope_address
 from worker.errors import RelayUnavailableError
 from worker.metrics import SMTP_SEND_SECONDS
-from worker.replies import classify, delivery_error
 from worker.settings import Settings
-from worker.smtp_extensions import submission
 
 log = logging.getLogger(__name__)
 

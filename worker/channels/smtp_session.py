@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import aiosmtplib
 
-from worker.replies import Phase
+from worker.channels.replies import Phase
 
 #: A reply longer than this (all its lines) is not SMTP: the session is dropped. aiosmtplib
 #: bounds its replies the same way (``MAX_RESPONSE_LENGTH``).
@@ -193,7 +193,7 @@ class SmtpSession(asyncio.Protocol):
         :func:`envelope_address`); ``data``: the message, any line endings. ``mail_options``:
         parameters of MAIL FROM (``BODY=8BITMIME``, ``SMTPUTF8``) as aiosmtplib's ``mail()``
         takes them; the caller checks that the server offered them
-        (:mod:`worker.smtp_extensions`)."""
+        (:mod:`worker.channels.smtp_extensions`)."""
         mail = b"".join([b"MAIL FROM:", sender, *(b" " + o.encode("ascii") for o in mail_options)])
         steps: tuple[tuple[bytes, Phase, tuple[int, ...]], ...] = (
             (mail + b"\r\n", "mail", (250,)),

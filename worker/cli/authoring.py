@@ -15,6 +15,8 @@ import click
 import redis
 from rich.table import Table
 
+from worker.authoring.preview import Preview, build_previews, describe, send_test_copy
+from worker.authoring.validation import check_all, check_warnings
 from worker.cli.common import (
     EXIT_CONFIG,
     EXIT_PROBLEMS,
@@ -28,7 +30,6 @@ from worker.cli.common import (
     usage_error,
 )
 from worker.constants import DELIVERY_BATCH_SIZE
-from worker.delivery_state import DeliveryState, delivery_states
 from worker.errors import (
     AddressError,
     DeliveryError,
@@ -37,11 +38,10 @@ from worker.errors import (
     TemplateError,
 )
 from worker.localtime import describe_local, utc_now
-from worker.planning import PlannedDelivery, Skip, plan
-from worker.preview import Preview, build_previews, describe, send_test_copy
+from worker.planning.plan import PlannedDelivery, Skip, plan
+from worker.records.delivery_state import DeliveryState, delivery_states
 from worker.rules.loader import rule_json_schema
 from worker.runtime import Runtime
-from worker.validation import check_all, check_warnings
 
 
 @cli.command()

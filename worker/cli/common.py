@@ -19,11 +19,11 @@ from rich.console import Console
 
 from worker.constants import MAX_LOG_LINE_CHARS
 from worker.errors import ConfigError
-from worker.intake.throttle import LogThrottle
 from worker.localtime import parse_instant, utc_now
 from worker.rules.models import parse_duration
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
+from worker.web.throttle import LogThrottle
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1

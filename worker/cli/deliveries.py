@@ -13,8 +13,6 @@ import redis
 from rich.markup import escape
 from rich.table import Table
 
-from worker.addresses import normalize_recipient
-from worker.backlog import STATE_NAMES, Backlog, read_backlog
 from worker.cli.common import (
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
@@ -29,11 +27,13 @@ from worker.cli.common import (
 )
 from worker.connections import describe_redis
 from worker.constants import SWEEP_INTERVALS_OF_GRACE
-from worker.delivery_log import Summary, summarize
 from worker.errors import AddressError
 from worker.localtime import utc_now
+from worker.messages.addresses import normalize_recipient
+from worker.records.backlog import STATE_NAMES, Backlog, read_backlog
+from worker.records.delivery_log import Summary, summarize
+from worker.records.status import SystemStatus, read_status
 from worker.runtime import Runtime
-from worker.status import SystemStatus, read_status
 
 
 @cli.command()
@@ -335,7 +335,7 @@ def resume(ctx: click.Context) -> None:
       crm-worker resume
     """
     if runtime_for(ctx).pause.clear():
-        logging.getLogger("worker.pause").info("sending resumed by an operator")
+        logging.getLogger("worker.records.pause").info("sending resumed by an operator")
         out.print("sending resumed", markup=False)
     else:
         out.print("sending was not paused; nothing to resume", markup=False)

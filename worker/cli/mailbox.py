@@ -13,9 +13,9 @@ from rich.markup import escape
 
 from worker.cli.common import EXIT_CONFIG, EXIT_UNAVAILABLE, NOW_OPTION, cli, err, out, runtime_for
 from worker.constants import FEEDBACK_FOLDERS
+from worker.delivery.mailbox import FeedbackMailbox, MailboxPass, feedback_mailbox
 from worker.errors import MailboxError
 from worker.localtime import utc_now
-from worker.mailbox import FeedbackMailbox, MailboxPass, feedback_mailbox
 from worker.runtime import Runtime
 
 

@@ -29,10 +29,10 @@ from worker.errors import (
     EventError,
     IntakeError,
 )
-from worker.events import default_event_id
-from worker.intake import post_event, serve
 from worker.localtime import utc_now
+from worker.planning.events import default_event_id
 from worker.runtime import Runtime
+from worker.web.intake import post_event, serve
 
 
 @cli.command()

@@ -19,7 +19,7 @@ A rule file holds one rule::
 Trigger kinds: ``birthday`` (yearly on a customer date), ``anniversary`` (yearly on a record's
 date, e.g. ``purchase.purchased_at``), ``after`` (once, a delay after a date), ``unresolved``
 (follow-ups while a complaint is open) and ``event`` (when the CRM reports one); see
-:mod:`worker.triggers` for their due times and occurrence tags.
+:mod:`worker.planning.triggers` for their due times and occurrence tags.
 
 Models forbid unknown keys and use strict types, so a typo or a YAML value of the wrong kind is
 an error with a position (see :mod:`worker.rules.loader`) instead of a silent default.

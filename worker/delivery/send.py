@@ -1,0 +1,422 @@
+"""Delivering one message: re-check against fresh CRM data, render, send, record.
+
+This is what a worker does for each delivery key it receives, independent of Dramatiq (the
+actor in :mod:`worker.delivery.actors` only loops over a batch). Every outcome is written to the
+ledger with a reason; an exception never leaves a delivery in limbo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from worker.channels.base import Channel, Outgoing, Receipt
+from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
+from worker.delivery.outcome import Attempt, DeliveryResult
+from worker.delivery.payload import webhook_message
+from worker.errors import (
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    RelayUnavailableError,
+    SenderRejectedError,
+    SourceUnavailableError,
+    TemplateError,
+    TransientDeliveryError,
+    UncertainDeliveryError,
+)
+from worker.localtime import utc_now
+from worker.messages.mail import compose, message_id_for
+from worker.messages.rendering import RenderedMessage, TemplateRenderer
+from worker.messages.signature import DkimSigner
+from worker.messages.unsubscribe import MARKETING, NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
+from worker.planning.events import EventLog
+from worker.planning.plan import (
+    DeliveryKey,
+    PlannedDelivery,
+    Related,
+    Skip,
+    StaffReader,
+    customer_id_of,
+    prepare_delivery,
+)
+from worker.planning.triggers import NotApplicable, occurrence_for_tag
+from worker.records.delivery_log import DeliveryLog
+from worker.records.ledger import Begin, Ledger
+from worker.records.pause import SendPause
+from worker.records.suppression import SuppressionList
+from worker.rules.catalog import RuleCatalog
+from worker.rules.models import EventTrigger
+from worker.sources.base import Record, Source
+
+log = logging.getLogger(__name__)
+
+_UTC = ZoneInfo("UTC")
+#: A due time this far after the pass instant still counts as "due" (clock skew between hosts).
+DUE_TOLERANCE = timedelta(minutes=5)
+
+#: Records read for several re-checks at once, by entity and id (``None``: no such record).
+Fetched = Mapping[str, Mapping[str, Record | None]]
+
+
+@dataclass(frozen=True)
+class Deliverer:
+    """Everything a worker needs to deliver messages, built once per process."""
+
+    catalog: RuleCatalog
+    source: Source
+    renderer: TemplateRenderer
+    channel: Channel
+    ledger: Ledger
+    default_zone: ZoneInfo
+    mail_from: str
+    envelope_sender: str
+    sender_domain: str
+    company: Mapping[str, str]
+    reply_to: str | None = None
+    unsubscriber: Unsubscriber | None = None
+    dkim: DkimSigner | None = None
+    suppression: SuppressionList | None = None
+    pause: SendPause | None = None
+    delivery_log: DeliveryLog | None = None
+    retry_backoff: timedelta = RETRY_BACKOFF_FIRST
+    #: Language and zone of internal mail whose send step names none (default: UTC, the
+    #: default locale).
+    staff: StaffReader | None = None
+
+    def reader(self, planned: PlannedDelivery) -> tuple[str | None, ZoneInfo]:
+        """The language and zone ``planned`` is written in (:meth:`PlannedDelivery.reader`)."""
+        return planned.reader(self.default_zone, self.staff or StaffReader(None, _UTC))
+
+    def deliver(
+        self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
+    ) -> DeliveryResult:
+        """Deliver ``key`` once. ``as_of`` is the instant the scheduler planned it for;
+        ``enqueued_at`` when it was queued (wall clock), to measure how late it is now.
+
+        The steps are the ones :func:`worker.delivery.batch.deliver_batch` drives for a whole batch:
+        :meth:`paused`, :meth:`open`, :meth:`recheck`, :meth:`screen`, :meth:`prepare`, send,
+        :meth:`conclude`."""
+        now = now or utc_now()
+        paused = self.paused(key, now)
+        if paused is not None:
+            return paused
+        owner = lease_owner()
+        attempt = self.open(key, self.ledger.begin(key, now=now, owner=owner), now, owner)
+        if isinstance(attempt, DeliveryResult):
+            return attempt
+        effective_now = as_of + (now - enqueued_at)
+        planned = self.recheck(attempt, effective_now)
+        if isinstance(planned, DeliveryResult):
+            return planned
+        suppressed = (
+            self.suppression.reason(planned.to, marketing=planned.marketing)
+            if self.suppression is not None
+            else None
+        )
+        screened = self.screen(attempt, suppressed)
+        if screened is not None:
+            return screened
+        outgoing = self.prepare(attempt, now, effective_now)
+        if isinstance(outgoing, DeliveryResult):
+            return outgoing
+        try:
+            receipt: Receipt | Exception = self.channel.send(outgoing)
+        except Exception as exc:  # classified in conclude()
+            receipt = exc
+        return self.conclude(attempt, receipt, effective_now)
+
+    def paused(self, key: str, now: datetime) -> DeliveryResult | None:
+        """``paused`` while sending is paused (waiting out a pause is no attempt: the relay
+        refused us, not this message), else ``None``."""
+        remaining = self.pause.remaining(now) if self.pause is not None else None
+        if remaining is None:
+            return None
+        return DeliveryResult(key, "paused", "sending is paused", remaining)
+
+    def open(self, key: str, begin: Begin, now: datetime, owner: str) -> Attempt | DeliveryResult:
+        """The attempt ``begin`` (the ledger's answer) allows, or why there is none."""
+        if begin.verdict == "done":
+            return DeliveryResult(key, "duplicate", f"already {begin.state}")
+        if begin.verdict == "missing":
+            log.warning("delivery %s was never claimed (or expired); not sending", key)
+            return DeliveryResult(key, "skipped", "not in the ledger")
+        if begin.verdict == "busy":
+            wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
+            return DeliveryResult(key, "busy", "another worker is sending", wait)
+        return Attempt(
+            self.ledger, self.delivery_log, key, owner, begin.attempt, taken_over=begin.taken_over
+        )
+
+    def fetch(self, keys: Iterable[str]) -> Fetched:
+        """The records the re-checks of ``keys`` read: each key's subject record and, for a
+        purchase or complaint, its customer, with one ``get_many`` per entity (one query each
+        on a database instead of one or two per key). Keys that do not parse are left out, and
+        so is an entity whose read fails: the re-checks read what is missing themselves."""
+        wanted: dict[str, set[str]] = {}
+        for key in keys:
+            try:
+                parsed = DeliveryKey.parse(key)
+            except ValueError:
+                continue
+            wanted.setdefault(parsed.entity, set()).add(parsed.record_id)
+        fetched: dict[str, Mapping[str, Record | None]] = {}
+        for entity, ids in wanted.items():
+            records = self._get_many(entity, ids)
+            if records is not None:
+                fetched[entity] = records
+        customers = fetched.get("customer", {})
+        missing = {
+            customer_id
+            for records in fetched.values()
+            for record in records.values()
+            if record is not None
+            and (customer_id := customer_id_of(record))
+            and customer_id not in customers
+        }
+        more = self._get_many("customer", missing) if missing else None
+        if more is not None:
+            fetched["customer"] = {**customers, **more}
+        return fetched
+
+    def _get_many(self, entity: str, ids: set[str]) -> Mapping[str, Record | None] | None:
+        """``source.get_many``, or ``None`` when it fails: each re-check then reads its own
+        record and meets the failure itself (a CRM outage: a refunded retry per key; anything
+        else: that key's recorded failure), as it would without :meth:`fetch`."""
+        try:
+            return self.source.get_many(entity, ids)
+        except SourceUnavailableError as exc:
+            log.warning("reading %s records for a batch failed (%s); each alone", entity, exc)
+        except Exception:
+            log.exception("reading %s records for a batch failed; each alone", entity)
+        return None
+
+    def recheck(
+        self, attempt: Attempt, effective_now: datetime, fetched: Fetched | None = None
+    ) -> PlannedDelivery | DeliveryResult:
+        """Is the delivery still due, with today's data? Sets ``attempt.planned`` when it is;
+        records the outcome when it is not. ``fetched``: records :meth:`fetch` read for this
+        key among others, just before; what it lacks is read here."""
+        try:
+            planned = self._recheck(attempt.key, effective_now, fetched)
+        except Exception as exc:
+            return self.conclude(attempt, exc, effective_now)
+        if isinstance(planned, Skip):
+            return attempt.finish("skipped", planned.reason)
+        attempt.planned = planned
+        return planned
+
+    def screen(self, attempt: Attempt, suppressed: str | None) -> DeliveryResult | None:
+        """Skip the delivery when its address is on the suppression list (``suppressed`` is
+        the list's reason for it, looked up by the caller, alone or for a batch)."""
+        if suppressed is None:
+            return None
+        return attempt.finish("skipped", f"address is suppressed: {suppressed}")
+
+    def prepare(
+        self, attempt: Attempt, now: datetime, effective_now: datetime
+    ) -> Outgoing | DeliveryResult:
+        """The rechecked delivery rendered for its channel, or the recorded failure."""
+        assert attempt.planned is not None, "prepare() follows a successful recheck()"
+        try:
+            return self.render(attempt.planned, now)
+        except Exception as exc:
+            return self.conclude(attempt, exc, effective_now)
+
+    def conclude(
+        self, attempt: Attempt, outcome: Receipt | Exception, effective_now: datetime
+    ) -> DeliveryResult:
+        """Record the outcome of the attempt: the channel's receipt, or the exception a step
+        raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
+        if isinstance(outcome, Receipt):
+            if self.pause is not None:
+                self.pause.sent_again()
+            return attempt.finish("sent", "", outcome.detail)
+        exc = outcome
+        if isinstance(exc, TemplateError):
+            return attempt.finish("failed", str(exc))
+        if isinstance(exc, RecipientRejectedError):
+            if self.suppression is not None and attempt.planned is not None:
+                self.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=attempt.key)
+            return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
+        if isinstance(exc, PermanentDeliveryError):
+            return attempt.finish("failed", str(exc), exc.reply)
+        if isinstance(exc, UncertainDeliveryError):
+            return attempt.finish("unknown", str(exc), exc.reply)
+        if isinstance(exc, RelayUnavailableError):
+            if self.pause is None:
+                return self._retry_or_give_up(attempt, exc, effective_now)
+            delay = self.pause.pause(utc_now(), str(exc), length=self.retry_backoff, alert=False)
+            return attempt.retry(str(exc), delay, refund=True)
+        if isinstance(exc, SenderRejectedError):
+            if self.pause is None:
+                return self._retry_or_give_up(attempt, exc, effective_now)
+            delay = self.pause.pause(utc_now(), str(exc))
+            return attempt.retry(str(exc), delay, refund=True)
+        if isinstance(exc, TransientDeliveryError):
+            return self._retry_or_give_up(attempt, exc, effective_now)
+        if isinstance(exc, SourceUnavailableError):
+            # A CRM database outage is not the message's fault: retry for as long as it lasts
+            # without using up attempts; once the record can be read, the re-check's grace decides.
+            delay = retry_delay(attempt.number, first=self.retry_backoff)
+            return attempt.retry(str(exc), delay, refund=True)
+        # Unknown failure (bug, source outage): record it, never leave the lease dangling.
+        log.error("failed %s", attempt.key, exc_info=exc)
+        return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
+
+    def _retry_or_give_up(
+        self, attempt: Attempt, exc: TransientDeliveryError, effective_now: datetime
+    ) -> DeliveryResult:
+        """Retry with backoff, unless the attempts are used up or the retry would go out after
+        the rule's grace (a birthday mail three days late is worse than none)."""
+        if attempt.number >= MAX_DELIVERY_ATTEMPTS:
+            return attempt.finish("failed", f"gave up after {attempt.number} attempts: {exc}")
+        delay = _asked_delay(exc) or retry_delay(attempt.number, first=self.retry_backoff)
+        planned = attempt.planned
+        rule = self.catalog.get(planned.rule_id) if planned is not None else None
+        if planned is not None and rule is not None:
+            deadline = planned.due_at + rule.grace
+            if effective_now + delay > deadline:
+                return attempt.finish(
+                    "failed",
+                    f"gave up: a retry would be later than the rule's grace "
+                    f"(due {planned.due_at.isoformat()}, grace {rule.grace}): {exc}",
+                    exc.reply,
+                )
+        return attempt.retry(str(exc), delay)
+
+    def _recheck(
+        self, key: str, effective_now: datetime, fetched: Fetched | None = None
+    ) -> PlannedDelivery | Skip:
+        """Is this delivery still due, with today's data? (fresh record, rule, condition)"""
+        try:
+            parsed = DeliveryKey.parse(key)
+        except ValueError as exc:
+            return Skip("?", "?", "?", str(exc), key)
+
+        def skip(reason: str) -> Skip:
+            return Skip(parsed.rule_id, parsed.entity, parsed.record_id, reason, key)
+
+        rule = self.catalog.get(parsed.rule_id)
+        if rule is None or not rule.enabled:
+            return skip("rule no longer exists or is disabled")
+        action = next((a for a in rule.send if a.action_id == parsed.action_id), None)
+        if action is None:
+            return skip(f"rule no longer sends {parsed.action_id!r}")
+        records = fetched.get(parsed.entity) if fetched is not None else None
+        if records is not None and parsed.record_id in records:
+            record = records[parsed.record_id]
+        else:
+            record = self.source.get(parsed.entity, parsed.record_id)
+        if record is None:
+            return skip(f"{parsed.entity} {parsed.record_id} no longer exists")
+        event = None
+        if isinstance(rule.trigger.spec, EventTrigger):
+            # The event store shares the ledger's Redis; an expired event cannot be re-checked.
+            event = EventLog(self.ledger.client).get(parsed.tag)
+            if event is None:
+                return skip(f"event {parsed.tag} is no longer in the event store")
+        customers = fetched.get("customer") if fetched is not None else None
+        related = Related(rule, record, self.source, event, customers)
+        try:
+            occurrence = occurrence_for_tag(
+                rule,
+                record,
+                parsed.tag,
+                self.default_zone,
+                now=effective_now,
+                customer=None if record.entity == "customer" else related.customer,
+                event=event,
+            )
+        except NotApplicable as exc:
+            return skip(exc.reason)
+        if occurrence is None or occurrence.due_at > effective_now + DUE_TOLERANCE:
+            return skip("no longer due: the record changed since it was planned")
+        if effective_now - occurrence.due_at > rule.grace:
+            return skip(f"too late: due {occurrence.due_at.isoformat()}, grace {rule.grace}")
+        return prepare_delivery(rule, action, occurrence, related.records(), self.company)
+
+    def render(self, planned: PlannedDelivery, now: datetime) -> Outgoing:
+        """What goes out for ``planned`` on its channel: a webhook's body, or the mail."""
+        if planned.action.channel == "webhook":
+            links = self.unsubscribe_links(planned)
+            unsubscribe = links.as_context() if links else NO_LINKS_CONTEXT
+            locale, zone = self.reader(planned)
+            return webhook_message(
+                self.renderer,
+                planned,
+                {**planned.context, "unsubscribe": unsubscribe},
+                locale=locale,
+                zone=zone,
+            )
+        return self.build(planned, now)[1]
+
+    def build(
+        self, planned: PlannedDelivery, now: datetime, *, unsubscribe_kind: str | None = None
+    ) -> tuple[RenderedMessage, Outgoing]:
+        """The rendered parts and the exact bytes that go out for ``planned``.
+
+        ``crm-worker preview`` calls this too, so a preview is the real message.
+        ``unsubscribe_kind`` overrides what the unsubscribe token leaves (``preview``: nothing).
+        """
+        links = self.unsubscribe_links(planned, unsubscribe_kind)
+        context = {
+            **planned.context,
+            "unsubscribe": links.as_context() if links else NO_LINKS_CONTEXT,
+        }
+        locale, zone = self.reader(planned)
+        message = self.renderer.render(planned.action.template, locale, context, zone)
+        message_id = message_id_for(planned.key, self.sender_domain)
+        data = compose(
+            message,
+            sender=self.mail_from,
+            recipient=planned.to,
+            recipient_name=planned.recipient_name,
+            message_id=message_id,
+            date=now,
+            reply_to=self.reply_to,
+            unsubscribe=links,
+            # SpamAssassin scores List-Unsubscribe without List-Id (LIST_PARTIAL_SHORT_MSG).
+            list_id=f"<{planned.rule_id}.{self.sender_domain}>" if links else None,
+        )
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
+        outgoing = Outgoing(
+            key=planned.key,
+            channel=planned.action.channel,
+            sender=self.envelope_sender,
+            recipient=planned.to,
+            message_id=message_id,
+            data=data,
+        )
+        return message, outgoing
+
+    def unsubscribe_links(
+        self, planned: PlannedDelivery, kind: str | None = None
+    ) -> UnsubscribeLinks | None:
+        """Signed links for a marketing message to a customer; ``None`` for anything else (an
+        alert to an account manager, a complaint follow-up: no subscription to leave).
+        ``kind`` overrides what the link leaves (``preview`` for test copies: nothing)."""
+        if self.unsubscriber is None or not planned.action.to_customer or not planned.marketing:
+            return None
+        return self.unsubscriber.links(planned.to, kind or MARKETING, planned.locale)
+
+
+def lease_owner() -> str:
+    """Who holds a send lease: this process and thread."""
+    return f"{os.getpid()}:{threading.get_ident()}"
+
+
+def retry_delay(attempt: int, *, first: timedelta = RETRY_BACKOFF_FIRST) -> timedelta:
+    """Exponential backoff: 30 s, 1 min, 2 min … (from ``first``) capped at 30 min."""
+    delay: timedelta = first * (2 ** max(attempt - 1, 0))
+    return min(delay, RETRY_BACKOFF_MAX)
+
+
+def _asked_delay(exc: Exception) -> timedelta | None:
+    """The wait a server asked for (a webhook's ``Retry-After``), else ``None``."""
+    return exc.retry_after if isinstance(exc, TransientDeliveryError) else None
