@@ -19,6 +19,8 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
@@ -42,12 +44,43 @@ from worker.constants import (
     SWEEP_INTERVAL,
 )
 from worker.errors import ConfigError
-from worker.planning.contact_policy import ContactCap
+from worker.rules.models import parse_duration
 
 ENV_PREFIX = "CRM_"
 
 SmtpSecurity = Literal["none", "starttls", "tls"]
 MailboxSecurity = Literal["none", "starttls", "tls"]
+
+
+_CAP_RE = re.compile(r"^\s*(\d+)\s*/\s*(.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class ContactCap:
+    """``CRM_CONTACT_CAP``: at most ``limit`` messages per customer in any ``period``
+    (enforced by :mod:`worker.planning.contact_policy`)."""
+
+    limit: int
+    period: timedelta
+
+    @classmethod
+    def parse(cls, text: str) -> ContactCap:
+        """``"3/7d"`` → 3 messages per 7 days; ``ValueError`` with the expected form."""
+        match = _CAP_RE.match(text)
+        try:
+            if not match:
+                raise ValueError
+            cap = cls(int(match[1]), parse_duration(match[2]))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a contact cap; write messages/period, e.g. 3/7d or 1/24h"
+            ) from None
+        if cap.limit < 1 or cap.period <= timedelta(0):
+            raise ValueError(f"{text!r}: the cap needs at least 1 message in a period over 0")
+        return cap
+
+    def __str__(self) -> str:
+        return f"{self.limit} per {self.period}"
 
 
 class Settings(BaseSettings):

@@ -18,17 +18,14 @@ Example::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import redis
 
 from worker.constants import CONTACT_KEY_PREFIX
-from worker.rules.models import Rule, SendAction, parse_duration
-
-_CAP_RE = re.compile(r"^\s*(\d+)\s*/\s*(.+?)\s*$")
+from worker.rules.models import Rule, SendAction
+from worker.settings import ContactCap
 
 # Forget deliveries older than the period; a key counted before stays admitted (re-claim after
 # a crash); otherwise admit only while under the limit.
@@ -40,33 +37,6 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
-
-
-@dataclass(frozen=True)
-class ContactCap:
-    """At most ``limit`` messages per customer in any ``period``."""
-
-    limit: int
-    period: timedelta
-
-    @classmethod
-    def parse(cls, text: str) -> ContactCap:
-        """``"3/7d"`` → 3 messages per 7 days; ``ValueError`` with the expected form."""
-        match = _CAP_RE.match(text)
-        try:
-            if not match:
-                raise ValueError
-            cap = cls(int(match[1]), parse_duration(match[2]))
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not a contact cap; write messages/period, e.g. 3/7d or 1/24h"
-            ) from None
-        if cap.limit < 1 or cap.period <= timedelta(0):
-            raise ValueError(f"{text!r}: the cap needs at least 1 message in a period over 0")
-        return cap
-
-    def __str__(self) -> str:
-        return f"{self.limit} per {self.period}"
 
 
 def counted(rule: Rule, action: SendAction) -> bool:

@@ -23,9 +23,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import redis
@@ -38,7 +39,6 @@ from worker.constants import (
     SCHEDULER_LOCK_TTL,
     STANDBY_POLL,
 )
-from worker.delivery.actors import DeliveryActor
 from worker.errors import SourceUnavailableError
 from worker.localtime import utc_now
 from worker.messages.rendering import TemplateRenderer
@@ -51,6 +51,18 @@ from worker.rules.catalog import RuleCatalog
 from worker.sources.base import Source
 
 log = logging.getLogger(__name__)
+
+
+class BatchQueue(Protocol):
+    """Where the scheduler hands claimed keys: the delivery queue
+    (:class:`worker.delivery.actors.DeliveryActor`). A protocol, so that planning never imports
+    delivery: delivery imports planning to re-check each delivery at send time."""
+
+    def send(self, keys: Sequence[str], *, as_of: datetime, delay: timedelta | None = None) -> None:
+        """Queue ``keys`` (one batch) for delivery as of ``as_of``."""
+
+    def depth(self) -> int:
+        """Messages waiting in the queue now."""
 
 
 @dataclass
@@ -77,7 +89,7 @@ class Scheduler:
     catalog: RuleCatalog
     source: Source
     ledger: Ledger
-    actor: DeliveryActor
+    actor: BatchQueue
     default_zone: ZoneInfo
     company: Mapping[str, str]
     contact_policy: ContactPolicy | None = None
