@@ -26,6 +26,7 @@ from tests.faultkit import NOW, RedisProcess, crm_worker, free_port, wait_until,
 from tests.faultkit import write_crm as _write_crm
 from worker.channels import Outgoing, SmtpChannel
 from worker.constants import DRAMATIQ_NAMESPACE
+from worker.delivery.batch import deliver_one
 from worker.errors import TransientDeliveryError
 from worker.localtime import utc_now
 from worker.runtime import Runtime
@@ -354,7 +355,7 @@ def test_policy_refusal_pauses_sending_and_never_suppresses(tmp_path, any_smtp_s
     assert runtime.pause.remaining(utc_now()) is not None
     assert len(runtime.suppression) == 0
     # While paused, a redelivery does not even try the relay.
-    result = runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now())
+    result = deliver_one(runtime.deliverer, key, as_of=NOW, enqueued_at=utc_now())
     assert result.outcome == "paused" and any_smtp_server.data_attempts == 1
 
 

@@ -10,7 +10,8 @@ from datetime import timedelta
 from tests.faultkit import NOW, free_port, write_crm
 from tests.test_faults import settings_env
 from worker.constants import MAX_DELIVERY_ATTEMPTS
-from worker.delivery.send import retry_delay
+from worker.delivery.batch import deliver_one
+from worker.delivery.outcome import retry_delay
 from worker.localtime import parse_instant, utc_now
 from worker.settings import load_settings
 
@@ -27,12 +28,12 @@ def one_queued_key(tmp_path, smtp_server, make_runtime, **env):
 def test_a_retry_that_would_land_after_the_grace_fails_instead(tmp_path, smtp_server, make_runtime):
     smtp_server.reply = "451 4.3.0 Try again later"
     runtime, key = one_queued_key(tmp_path, smtp_server, make_runtime)
-    early = runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now())
+    early = deliver_one(runtime.deliverer, key, as_of=NOW, enqueued_at=utc_now())
     assert early.outcome == "retry" and early.retry_after == timedelta(seconds=0.2)
 
     time.sleep(0.3)  # the retry comes when its backoff asked for it, not before
     last_moment = DUE + timedelta(days=1) - timedelta(seconds=0.1)
-    late = runtime.deliverer.deliver(key, as_of=last_moment, enqueued_at=utc_now())
+    late = deliver_one(runtime.deliverer, key, as_of=last_moment, enqueued_at=utc_now())
     assert late.outcome == "failed"
     entry = runtime.ledger.get(key)
     assert entry["state"] == "failed" and "grace" in entry["reason"] and "451" in entry["reason"]
@@ -45,11 +46,14 @@ def test_the_attempt_limit_fails_the_delivery_with_the_reason(tmp_path, smtp_ser
     # Each retry when its backoff is over (an hour later each: past the longest backoff).
     later = [utc_now() + timedelta(hours=n) for n in range(MAX_DELIVERY_ATTEMPTS)]
     outcomes = [
-        runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=at, now=at).outcome for at in later
+        deliver_one(runtime.deliverer, key, as_of=NOW, enqueued_at=at, now=at).outcome
+        for at in later
     ]
     assert outcomes == ["retry"] * (MAX_DELIVERY_ATTEMPTS - 1) + ["failed"]
     assert f"gave up after {MAX_DELIVERY_ATTEMPTS} attempts" in runtime.ledger.get(key)["reason"]
-    assert runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=utc_now()).outcome == "duplicate"
+    assert (
+        deliver_one(runtime.deliverer, key, as_of=NOW, enqueued_at=utc_now()).outcome == "duplicate"
+    )
     assert smtp_server.data_attempts == MAX_DELIVERY_ATTEMPTS
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import REPO
 from worker.channels import MemoryChannel
 from worker.constants import MAX_DELIVERY_ATTEMPTS
-from worker.delivery.batch import deliver_batch
+from worker.delivery.batch import deliver_batch, deliver_one
 from worker.errors import SourceError, SourceUnavailableError
 from worker.localtime import parse_instant, utc_now
 from worker.planning.plan import PlannedDelivery, Skip, plan
@@ -477,7 +477,7 @@ def test_delivery_retries_while_the_database_is_down(postgres: Database, make_ru
     report = runtime.scheduler.run_pass(now)
     key = report.queued[0]
     outage = dataclasses.replace(runtime.deliverer, source=_unreachable_source())
-    result = outage.deliver(key, as_of=now, enqueued_at=now, now=now)
+    result = deliver_one(outage, key, as_of=now, enqueued_at=now, now=now)
     assert result.outcome == "retry" and result.retry_after == timedelta(seconds=30)
     assert runtime.ledger.get(key)["state"] == "retrying"
     # A long outage outlasts the attempts a flaky relay gets; the delivery is not given up.
@@ -485,11 +485,11 @@ def test_delivery_retries_while_the_database_is_down(postgres: Database, make_ru
     for n in range(1, MAX_DELIVERY_ATTEMPTS + 1):
         wall = utc_now()
         at = wall + timedelta(hours=n)
-        assert outage.deliver(key, as_of=now, enqueued_at=wall, now=at).outcome == "retry"
+        assert deliver_one(outage, key, as_of=now, enqueued_at=wall, now=at).outcome == "retry"
     wall = utc_now()
     at = wall + timedelta(hours=MAX_DELIVERY_ATTEMPTS + 1)
     assert PASSWORD not in runtime.ledger.get(key)["reason"]
-    again = runtime.deliverer.deliver(key, as_of=now, enqueued_at=wall, now=at)
+    again = deliver_one(runtime.deliverer, key, as_of=now, enqueued_at=wall, now=at)
     assert again.outcome == "sent" and [m.key for m in channel.sent] == [key]
     runtime.source.close()
 

@@ -28,6 +28,7 @@ from worker.channels.webhook import (
     retry_after,
     signature,
 )
+from worker.delivery.batch import deliver_one
 from worker.delivery.payload import render_payload
 from worker.errors import PermanentDeliveryError, RuleError
 from worker.localtime import parse_instant, utc_now
@@ -159,7 +160,7 @@ def _deliver(runtime: Any, key: str, after: timedelta = timedelta(0)) -> Any:
     """Deliver ``key`` as a worker would ``after`` the planned instant (a retry comes when its
     backoff is over)."""
     wall = utc_now()
-    return runtime.deliverer.deliver(key, as_of=NOW, enqueued_at=wall, now=wall + after)
+    return deliver_one(runtime.deliverer, key, as_of=NOW, enqueued_at=wall, now=wall + after)
 
 
 def test_run_once_posts_each_due_message_once_signed(

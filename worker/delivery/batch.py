@@ -1,37 +1,54 @@
-"""Delivering a batch of keys as a unit: the steps of :class:`~worker.delivery.send.Deliverer`, with
-the Redis round trips and the event loop shared by the whole batch.
+"""A batch's life, top-down: take the keys, re-check, render, send, record.
 
-A Dramatiq message carries up to ``DELIVERY_BATCH_SIZE`` keys. Key by key, each delivery took
-five Redis round trips (pause, lease, suppression, outcome, log) and one or two reads of the
-CRM, and entered the SMTP channel's event loop once; per batch it takes one round trip for the
-pause, one for all the leases, one read of the CRM per entity for the re-checks (one query on
-a database: :meth:`~worker.delivery.send.Deliverer.fetch`) and one round trip for all the
-suppressed addresses, then one for the outcomes (ledger and log together) of the messages the
-relay answered in the same turn of the event loop, and the messages go out in one run of the
-thread's event loop.
+:func:`deliver_batch` is the one function a worker runs for the keys of one queue message (up to
+``DELIVERY_BATCH_SIZE``); every step is a helper below it, in the order it runs:
 
-What does not change, key by key: each lease and each outcome is its own atomic step in the
-ledger, each delivery is re-checked against fresh CRM data and rendered right before it goes
-out, and each outcome is recorded before the connection that sent it sends again, so a crash
-still leaves at most one acknowledged but unrecorded message per connection.
+1. **take the keys** (:func:`_take`): wait out a send pause, else lease every key in the ledger
+   in one round trip; a key already done, never claimed or leased by another worker gets its
+   result here and goes no further;
+2. **re-check** (:func:`_recheck`): read the CRM once per entity for the whole batch (one query
+   on a database: :meth:`~worker.delivery.send.Deliverer.fetch`) and ask, key by key, whether
+   the delivery is still due and still wanted with today's data;
+3. **render and send** (:class:`_Sending`): one lookup of all suppressed addresses, then each
+   message is rendered right before it goes out and handed to the channel, whose connections
+   send them in one run of the thread's event loop;
+4. **record**: each outcome as the channel reports it (:mod:`worker.delivery.outcome`: the
+   ledger, the delivery log, a log line and the metrics); accepted messages of one turn of the
+   event loop in one round trip, before the connection that sent them sends again.
+
+What the batch shares is only round trips and connections: each lease and each outcome is its
+own atomic step in the ledger, each delivery is re-checked against fresh CRM data and rendered
+right before it goes out, and a crash still leaves at most one acknowledged but unrecorded
+message per connection.
+
+What a message is (re-check rules, rendering, headers) is :mod:`worker.delivery.send`'s; what an
+ending means (retry, give up, suppress, pause) is :mod:`worker.delivery.outcome`'s. Neither calls
+back into this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import logging
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from worker.channels.base import Outgoing, Receipt, send_each
 from worker.constants import BATCH_LEASE_RETRY, BATCH_LEASE_SHARE
-from worker.delivery.outcome import Attempt, DeliveryResult
-from worker.delivery.send import Deliverer, lease_owner
+from worker.delivery.outcome import Attempt, DeliveryResult, conclude
+from worker.delivery.send import Deliverer
 from worker.errors import RecipientRejectedError, RelayUnavailableError, SenderRejectedError
 from worker.localtime import utc_now
-from worker.planning.plan import PlannedDelivery
-from worker.records.ledger import Finish
+from worker.planning.plan import PlannedDelivery, Skip
+from worker.records.ledger import Begin, Finish
 from worker.records.suppression import Suppressed
+
+log = logging.getLogger("worker.delivery.send")
+
+#: One slot per key of the batch, in order; filled as each key reaches its outcome.
+Results = list[DeliveryResult | None]
 
 
 def deliver_batch(
@@ -42,38 +59,23 @@ def deliver_batch(
     enqueued_at: datetime,
     now: datetime | None = None,
 ) -> list[DeliveryResult]:
-    """Deliver each of ``keys`` once, as :meth:`Deliverer.deliver` would; one result per key,
-    in order. ``as_of`` and ``enqueued_at`` as there."""
+    """Deliver each of ``keys`` once; one result per key, in order.
+
+    ``as_of`` is the instant the scheduler planned the batch for, ``enqueued_at`` when it was
+    queued (wall clock): the re-check judges "still due" at ``as_of`` plus the time the batch
+    waited in the queue."""
     now = now or utc_now()
     if not keys:
         return []
-    held = deliverer.paused(keys[0], now)
-    if held is not None:
-        # They wait out the pause on purpose: no sweeper is to queue them again meanwhile.
-        if held.retry_after is not None:
-            deliverer.ledger.postpone(keys, held.retry_after)
-        return [dataclasses.replace(held, key=key) for key in keys]
-    owner = lease_owner()
-    leased_at = time.monotonic()
-    begins = deliverer.ledger.begin_many(keys, now=now, owner=owner)
+    remaining = deliverer.pause.remaining(now) if deliverer.pause is not None else None
+    if remaining is not None:
+        return _wait_out_pause(deliverer, keys, remaining)
+    results: Results = [None] * len(keys)
     effective_now = as_of + (now - enqueued_at)
-    results: list[DeliveryResult | None] = [None] * len(keys)
-    opened: list[tuple[int, Attempt]] = []
-    for index, (key, begin) in enumerate(zip(keys, begins, strict=True)):
-        attempt = deliverer.open(key, begin, now, owner)
-        if isinstance(attempt, DeliveryResult):
-            results[index] = attempt
-        else:
-            opened.append((index, attempt))
-    fetched = deliverer.fetch(attempt.key for _, attempt in opened)
-    attempts: list[tuple[int, Attempt]] = []
-    for index, attempt in opened:
-        rechecked = deliverer.recheck(attempt, effective_now, fetched)
-        if isinstance(rechecked, DeliveryResult):
-            results[index] = rechecked
-        else:
-            attempts.append((index, attempt))
-    sending = _Sending(deliverer, attempts, results, effective_now, leased_at)
+    leased_at = time.monotonic()
+    attempts = _take(deliverer, keys, now, results)
+    rechecked = _recheck(deliverer, attempts, effective_now, results)
+    sending = _Sending(deliverer, rechecked, results, effective_now, leased_at)
     try:
         send_each(deliverer.channel, sending.messages(), sending.done)
     finally:
@@ -81,6 +83,91 @@ def deliver_batch(
     finished = [result for result in results if result is not None]
     assert len(finished) == len(keys), "every key of the batch has an outcome"
     return finished
+
+
+def deliver_one(
+    deliverer: Deliverer,
+    key: str,
+    *,
+    as_of: datetime,
+    enqueued_at: datetime,
+    now: datetime | None = None,
+) -> DeliveryResult:
+    """:func:`deliver_batch` for a batch of one key."""
+    return deliver_batch(deliverer, [key], as_of=as_of, enqueued_at=enqueued_at, now=now)[0]
+
+
+def _wait_out_pause(
+    deliverer: Deliverer, keys: Sequence[str], remaining: timedelta
+) -> list[DeliveryResult]:
+    """Every key ``paused`` while sending is paused: waiting out a pause is no attempt (the
+    relay refused us, not these messages). They wait on purpose: their ledger deadline moves
+    past the pause, so no sweeper queues them again meanwhile."""
+    deliverer.ledger.postpone(keys, remaining)
+    return [DeliveryResult(key, "paused", "sending is paused", remaining) for key in keys]
+
+
+def _take(
+    deliverer: Deliverer, keys: Sequence[str], now: datetime, results: Results
+) -> list[tuple[int, Attempt]]:
+    """Lease every key in one round trip; the attempts the ledger allows, by batch index.
+    A key it does not allow gets its result now."""
+    owner = lease_owner()
+    begins = deliverer.ledger.begin_many(keys, now=now, owner=owner)
+    attempts: list[tuple[int, Attempt]] = []
+    for index, (key, begin) in enumerate(zip(keys, begins, strict=True)):
+        attempt = _attempt_allowed(deliverer, key, begin, now, owner)
+        if isinstance(attempt, DeliveryResult):
+            results[index] = attempt
+        else:
+            attempts.append((index, attempt))
+    return attempts
+
+
+def _attempt_allowed(
+    deliverer: Deliverer, key: str, begin: Begin, now: datetime, owner: str
+) -> Attempt | DeliveryResult:
+    """The attempt ``begin`` (the ledger's answer to the lease) allows, or why there is none."""
+    if begin.verdict == "done":
+        return DeliveryResult(key, "duplicate", f"already {begin.state}")
+    if begin.verdict == "missing":
+        log.warning("delivery %s was never claimed (or expired); not sending", key)
+        return DeliveryResult(key, "skipped", "not in the ledger")
+    if begin.verdict == "busy":
+        wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
+        return DeliveryResult(key, "busy", "another worker is sending", wait)
+    return Attempt(
+        deliverer.ledger,
+        deliverer.delivery_log,
+        key,
+        owner,
+        begin.attempt,
+        taken_over=begin.taken_over,
+    )
+
+
+def _recheck(
+    deliverer: Deliverer,
+    attempts: list[tuple[int, Attempt]],
+    effective_now: datetime,
+    results: Results,
+) -> list[tuple[int, Attempt]]:
+    """The attempts still due and wanted with today's CRM data, each with its
+    ``planned`` delivery set; the others are recorded (skipped, or the read's failure)."""
+    fetched = deliverer.fetch(attempt.key for _, attempt in attempts)
+    rechecked: list[tuple[int, Attempt]] = []
+    for index, attempt in attempts:
+        try:
+            planned = deliverer.recheck(attempt.key, effective_now, fetched)
+        except Exception as exc:
+            results[index] = conclude(deliverer, attempt, exc, effective_now)
+            continue
+        if isinstance(planned, Skip):
+            results[index] = attempt.finish("skipped", planned.reason)
+            continue
+        attempt.planned = planned
+        rechecked.append((index, attempt))
+    return rechecked
 
 
 class _Sending:
@@ -91,7 +178,7 @@ class _Sending:
         self,
         deliverer: Deliverer,
         attempts: list[tuple[int, Attempt]],
-        results: list[DeliveryResult | None],
+        results: Results,
         effective_now: datetime,
         leased_at: float,
     ) -> None:
@@ -113,7 +200,8 @@ class _Sending:
         self.sent: list[tuple[int, Attempt, Finish]] = []  # accepted, not yet in the ledger
 
     def messages(self) -> Iterator[Outgoing]:
-        deliverer = self.deliverer
+        """Each attempt's message, rendered as the channel asks for it; an attempt that must
+        not go out (paused, suppressed, out of lease time, unrenderable) is recorded instead."""
         for index, attempt in self.attempts:
             # A connection asks for its next message only after done() heard its last one:
             # record what was sent first, so each outcome is in the ledger before the
@@ -125,24 +213,26 @@ class _Sending:
             planned = _planned(attempt)
             entry = self.suppressed.get(planned.to)
             # An unsubscribe stops marketing mail only; a bounce or complaint stops all mail.
-            stopped = entry is not None and entry.stops(marketing=planned.marketing)
-            screened = deliverer.screen(attempt, entry.reason if entry and stopped else None)
-            if screened is not None:
-                self.results[index] = screened
+            if entry is not None and entry.stops(marketing=planned.marketing):
+                reason = f"address is suppressed: {entry.reason}"
+                self.results[index] = attempt.finish("skipped", reason)
                 continue
             if time.monotonic() > self.lease_ends:
                 self.results[index] = attempt.retry(
                     "the batch outlasted half the send lease", BATCH_LEASE_RETRY, refund=True
                 )
                 continue
-            prepared = deliverer.prepare(attempt, utc_now(), self.effective_now)
-            if isinstance(prepared, DeliveryResult):
-                self.results[index] = prepared
+            try:
+                outgoing = self.deliverer.render(planned, utc_now())
+            except Exception as exc:
+                self.results[index] = conclude(self.deliverer, attempt, exc, self.effective_now)
                 continue
-            self.in_flight[prepared.key] = (index, attempt)
-            yield prepared
+            self.in_flight[outgoing.key] = (index, attempt)
+            yield outgoing
 
     def done(self, message: Outgoing, outcome: Receipt | Exception) -> None:
+        """The channel's answer for ``message``: accepted (recorded with others by
+        :meth:`record_sent`) or an error, recorded now."""
         index, attempt = self.in_flight.pop(message.key)
         if isinstance(outcome, Receipt):
             if self.deliverer.pause is not None:
@@ -151,7 +241,7 @@ class _Sending:
             # were answered in the same turn of the event loop (one round trip for them all).
             self.sent.append((index, attempt, attempt.final("sent", "", outcome.detail)))
             return
-        result = self.deliverer.conclude(attempt, outcome, self.effective_now)
+        result = conclude(self.deliverer, attempt, outcome, self.effective_now)
         self.results[index] = result
         if isinstance(outcome, RecipientRejectedError) and self.deliverer.suppression is not None:
             # Suppressed by conclude(): a later message of this batch to it is skipped too.
@@ -172,6 +262,11 @@ class _Sending:
             finished = self.deliverer.ledger.finish_many([final for _, _, final in sent])
         for (index, attempt, final), ok in zip(sent, finished, strict=True):
             self.results[index] = attempt.recorded(final, ok)
+
+
+def lease_owner() -> str:
+    """Who holds a send lease: this process and thread."""
+    return f"{os.getpid()}:{threading.get_ident()}"
 
 
 def _planned(attempt: Attempt) -> PlannedDelivery:

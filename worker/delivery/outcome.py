@@ -2,16 +2,32 @@
 
 Every outcome goes to four places at once, so they never disagree: the ledger (the source of
 truth), the delivery log stream (``crm-worker report``), a structured log line (no secrets, no
-message body) and the Prometheus counters.
+message body) and the Prometheus counters. :func:`conclude` decides what an attempt's ending
+means (the channel's receipt, or the error a step raised: permanent, uncertain, transient, a
+pause, a CRM outage) and records it; the batch (:mod:`worker.delivery.batch`) calls it, and
+nothing here calls back into the batch.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal, cast
 
+from worker.channels.base import Receipt
+from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
+from worker.delivery.send import Deliverer
+from worker.errors import (
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    RelayUnavailableError,
+    SenderRejectedError,
+    SourceUnavailableError,
+    TemplateError,
+    TransientDeliveryError,
+    UncertainDeliveryError,
+)
 from worker.localtime import utc_now
 from worker.metrics import count_outcome
 from worker.planning.plan import PlannedDelivery
@@ -131,3 +147,80 @@ class Attempt:
             reason,
             reply,
         )
+
+
+def conclude(
+    deliverer: Deliverer, attempt: Attempt, outcome: Receipt | Exception, effective_now: datetime
+) -> DeliveryResult:
+    """Record the outcome of the attempt: the channel's receipt, or the exception a step
+    raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
+    if isinstance(outcome, Receipt):
+        if deliverer.pause is not None:
+            deliverer.pause.sent_again()
+        return attempt.finish("sent", "", outcome.detail)
+    exc = outcome
+    if isinstance(exc, TemplateError):
+        return attempt.finish("failed", str(exc))
+    if isinstance(exc, RecipientRejectedError):
+        if deliverer.suppression is not None and attempt.planned is not None:
+            deliverer.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=attempt.key)
+        return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
+    if isinstance(exc, PermanentDeliveryError):
+        return attempt.finish("failed", str(exc), exc.reply)
+    if isinstance(exc, UncertainDeliveryError):
+        return attempt.finish("unknown", str(exc), exc.reply)
+    if isinstance(exc, RelayUnavailableError):
+        if deliverer.pause is None:
+            return _retry_or_give_up(deliverer, attempt, exc, effective_now)
+        delay = deliverer.pause.pause(
+            utc_now(), str(exc), length=deliverer.retry_backoff, alert=False
+        )
+        return attempt.retry(str(exc), delay, refund=True)
+    if isinstance(exc, SenderRejectedError):
+        if deliverer.pause is None:
+            return _retry_or_give_up(deliverer, attempt, exc, effective_now)
+        delay = deliverer.pause.pause(utc_now(), str(exc))
+        return attempt.retry(str(exc), delay, refund=True)
+    if isinstance(exc, TransientDeliveryError):
+        return _retry_or_give_up(deliverer, attempt, exc, effective_now)
+    if isinstance(exc, SourceUnavailableError):
+        # A CRM database outage is not the message's fault: retry for as long as it lasts
+        # without using up attempts; once the record can be read, the re-check's grace decides.
+        delay = retry_delay(attempt.number, first=deliverer.retry_backoff)
+        return attempt.retry(str(exc), delay, refund=True)
+    # Unknown failure (bug, source outage): record it, never leave the lease dangling.
+    log.error("failed %s", attempt.key, exc_info=exc)
+    return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
+
+
+def _retry_or_give_up(
+    deliverer: Deliverer, attempt: Attempt, exc: TransientDeliveryError, effective_now: datetime
+) -> DeliveryResult:
+    """Retry with backoff, unless the attempts are used up or the retry would go out after
+    the rule's grace (a birthday mail three days late is worse than none)."""
+    if attempt.number >= MAX_DELIVERY_ATTEMPTS:
+        return attempt.finish("failed", f"gave up after {attempt.number} attempts: {exc}")
+    delay = _asked_delay(exc) or retry_delay(attempt.number, first=deliverer.retry_backoff)
+    planned = attempt.planned
+    rule = deliverer.catalog.get(planned.rule_id) if planned is not None else None
+    if planned is not None and rule is not None:
+        deadline = planned.due_at + rule.grace
+        if effective_now + delay > deadline:
+            return attempt.finish(
+                "failed",
+                f"gave up: a retry would be later than the rule's grace "
+                f"(due {planned.due_at.isoformat()}, grace {rule.grace}): {exc}",
+                exc.reply,
+            )
+    return attempt.retry(str(exc), delay)
+
+
+def retry_delay(attempt: int, *, first: timedelta = RETRY_BACKOFF_FIRST) -> timedelta:
+    """Exponential backoff: 30 s, 1 min, 2 min … (from ``first``) capped at 30 min."""
+    delay: timedelta = first * (2 ** max(attempt - 1, 0))
+    return min(delay, RETRY_BACKOFF_MAX)
+
+
+def _asked_delay(exc: Exception) -> timedelta | None:
+    """The wait a server asked for (a webhook's ``Retry-After``), else ``None``."""
+    return exc.retry_after if isinstance(exc, TransientDeliveryError) else None

@@ -1,35 +1,26 @@
-"""Delivering one message: re-check against fresh CRM data, render, send, record.
+"""What goes out for one delivery: the re-check against fresh CRM data, and the message itself.
 
-This is what a worker does for each delivery key it receives, independent of Dramatiq (the
-actor in :mod:`worker.delivery.actors` only loops over a batch). Every outcome is written to the
-ledger with a reason; an exception never leaves a delivery in limbo.
+:class:`Deliverer` holds what a worker process needs to build messages (catalog, source,
+renderer, channel, ledger, signing, unsubscribe links), built once per process. Its methods
+decide and build; they record nothing: :func:`worker.delivery.batch.deliver_batch` drives a
+batch through them and :mod:`worker.delivery.outcome` records each ending. ``crm-worker
+preview`` uses the same :meth:`Deliverer.build`, so a preview is the real message.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from worker.channels.base import Channel, Outgoing, Receipt
-from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
-from worker.delivery.outcome import Attempt, DeliveryResult
+from worker.channels.base import Channel, Outgoing
+from worker.constants import RETRY_BACKOFF_FIRST
 from worker.delivery.payload import webhook_message
 from worker.errors import (
-    PermanentDeliveryError,
-    RecipientRejectedError,
-    RelayUnavailableError,
-    SenderRejectedError,
     SourceUnavailableError,
-    TemplateError,
-    TransientDeliveryError,
-    UncertainDeliveryError,
 )
-from worker.localtime import utc_now
 from worker.messages.mail import compose, message_id_for
 from worker.messages.rendering import RenderedMessage, TemplateRenderer
 from worker.messages.signature import DkimSigner
@@ -46,7 +37,7 @@ from worker.planning.plan import (
 )
 from worker.planning.triggers import NotApplicable, occurrence_for_tag
 from worker.records.delivery_log import DeliveryLog
-from worker.records.ledger import Begin, Ledger
+from worker.records.ledger import Ledger
 from worker.records.pause import SendPause
 from worker.records.suppression import SuppressionList
 from worker.rules.catalog import RuleCatalog
@@ -92,66 +83,6 @@ class Deliverer:
         """The language and zone ``planned`` is written in (:meth:`PlannedDelivery.reader`)."""
         return planned.reader(self.default_zone, self.staff or StaffReader(None, _UTC))
 
-    def deliver(
-        self, key: str, *, as_of: datetime, enqueued_at: datetime, now: datetime | None = None
-    ) -> DeliveryResult:
-        """Deliver ``key`` once. ``as_of`` is the instant the scheduler planned it for;
-        ``enqueued_at`` when it was queued (wall clock), to measure how late it is now.
-
-        The steps are the ones :func:`worker.delivery.batch.deliver_batch` drives for a whole batch:
-        :meth:`paused`, :meth:`open`, :meth:`recheck`, :meth:`screen`, :meth:`prepare`, send,
-        :meth:`conclude`."""
-        now = now or utc_now()
-        paused = self.paused(key, now)
-        if paused is not None:
-            return paused
-        owner = lease_owner()
-        attempt = self.open(key, self.ledger.begin(key, now=now, owner=owner), now, owner)
-        if isinstance(attempt, DeliveryResult):
-            return attempt
-        effective_now = as_of + (now - enqueued_at)
-        planned = self.recheck(attempt, effective_now)
-        if isinstance(planned, DeliveryResult):
-            return planned
-        suppressed = (
-            self.suppression.reason(planned.to, marketing=planned.marketing)
-            if self.suppression is not None
-            else None
-        )
-        screened = self.screen(attempt, suppressed)
-        if screened is not None:
-            return screened
-        outgoing = self.prepare(attempt, now, effective_now)
-        if isinstance(outgoing, DeliveryResult):
-            return outgoing
-        try:
-            receipt: Receipt | Exception = self.channel.send(outgoing)
-        except Exception as exc:  # classified in conclude()
-            receipt = exc
-        return self.conclude(attempt, receipt, effective_now)
-
-    def paused(self, key: str, now: datetime) -> DeliveryResult | None:
-        """``paused`` while sending is paused (waiting out a pause is no attempt: the relay
-        refused us, not this message), else ``None``."""
-        remaining = self.pause.remaining(now) if self.pause is not None else None
-        if remaining is None:
-            return None
-        return DeliveryResult(key, "paused", "sending is paused", remaining)
-
-    def open(self, key: str, begin: Begin, now: datetime, owner: str) -> Attempt | DeliveryResult:
-        """The attempt ``begin`` (the ledger's answer) allows, or why there is none."""
-        if begin.verdict == "done":
-            return DeliveryResult(key, "duplicate", f"already {begin.state}")
-        if begin.verdict == "missing":
-            log.warning("delivery %s was never claimed (or expired); not sending", key)
-            return DeliveryResult(key, "skipped", "not in the ledger")
-        if begin.verdict == "busy":
-            wait = datetime.fromtimestamp(begin.lease_until, now.tzinfo) - now
-            return DeliveryResult(key, "busy", "another worker is sending", wait)
-        return Attempt(
-            self.ledger, self.delivery_log, key, owner, begin.attempt, taken_over=begin.taken_over
-        )
-
     def fetch(self, keys: Iterable[str]) -> Fetched:
         """The records the re-checks of ``keys`` read: each key's subject record and, for a
         purchase or complaint, its customer, with one ``get_many`` per entity (one query each
@@ -196,103 +127,12 @@ class Deliverer:
         return None
 
     def recheck(
-        self, attempt: Attempt, effective_now: datetime, fetched: Fetched | None = None
-    ) -> PlannedDelivery | DeliveryResult:
-        """Is the delivery still due, with today's data? Sets ``attempt.planned`` when it is;
-        records the outcome when it is not. ``fetched``: records :meth:`fetch` read for this
-        key among others, just before; what it lacks is read here."""
-        try:
-            planned = self._recheck(attempt.key, effective_now, fetched)
-        except Exception as exc:
-            return self.conclude(attempt, exc, effective_now)
-        if isinstance(planned, Skip):
-            return attempt.finish("skipped", planned.reason)
-        attempt.planned = planned
-        return planned
-
-    def screen(self, attempt: Attempt, suppressed: str | None) -> DeliveryResult | None:
-        """Skip the delivery when its address is on the suppression list (``suppressed`` is
-        the list's reason for it, looked up by the caller, alone or for a batch)."""
-        if suppressed is None:
-            return None
-        return attempt.finish("skipped", f"address is suppressed: {suppressed}")
-
-    def prepare(
-        self, attempt: Attempt, now: datetime, effective_now: datetime
-    ) -> Outgoing | DeliveryResult:
-        """The rechecked delivery rendered for its channel, or the recorded failure."""
-        assert attempt.planned is not None, "prepare() follows a successful recheck()"
-        try:
-            return self.render(attempt.planned, now)
-        except Exception as exc:
-            return self.conclude(attempt, exc, effective_now)
-
-    def conclude(
-        self, attempt: Attempt, outcome: Receipt | Exception, effective_now: datetime
-    ) -> DeliveryResult:
-        """Record the outcome of the attempt: the channel's receipt, or the exception a step
-        raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
-        if isinstance(outcome, Receipt):
-            if self.pause is not None:
-                self.pause.sent_again()
-            return attempt.finish("sent", "", outcome.detail)
-        exc = outcome
-        if isinstance(exc, TemplateError):
-            return attempt.finish("failed", str(exc))
-        if isinstance(exc, RecipientRejectedError):
-            if self.suppression is not None and attempt.planned is not None:
-                self.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=attempt.key)
-            return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
-        if isinstance(exc, PermanentDeliveryError):
-            return attempt.finish("failed", str(exc), exc.reply)
-        if isinstance(exc, UncertainDeliveryError):
-            return attempt.finish("unknown", str(exc), exc.reply)
-        if isinstance(exc, RelayUnavailableError):
-            if self.pause is None:
-                return self._retry_or_give_up(attempt, exc, effective_now)
-            delay = self.pause.pause(utc_now(), str(exc), length=self.retry_backoff, alert=False)
-            return attempt.retry(str(exc), delay, refund=True)
-        if isinstance(exc, SenderRejectedError):
-            if self.pause is None:
-                return self._retry_or_give_up(attempt, exc, effective_now)
-            delay = self.pause.pause(utc_now(), str(exc))
-            return attempt.retry(str(exc), delay, refund=True)
-        if isinstance(exc, TransientDeliveryError):
-            return self._retry_or_give_up(attempt, exc, effective_now)
-        if isinstance(exc, SourceUnavailableError):
-            # A CRM database outage is not the message's fault: retry for as long as it lasts
-            # without using up attempts; once the record can be read, the re-check's grace decides.
-            delay = retry_delay(attempt.number, first=self.retry_backoff)
-            return attempt.retry(str(exc), delay, refund=True)
-        # Unknown failure (bug, source outage): record it, never leave the lease dangling.
-        log.error("failed %s", attempt.key, exc_info=exc)
-        return attempt.finish("failed", f"{type(exc).__name__}: {exc}")
-
-    def _retry_or_give_up(
-        self, attempt: Attempt, exc: TransientDeliveryError, effective_now: datetime
-    ) -> DeliveryResult:
-        """Retry with backoff, unless the attempts are used up or the retry would go out after
-        the rule's grace (a birthday mail three days late is worse than none)."""
-        if attempt.number >= MAX_DELIVERY_ATTEMPTS:
-            return attempt.finish("failed", f"gave up after {attempt.number} attempts: {exc}")
-        delay = _asked_delay(exc) or retry_delay(attempt.number, first=self.retry_backoff)
-        planned = attempt.planned
-        rule = self.catalog.get(planned.rule_id) if planned is not None else None
-        if planned is not None and rule is not None:
-            deadline = planned.due_at + rule.grace
-            if effective_now + delay > deadline:
-                return attempt.finish(
-                    "failed",
-                    f"gave up: a retry would be later than the rule's grace "
-                    f"(due {planned.due_at.isoformat()}, grace {rule.grace}): {exc}",
-                    exc.reply,
-                )
-        return attempt.retry(str(exc), delay)
-
-    def _recheck(
         self, key: str, effective_now: datetime, fetched: Fetched | None = None
     ) -> PlannedDelivery | Skip:
-        """Is this delivery still due, with today's data? (fresh record, rule, condition)"""
+        """Is this delivery still due, with today's data? (fresh record, rule, condition)
+
+        ``fetched``: records :meth:`fetch` read for this key among others, just before; what it
+        lacks is read here. Records nothing; raises what reading the CRM raises."""
         try:
             parsed = DeliveryKey.parse(key)
         except ValueError as exc:
@@ -404,19 +244,3 @@ class Deliverer:
         if self.unsubscriber is None or not planned.action.to_customer or not planned.marketing:
             return None
         return self.unsubscriber.links(planned.to, kind or MARKETING, planned.locale)
-
-
-def lease_owner() -> str:
-    """Who holds a send lease: this process and thread."""
-    return f"{os.getpid()}:{threading.get_ident()}"
-
-
-def retry_delay(attempt: int, *, first: timedelta = RETRY_BACKOFF_FIRST) -> timedelta:
-    """Exponential backoff: 30 s, 1 min, 2 min … (from ``first``) capped at 30 min."""
-    delay: timedelta = first * (2 ** max(attempt - 1, 0))
-    return min(delay, RETRY_BACKOFF_MAX)
-
-
-def _asked_delay(exc: Exception) -> timedelta | None:
-    """The wait a server asked for (a webhook's ``Retry-After``), else ``None``."""
-    return exc.retry_after if isinstance(exc, TransientDeliveryError) else None
