@@ -1,7 +1,7 @@
 """What an SMTP reply means for a delivery: pure classification by reply code, enhanced status
 code (RFC 3463) and the step of the SMTP dialogue it answered.
 
-Five verdicts, each with its own consequence in :mod:`worker.delivery.send`:
+Five verdicts, each with its own consequence in :mod:`worker.delivery.outcome`:
 
 * ``transient`` — 4xx (greylisting, 421 shutting down, 452 full), a refused or lost connection
   before the message was handed over, a timeout: retry with backoff within the rule's grace.

@@ -13,7 +13,7 @@ ever shown). Each request carries:
 Answers: 2xx is delivered; 408, 429 and 5xx are transient (``Retry-After`` in seconds or as an
 HTTP date is honoured, up to :data:`~worker.constants.WEBHOOK_MAX_RETRY_AFTER`); timeouts and
 connection errors are transient; any other status (4xx, an unexpected redirect) is permanent.
-Retries themselves are the ledger's (:mod:`worker.delivery.send`): one attempt per call here.
+Retries themselves are the ledger's (:mod:`worker.delivery.outcome`): one attempt per call here.
 """
 
 from __future__ import annotations

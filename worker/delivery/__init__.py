@@ -3,7 +3,7 @@
 * :mod:`~worker.delivery.actors` – the Dramatiq actor a batch of keys arrives on;
 * :mod:`~worker.delivery.batch` – one batch's life, top-down: take the keys, re-check, render,
   send, record;
-* :mod:`~worker.delivery.send` – the steps for one delivery (re-check, build, hand to a channel);
+* :mod:`~worker.delivery.send` – what goes out for one delivery: the re-check and the message;
 * :mod:`~worker.delivery.outcome` – how an outcome is written to the ledger, log and metrics;
 * :mod:`~worker.delivery.payload` – webhook bodies;
 * :mod:`~worker.delivery.sweeper` – takes over deliveries whose deadline passed (a killed worker,

@@ -3,9 +3,9 @@
 :func:`deliver_batch` is the one function a worker runs for the keys of one queue message (up to
 ``DELIVERY_BATCH_SIZE``); every step is a helper below it, in the order it runs:
 
-1. **take the keys** (:func:`_take`): wait out a send pause, else lease every key in the ledger
-   in one round trip; a key already done, never claimed or leased by another worker gets its
-   result here and goes no further;
+1. **take the keys**: wait out a send pause (:func:`_wait_out_pause`), else lease every key in
+   the ledger in one round trip (:func:`_take`); a key already done, never claimed or leased
+   by another worker gets its result here and goes no further;
 2. **re-check** (:func:`_recheck`): read the CRM once per entity for the whole batch (one query
    on a database: :meth:`~worker.delivery.send.Deliverer.fetch`) and ask, key by key, whether
    the delivery is still due and still wanted with today's data;
@@ -45,7 +45,8 @@ from worker.planning.plan import PlannedDelivery, Skip
 from worker.records.ledger import Begin, Finish
 from worker.records.suppression import Suppressed
 
-log = logging.getLogger("worker.delivery.send")
+# One logger for every delivery outcome, whichever module writes it (README "Delivery guarantees").
+log = logging.getLogger("worker.delivery")
 
 #: One slot per key of the batch, in order; filled as each key reaches its outcome.
 Results = list[DeliveryResult | None]

@@ -2,10 +2,9 @@
 
 Every outcome goes to four places at once, so they never disagree: the ledger (the source of
 truth), the delivery log stream (``crm-worker report``), a structured log line (no secrets, no
-message body) and the Prometheus counters. :func:`conclude` decides what an attempt's ending
-means (the channel's receipt, or the error a step raised: permanent, uncertain, transient, a
-pause, a CRM outage) and records it; the batch (:mod:`worker.delivery.batch`) calls it, and
-nothing here calls back into the batch.
+message body) and the Prometheus counters. :func:`conclude` decides what an attempt that ended
+on an error means (permanent, uncertain, transient, a pause, a CRM outage) and records it; the
+batch (:mod:`worker.delivery.batch`) calls it, and nothing here calls back into the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
-from worker.channels.base import Receipt
 from worker.constants import MAX_DELIVERY_ATTEMPTS, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
 from worker.delivery.send import Deliverer
 from worker.errors import (
@@ -34,7 +32,8 @@ from worker.planning.plan import PlannedDelivery
 from worker.records.delivery_log import DeliveryLog, LogEntry
 from worker.records.ledger import Finish, Ledger
 
-log = logging.getLogger("worker.delivery.send")
+# One logger for every delivery outcome, whichever module writes it (README "Delivery guarantees").
+log = logging.getLogger("worker.delivery")
 
 #: The reason recorded with a ``sent`` whose earlier attempt was cut off mid-send (a worker
 #: killed, Redis lost between the server's reply and the ledger write): the recipient may
@@ -150,15 +149,11 @@ class Attempt:
 
 
 def conclude(
-    deliverer: Deliverer, attempt: Attempt, outcome: Receipt | Exception, effective_now: datetime
+    deliverer: Deliverer, attempt: Attempt, exc: Exception, effective_now: datetime
 ) -> DeliveryResult:
-    """Record the outcome of the attempt: the channel's receipt, or the exception a step
-    raised, classified (permanent, uncertain, transient, a pause, a CRM outage)."""
-    if isinstance(outcome, Receipt):
-        if deliverer.pause is not None:
-            deliverer.pause.sent_again()
-        return attempt.finish("sent", "", outcome.detail)
-    exc = outcome
+    """Record how the attempt ended on ``exc``, the error a step raised, classified
+    (permanent, uncertain, transient, a pause, a CRM outage). A channel's receipt is recorded
+    by the batch itself, with the other messages accepted in the same turn."""
     if isinstance(exc, TemplateError):
         return attempt.finish("failed", str(exc))
     if isinstance(exc, RecipientRejectedError):
