@@ -33,6 +33,7 @@ from worker.constants import (
     BROKER_HEARTBEAT_TIMEOUT,
     BROKER_MAINTENANCE_CHANCE,
     CLAIM_DEADLINE,
+    CRM_EVENTS_ENDPOINT,
     MIN_INTAKE_SECRET_CHARS,
     QUEUE_DEADLINE,
     RETRY_BACKOFF_FIRST,
@@ -193,6 +194,12 @@ class Settings(BaseSettings):
         default=None, description="HMAC-SHA256 key: set, every webhook request is signed."
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    crm_events_url: SecretStr | None = Field(
+        default=None,
+        description="Where the CRM hears of every suppression change (unsubscribed, bounced, "
+        "complained, re-subscribed): a URL, or a name in CRM_WEBHOOKS. Needs "
+        "CRM_WEBHOOK_SECRET. Unset: no events.",
+    )
 
     smtp_ca_file: Path | None = Field(
         default=None, description="PEM CA bundle for the relay's certificate; default: system."
@@ -433,6 +440,37 @@ class Settings(BaseSettings):
     def effective_contact_cap(self) -> ContactCap | None:
         """The parsed ``contact_cap`` (None: no cap)."""
         return ContactCap.parse(self.contact_cap) if self.contact_cap else None
+
+    @model_validator(mode="after")
+    def _crm_events_target(self) -> Settings:
+        if self.crm_events_url is None:
+            return self
+        value = self.crm_events_url.get_secret_value().strip()
+        is_url = re.match(r"^https?://[^\s/?#]+", value) is not None
+        if not is_url and value not in self.webhooks:
+            known = ", ".join(sorted(self.webhooks)) or "none"
+            # A URL may hold a token: only a value that is not one is shown.
+            raise ValueError(
+                f"CRM_CRM_EVENTS_URL: {value[:64]!r} is neither an http(s):// URL nor a name in "
+                f"CRM_WEBHOOKS (configured: {known})"
+            )
+        if self.webhook_secret is None:
+            raise ValueError(
+                "CRM_CRM_EVENTS_URL needs CRM_WEBHOOK_SECRET: the CRM tells our suppression "
+                "events from forged ones by their signature"
+            )
+        return self
+
+    @property
+    def crm_events_target(self) -> tuple[str, str] | None:
+        """The CRM's event endpoint as (name, URL): a name in CRM_WEBHOOKS, or
+        :data:`~worker.constants.CRM_EVENTS_ENDPOINT` for a URL; None when unset."""
+        if self.crm_events_url is None:
+            return None
+        value = self.crm_events_url.get_secret_value().strip()
+        if value in self.webhooks:
+            return value, self.webhooks[value].get_secret_value()
+        return CRM_EVENTS_ENDPOINT, value
 
     @model_validator(mode="after")
     def _dkim_complete(self) -> Settings:

@@ -48,6 +48,7 @@ from worker.delivery.feedback import Feedback, classify
 from worker.errors import MailboxError, UnsubscribeTokenError
 from worker.messages.mail import message_id_for
 from worker.messages.unsubscribe import MARKETING, Unsubscriber
+from worker.records import suppression_events as change
 from worker.records.delivery_log import DeliveryLog, LogEntry
 from worker.records.suppression import ALL, MARKETING_ONLY, SuppressionList
 from worker.settings import Settings
@@ -136,7 +137,10 @@ class FeedbackActions:
         address = opt_out.address or feedback.address
         if not address:
             return OTHER, "unsubscribe with a genuine token but no address"
-        self.suppression.add(address, "unsubscribed by mail", now=now, scope=MARKETING_ONLY)
+        self.suppression.add(
+            address, "unsubscribed by mail", now=now, scope=MARKETING_ONLY,
+            event=change.UNSUBSCRIBED, source=change.MAILBOX,
+        )  # fmt: skip
         return UNSUBSCRIBED, f"{address} unsubscribed from marketing mail"
 
     def _bounce(self, feedback: Feedback, address: str, now: datetime) -> tuple[str, str]:
@@ -154,7 +158,10 @@ class FeedbackActions:
             reason, folder = feedback.reason, COMPLAINT
         else:
             reason, folder = f"bounce: {feedback.reason}", BOUNCED
-        self.suppression.add(address, reason, now=now, key=key, scope=ALL)
+        event = change.COMPLAINED if feedback.kind == "complaint" else change.BOUNCED
+        self.suppression.add(
+            address, reason, now=now, key=key, scope=ALL, event=event, source=change.MAILBOX
+        )
         self._log_bounce(sent, feedback, now)
         return folder, f"{address} suppressed: {reason}"
 
