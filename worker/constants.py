@@ -228,9 +228,14 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
-#: Largest request line plus headers the intake reads (h11 answers 400 past it); ours are a
-#: few hundred bytes.
+#: Largest request line plus headers the intake reads (431 past it, however they arrive: h11
+#: itself limits only headers still incomplete after a read); ours are a few hundred bytes.
 MAX_INTAKE_HEADER_BYTES = 8 * 1024
+#: After refusing a request it did not read (headers too large), the intake reads and drops
+#: what the client still sends for this long, or this many bytes, before closing: closing with
+#: unread data makes the kernel reset the connection, and the client would lose the answer.
+INTAKE_REFUSED_LINGER_S = 2.0
+INTAKE_REFUSED_DRAIN_BYTES = 1024 * 1024
 #: Connections the kernel may queue for the intake before it accepts them (a CRM whose
 #: connection is not queued retries its SYN within a second).
 INTAKE_LISTEN_BACKLOG = 32
