@@ -179,8 +179,9 @@ def probes(
                 probe.headers | {"X-Forwarded-For": address},
             )
         spread.append(probe)
+    genuine_client = f"192.0.{first_client >> 8 & 255}.{first_client & 255}"
     genuine_first = [
-        Probe(p.kind, p.method, p.path, p.body, p.headers | {"X-Forwarded-For": "192.0.2.1"})
+        Probe(p.kind, p.method, p.path, p.body, p.headers | {"X-Forwarded-For": genuine_client})
         for p in head
     ]
     return [
