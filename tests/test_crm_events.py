@@ -165,6 +165,29 @@ def test_the_crm_down_then_failing_then_back_gets_each_event_once_with_its_id(sh
     assert len(receiver.events) == 2
 
 
+def test_status_shows_events_waiting_for_a_failing_crm(tmp_path, receiver, redis_client):
+    env = base_env(tmp_path) | {
+        "CRM_CRM_EVENTS_URL": receiver.url,
+        "CRM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    runtime = Runtime(load_settings(env))
+    try:
+        runtime.suppression.add("s@example.com", "asked", now=utc_now())
+        receiver.failing = 500
+        assert runtime.crm_events is not None
+        runtime.crm_events.post(utc_now())
+        failing = crm_worker("status", env=env, cwd=tmp_path)
+        # The next try is 2 s later: by the time the command prints, it may be due.
+        assert "CRM events 1 waiting: the CRM failed 1 time(s) in a row, next try" in (
+            failing.stdout
+        )
+        receiver.failing = None
+        runtime.crm_events.post(utc_now() + timedelta(minutes=10))
+    finally:
+        runtime.close()
+    assert "CRM events 0 waiting\n" in crm_worker("status", env=env, cwd=tmp_path).stdout
+
+
 def test_a_crm_refusing_an_event_keeps_it_until_the_crm_takes_it(shop, receiver, caplog):
     _, runtime = shop
     runtime.suppression.add("x@example.com", "asked by phone", now=utc_now())
