@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +18,11 @@ import pytest
 
 from tests import feedback_samples as samples
 from tests.crm_receiver import CrmReceiver
+from tests.faultkit import RedisProcess, wait_until, worker_env
+from tests.faultkit import crm_worker as start_crm_worker
 from tests.test_cli import base_env, crm_worker
 from tests.test_intake import serve
+from tests.test_intake_hardening import intake_process
 from tests.test_unsubscribe_pages import BASE, BIRTHDAY, CUSTOMERS, FORM, ONE_CLICK, SECRET
 from worker.constants import SUPPRESSION_EVENTS_KEY, SUPPRESSION_EVENTS_RETRY_KEY
 from worker.delivery.feedback import classify
@@ -357,3 +361,60 @@ def test_crm_events_need_the_webhook_secret_and_may_name_a_webhook():
         }
     )
     assert settings.crm_events_target == ("crm", "https://crm.example.com/hooks/s")
+
+
+def test_nothing_is_lost_when_the_crm_is_down_and_redis_is_killed_meanwhile(tmp_path):
+    # Real processes: an intake and a worker on a Redis of their own (AOF, fsync always), the
+    # CRM down. Redis is killed and restarted between unsubscribes; once the CRM is back, the
+    # worker's sweeper delivers every event, once, in order.
+    server = RedisProcess(tmp_path / "redis", fsync="always")
+    server.start()
+    crm = CrmReceiver(WEBHOOK_SECRET.encode())  # not started: the CRM is down
+    settings = {
+        "CRM_REDIS_URL": server.url,
+        "CRM_UNSUBSCRIBE_SECRET": SECRET,
+        "CRM_UNSUBSCRIBE_URL": BASE,
+        "CRM_CRM_EVENTS_URL": crm.url,
+        "CRM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "CRM_SWEEP_INTERVAL_S": "0.5",
+        "CRM_WORKER_THREADS": "1",
+    }
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    worker = start_crm_worker(
+        "worker", env=worker_env(base_env(worker_dir) | settings), cwd=worker_dir
+    )
+    addresses = [f"u{n}@example.com" for n in range(5)]
+
+    def unsubscribe(url: str, address: str) -> None:
+        token = sign_address(SECRET.encode(), address, "marketing", "en")
+
+        def answered() -> bool:
+            try:
+                link = f"{url}/u/{token}"
+                return httpx.post(link, headers=FORM, timeout=10, **ONE_CLICK).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_until(answered, timeout_s=30, poll_s=0.2)  # 503 while Redis restarts
+
+    try:
+        with intake_process(tmp_path, **settings) as (_, url, _):
+            for address in addresses[:3]:
+                unsubscribe(url, address)
+            time.sleep(1.5)  # the worker tries (and fails) to post meanwhile
+            server.kill()
+            server.start()
+            for address in addresses[3:]:
+                unsubscribe(url, address)
+        crm.start()
+        assert wait_until(lambda: len(crm.events) >= 5, timeout_s=90, poll_s=0.2), crm.events
+        time.sleep(1.5)  # a few more sweeps: nothing comes twice
+    finally:
+        crm.stop()
+        worker.terminate()
+        worker.wait(timeout=30)
+        server.kill()
+    assert crm.forged == 0
+    assert crm.types() == [("customer.unsubscribed", address) for address in addresses]
+    assert len({event["id"] for event in crm.events}) == 5
