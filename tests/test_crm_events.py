@@ -258,7 +258,6 @@ def test_mailbox_bounces_complaints_and_unsubscribes_are_events(
         unsubscriber=runtime.unsubscriber,
         soft_bounces=SoftBounces(runtime.redis, window=timedelta(days=14)),
         delivery_log=runtime.delivery_log,
-        sender_domain=samples.DOMAIN,
         soft_bounce_limit=3,
     )
     token = sign_address(SECRET.encode(), "cy@example.com", "marketing", "en")

@@ -206,6 +206,7 @@ class Runtime:
             delivery_log=self.delivery_log,
             retry_backoff=timedelta(seconds=s.retry_backoff_s),
             staff=self.staff,
+            verp_address=s.verp_address,
         )
 
     @cached_property

@@ -194,6 +194,11 @@ class Settings(BaseSettings):
         default=None, description="HMAC-SHA256 key: set, every webhook request is signed."
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    verp_address: str | None = Field(
+        default=None,
+        description="Set (e.g. bounces@shop.example.com): VERP, each mail's envelope sender is "
+        "bounces+<delivery digest>@… so a bounce names its delivery. Unset: the From address.",
+    )
     crm_events_url: SecretStr | None = Field(
         default=None,
         description="Where the CRM hears of every suppression change (unsubscribed, bounced, "
@@ -371,6 +376,21 @@ class Settings(BaseSettings):
         if "@" not in address or any(c in value for c in "\r\n\0,"):
             raise ValueError(f"not one email address: {value!r}; write 'Name <box@your-domain>'")
         return value
+
+    @field_validator("verp_address")
+    @classmethod
+    def _verp_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", local) or "." not in domain:
+            raise ValueError(
+                f"not a plain address: {value!r}; write the bounce mailbox, e.g. "
+                "'bounces@shop.example.com' (no '+', no name: the tag is added after a '+')"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", domain):
+            raise ValueError(f"{value!r}: write the domain in ASCII (its xn-- form)")
+        return f"{local}@{domain.lower()}"
 
     @field_validator("unsubscribe_url")
     @classmethod
