@@ -271,6 +271,11 @@ class Settings(BaseSettings):
     mailbox_user: str | None = None
     mailbox_password: SecretStr | None = None
     mailbox_tls: MailboxSecurity = "tls"
+    mailbox_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle for the IMAP server's certificate (tls, starttls); "
+        "default: the system's.",
+    )
     mailbox_folder: str = Field(default="INBOX", description="Where bounces and requests arrive.")
     mailbox_folder_prefix: str = Field(
         default="crm",
@@ -503,6 +508,8 @@ class Settings(BaseSettings):
             raise ValueError(f"CRM_DKIM_PRIVATE_KEY_FILE: no file {key}")
         if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
             raise ValueError(f"CRM_SMTP_CA_FILE: no file {self.smtp_ca_file}")
+        if self.mailbox_ca_file is not None and not self.mailbox_ca_file.is_file():
+            raise ValueError(f"CRM_MAILBOX_CA_FILE: no file {self.mailbox_ca_file}")
         return self
 
     @property

@@ -252,7 +252,7 @@ class FeedbackMailbox:
             password = s.mailbox_password.get_secret_value() if s.mailbox_password else ""
             box.login(s.mailbox_user or "", password, initial_folder=None)
         except (ImapToolsError, imaplib.IMAP4.error, OSError) as exc:
-            raise MailboxError(host, f"{type(exc).__name__}: {exc}") from None
+            raise MailboxError(host, _problem(exc)) from None
         try:
             yield box
         except (ImapToolsError, imaplib.IMAP4.error, OSError) as exc:
@@ -303,13 +303,25 @@ def _too_large() -> Feedback:
 
 def _connect(s: Settings) -> BaseMailBox:
     host, port, timeout = s.mailbox_host or "", s.effective_mailbox_port, s.mailbox_timeout_s
+    if s.mailbox_tls == "none":
+        return MailBoxUnencrypted(host, port, timeout=timeout)
+    # The certificate and the host name are checked, against CRM_MAILBOX_CA_FILE if set.
+    ca = str(s.mailbox_ca_file) if s.mailbox_ca_file is not None else None
+    context = ssl.create_default_context(cafile=ca)
     if s.mailbox_tls == "tls":
-        return MailBox(host, port, timeout=timeout, ssl_context=ssl.create_default_context())
-    if s.mailbox_tls == "starttls":
-        return MailBoxStartTls(
-            host, port, timeout=timeout, ssl_context=ssl.create_default_context()
+        return MailBox(host, port, timeout=timeout, ssl_context=context)
+    return MailBoxStartTls(host, port, timeout=timeout, ssl_context=context)
+
+
+def _problem(exc: Exception) -> str:
+    """What went wrong talking to the mailbox, and what to do about a certificate."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text += (
+            "; the server's certificate is not trusted: set CRM_MAILBOX_CA_FILE to the CA "
+            "(PEM) that signed it, or use the host name the certificate names"
         )
-    return MailBoxUnencrypted(host, port, timeout=timeout)
+    return text
 
 
 def feedback_mailbox(
