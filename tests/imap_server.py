@@ -2,7 +2,11 @@
 started in a temporary directory on a free loopback port, one user, Maildir storage.
 
 Run as root (CI containers) the mail processes must not be root (Dovecot refuses UID 0 for
-mail access), so the mail belongs to the ``dovecot`` user the package creates."""
+mail access), so the mail belongs to the ``dovecot`` user the package creates.
+
+``dovecot(tls=True)``: a self-signed certificate for 127.0.0.1 is made with ``openssl``, IMAPS
+listens on ``tls_port`` and the plain port offers STARTTLS (Dovecot still takes a plain
+login from loopback, which it counts as secure)."""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ class ImapServer:
     user: str
     password: str
     root: Path
+    #: With ``tls=True``: the IMAPS port and the certificate (its own CA, PEM).
+    tls_port: int = 0
+    ca_file: Path | None = None
 
 
 def dovecot_binary() -> str | None:
@@ -61,16 +68,36 @@ def _exists(user: str) -> bool:
     return True
 
 
-def _config(root: Path, port: int) -> str:
+def _certificate(root: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _config(root: Path, port: int, tls: tuple[Path, Path, int] | None = None) -> str:
     internal, login, uid, gid = _accounts()
+    if tls is None:
+        ssl = "ssl = no\ndisable_plaintext_auth = no"
+        imaps_port = 0
+    else:
+        cert, key, imaps_port = tls
+        ssl = f"ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\ndisable_plaintext_auth = yes"
     return f"""\
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{ssl}
 auth_mechanisms = plain login
 default_internal_user = {internal}
 default_login_user = {login}
@@ -95,7 +122,9 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
   }}
   chroot =
 }}
@@ -106,7 +135,7 @@ service anvil {{
 
 
 @contextmanager
-def dovecot() -> Iterator[ImapServer]:
+def dovecot(*, tls: bool = False) -> Iterator[ImapServer]:
     """Start Dovecot, wait until it greets, stop it and remove its files afterwards."""
     binary = dovecot_binary()
     assert binary is not None
@@ -119,7 +148,15 @@ def dovecot() -> Iterator[ImapServer]:
         os.chown(root / sub, uid, gid)
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
     port = _free_port()
-    (root / "dovecot.conf").write_text(_config(root, port))
+    cert: Path | None = None
+    tls_port = 0
+    if tls:
+        cert, key = _certificate(root)
+        key.chmod(0o644)  # read by the login processes, which are not root
+        tls_port = _free_port()
+        (root / "dovecot.conf").write_text(_config(root, port, (cert, key, tls_port)))
+    else:
+        (root / "dovecot.conf").write_text(_config(root, port))
     process = subprocess.Popen(
         [binary, "-F", "-c", str(root / "dovecot.conf")],
         stdout=subprocess.PIPE,
@@ -127,7 +164,7 @@ def dovecot() -> Iterator[ImapServer]:
     )
     try:
         _wait_for_greeting(port, process, root)
-        yield ImapServer("127.0.0.1", port, USER, PASSWORD, root)
+        yield ImapServer("127.0.0.1", port, USER, PASSWORD, root, tls_port, cert)
     finally:
         process.terminate()
         try:

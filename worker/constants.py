@@ -176,6 +176,22 @@ CONTACT_KEY_PREFIX = f"{KEY_PREFIX}:contact:"
 #: Addresses that must never get mail again (hard bounces, complaints): a hash of
 #: address -> JSON {reason, at, key}. Never expires.
 SUPPRESSION_KEY = f"{KEY_PREFIX}:suppression"
+#: The outbox of suppression events for the CRM (a stream, oldest first; field ``event`` is the
+#: JSON body as it is posted). Written in the same Lua call as the suppression change; an entry
+#: leaves only once the CRM answered 2xx. Written only with CRM_CRM_EVENTS_URL set.
+SUPPRESSION_EVENTS_KEY = f"{KEY_PREFIX}:suppression:events"
+#: Held by the one process posting the outbox right now (value: its token; expires on its own
+#: when that process dies), so two sweepers never post the same event at the same time.
+SUPPRESSION_EVENTS_LOCK_KEY = f"{KEY_PREFIX}:suppression:events:lock"
+#: The outbox's retry state after the CRM failed: a hash of ``attempts`` and ``next_at``.
+SUPPRESSION_EVENTS_RETRY_KEY = f"{KEY_PREFIX}:suppression:events:retry"
+#: The name of the CRM's event endpoint when CRM_CRM_EVENTS_URL is a URL (not a webhook name).
+CRM_EVENTS_ENDPOINT = "crm-events"
+#: Events posted per sweep at most (in order; the rest wait for the next sweep).
+CRM_EVENTS_PER_SWEEP = 200
+#: After the CRM failed: wait this long, doubled per failure up to the maximum.
+CRM_EVENTS_BACKOFF_FIRST = timedelta(seconds=2)
+CRM_EVENTS_BACKOFF_MAX = timedelta(minutes=5)
 #: While this key holds a future timestamp, no worker sends: the relay refused *us*
 #: (authentication, 5.7.x policy). Shared in Redis so every worker process pauses at once.
 SEND_PAUSE_KEY = f"{KEY_PREFIX}:smtp:paused_until"
@@ -212,9 +228,14 @@ MIN_INTAKE_SECRET_CHARS = 16
 INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
-#: Largest request line plus headers the intake reads (h11 answers 400 past it); ours are a
-#: few hundred bytes.
+#: Largest request line plus headers the intake reads (431 past it, however they arrive: h11
+#: itself limits only headers still incomplete after a read); ours are a few hundred bytes.
 MAX_INTAKE_HEADER_BYTES = 8 * 1024
+#: After refusing a request it did not read (headers too large), the intake reads and drops
+#: what the client still sends for this long, or this many bytes, before closing: closing with
+#: unread data makes the kernel reset the connection, and the client would lose the answer.
+INTAKE_REFUSED_LINGER_S = 2.0
+INTAKE_REFUSED_DRAIN_BYTES = 1024 * 1024
 #: Connections the kernel may queue for the intake before it accepts them (a CRM whose
 #: connection is not queued retries its SYN within a second).
 INTAKE_LISTEN_BACKLOG = 32

@@ -130,6 +130,10 @@ def status_gauges(status: SystemStatus) -> Iterator[GaugeMetricFamily]:
         "crm_queue_depth": ("Dramatiq batches waiting in the queue.", status.queued_messages),
         "crm_queue_dead_letters": ("Dramatiq batches dead-lettered.", status.dead_letters),
         "crm_sending_paused": ("1 while all sending is paused.", int(bool(status.paused_for_s))),
+        "crm_suppression_events_waiting": (
+            "Suppression events not yet taken by the CRM (CRM_CRM_EVENTS_URL).",
+            status.crm_events_waiting,
+        ),
         "crm_scheduler_last_pass_age_seconds": (
             "Seconds since the leader's last pass (-1: none recorded).",
             status.last_pass_age_s if status.last_pass_age_s is not None else -1,

@@ -28,6 +28,7 @@ from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
 from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_WINDOW
 from worker.delivery.actors import DeliveryActor
+from worker.delivery.crm_events import CrmEvents
 from worker.delivery.send import Deliverer
 from worker.delivery.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.embedded_redis import EmbeddedRedis
@@ -46,6 +47,7 @@ from worker.records.ledger import RETRYABLE_STATES, Ledger
 from worker.records.pause import SendPause
 from worker.records.status import read_status
 from worker.records.suppression import SuppressionList
+from worker.records.suppression_events import SuppressionOutbox
 from worker.rules.catalog import RuleCatalog
 from worker.settings import Settings
 from worker.sources import Source, open_source
@@ -113,7 +115,9 @@ class Runtime:
         broker.add_middleware(QueueMetrics())
         broker.add_middleware(
             SweepMiddleware(
-                lambda: Sweeper(self.ledger, self.actor, heartbeat=worker_name()),
+                lambda: Sweeper(
+                    self.ledger, self.actor, heartbeat=worker_name(), crm_events=self.crm_events
+                ),
                 interval_s=s.sweep_interval_s,
             )
         )
@@ -161,7 +165,12 @@ class Runtime:
 
     @cached_property
     def suppression(self) -> SuppressionList:
-        return SuppressionList(self.redis)
+        return SuppressionList(self.redis, announce=self.settings.crm_events_target is not None)
+
+    @cached_property
+    def crm_events(self) -> CrmEvents | None:
+        """Posts suppression events to CRM_CRM_EVENTS_URL (None when unset)."""
+        return CrmEvents.from_settings(self.settings, SuppressionOutbox(self.redis))
 
     @cached_property
     def pause(self) -> SendPause:
@@ -197,6 +206,7 @@ class Runtime:
             delivery_log=self.delivery_log,
             retry_backoff=timedelta(seconds=s.retry_backoff_s),
             staff=self.staff,
+            verp_address=s.verp_address,
         )
 
     @cached_property
@@ -229,7 +239,7 @@ class Runtime:
 
     @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(self.ledger, self.actor)
+        return Sweeper(self.ledger, self.actor, crm_events=self.crm_events)
 
     def _fresh_deliverer(self) -> Deliverer:
         # Rule edits take effect for messages not yet sent (cheap: only changed files are read).
@@ -422,6 +432,9 @@ class Runtime:
     def close(self) -> None:
         if "channel" in self.__dict__:
             self.channel.close()
+        events = self.__dict__.get("crm_events")
+        if events is not None:
+            events.close()
         if "broker" in self.__dict__:
             self.broker.close()
         if "redis" in self.__dict__ and self._redis is None:

@@ -33,6 +33,7 @@ from worker.constants import (
     BROKER_HEARTBEAT_TIMEOUT,
     BROKER_MAINTENANCE_CHANCE,
     CLAIM_DEADLINE,
+    CRM_EVENTS_ENDPOINT,
     MIN_INTAKE_SECRET_CHARS,
     QUEUE_DEADLINE,
     RETRY_BACKOFF_FIRST,
@@ -193,6 +194,17 @@ class Settings(BaseSettings):
         default=None, description="HMAC-SHA256 key: set, every webhook request is signed."
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    verp_address: str | None = Field(
+        default=None,
+        description="Set (e.g. bounces@shop.example.com): VERP, each mail's envelope sender is "
+        "bounces+<delivery digest>@… so a bounce names its delivery. Unset: the From address.",
+    )
+    crm_events_url: SecretStr | None = Field(
+        default=None,
+        description="Where the CRM hears of every suppression change (unsubscribed, bounced, "
+        "complained, re-subscribed): a URL, or a name in CRM_WEBHOOKS. Needs "
+        "CRM_WEBHOOK_SECRET. Unset: no events.",
+    )
 
     smtp_ca_file: Path | None = Field(
         default=None, description="PEM CA bundle for the relay's certificate; default: system."
@@ -259,6 +271,11 @@ class Settings(BaseSettings):
     mailbox_user: str | None = None
     mailbox_password: SecretStr | None = None
     mailbox_tls: MailboxSecurity = "tls"
+    mailbox_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle for the IMAP server's certificate (tls, starttls); "
+        "default: the system's.",
+    )
     mailbox_folder: str = Field(default="INBOX", description="Where bounces and requests arrive.")
     mailbox_folder_prefix: str = Field(
         default="crm",
@@ -365,6 +382,21 @@ class Settings(BaseSettings):
             raise ValueError(f"not one email address: {value!r}; write 'Name <box@your-domain>'")
         return value
 
+    @field_validator("verp_address")
+    @classmethod
+    def _verp_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", local) or "." not in domain:
+            raise ValueError(
+                f"not a plain address: {value!r}; write the bounce mailbox, e.g. "
+                "'bounces@shop.example.com' (no '+', no name: the tag is added after a '+')"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", domain):
+            raise ValueError(f"{value!r}: write the domain in ASCII (its xn-- form)")
+        return f"{local}@{domain.lower()}"
+
     @field_validator("unsubscribe_url")
     @classmethod
     def _https_url(cls, value: str | None) -> str | None:
@@ -435,6 +467,37 @@ class Settings(BaseSettings):
         return ContactCap.parse(self.contact_cap) if self.contact_cap else None
 
     @model_validator(mode="after")
+    def _crm_events_target(self) -> Settings:
+        if self.crm_events_url is None:
+            return self
+        value = self.crm_events_url.get_secret_value().strip()
+        is_url = re.match(r"^https?://[^\s/?#]+", value) is not None
+        if not is_url and value not in self.webhooks:
+            known = ", ".join(sorted(self.webhooks)) or "none"
+            # A URL may hold a token: only a value that is not one is shown.
+            raise ValueError(
+                f"CRM_CRM_EVENTS_URL: {value[:64]!r} is neither an http(s):// URL nor a name in "
+                f"CRM_WEBHOOKS (configured: {known})"
+            )
+        if self.webhook_secret is None:
+            raise ValueError(
+                "CRM_CRM_EVENTS_URL needs CRM_WEBHOOK_SECRET: the CRM tells our suppression "
+                "events from forged ones by their signature"
+            )
+        return self
+
+    @property
+    def crm_events_target(self) -> tuple[str, str] | None:
+        """The CRM's event endpoint as (name, URL): a name in CRM_WEBHOOKS, or
+        :data:`~worker.constants.CRM_EVENTS_ENDPOINT` for a URL; None when unset."""
+        if self.crm_events_url is None:
+            return None
+        value = self.crm_events_url.get_secret_value().strip()
+        if value in self.webhooks:
+            return value, self.webhooks[value].get_secret_value()
+        return CRM_EVENTS_ENDPOINT, value
+
+    @model_validator(mode="after")
     def _dkim_complete(self) -> Settings:
         if (self.dkim_selector is None) != (self.dkim_private_key_file is None):
             raise ValueError(
@@ -445,6 +508,8 @@ class Settings(BaseSettings):
             raise ValueError(f"CRM_DKIM_PRIVATE_KEY_FILE: no file {key}")
         if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
             raise ValueError(f"CRM_SMTP_CA_FILE: no file {self.smtp_ca_file}")
+        if self.mailbox_ca_file is not None and not self.mailbox_ca_file.is_file():
+            raise ValueError(f"CRM_MAILBOX_CA_FILE: no file {self.mailbox_ca_file}")
         return self
 
     @property

@@ -33,6 +33,7 @@ from worker.messages.addresses import normalize_recipient
 from worker.records.backlog import STATE_NAMES, Backlog, read_backlog
 from worker.records.delivery_log import Summary, summarize
 from worker.records.status import SystemStatus, read_status
+from worker.records.suppression_events import OPERATOR, SUPPRESSED, UNSUPPRESSED
 from worker.runtime import Runtime
 
 
@@ -178,14 +179,14 @@ def status(ctx: click.Context) -> None:
     except redis.RedisError as exc:
         out.print(f"Redis      [red]unreachable[/] ({escape(where)}): {escape(str(exc))}")
         sys.exit(EXIT_UNAVAILABLE)
-    for line in _status_lines(state, where):
+    for line in _status_lines(state, where, crm_events=settings.crm_events_target is not None):
         out.print(line)
     out.print(_work_table(state.backlog))
     if not state.healthy:
         sys.exit(EXIT_PROBLEMS)
 
 
-def _status_lines(state: SystemStatus, where: str) -> list[str]:
+def _status_lines(state: SystemStatus, where: str, *, crm_events: bool) -> list[str]:
     aof = "AOF on" if state.aof else "[yellow]AOF off: a restart loses the ledger[/]"
     lines = [f"Redis      ok ({escape(where)}), {aof}"]
     if state.leader_lock_s is None:
@@ -216,7 +217,22 @@ def _status_lines(state: SystemStatus, where: str) -> list[str]:
         lines.append(
             f"Sending    [red]paused[/] for {_age(state.paused_for_s)} more (crm-worker resume)"
         )
+    if crm_events or state.crm_events_waiting:
+        lines.append(f"CRM events {_crm_events(state)}")
     return lines
+
+
+def _crm_events(state: SystemStatus) -> str:
+    """The suppression events' line: how many wait, and whether the CRM is failing."""
+    waiting = f"{state.crm_events_waiting} waiting"
+    if not state.crm_events_failures:
+        return waiting
+    retry = state.crm_events_retry_in_s
+    when = f"next try in {_age(retry)}" if retry is not None else "next try at the next sweep"
+    return (
+        f"[yellow]{waiting}[/]: the CRM failed {state.crm_events_failures} time(s) in a row, "
+        f"{when} (the worker log says why)"
+    )
 
 
 @cli.command("retry-failed")
@@ -299,7 +315,9 @@ def suppress_list(ctx: click.Context, as_json: bool, since: datetime | None) -> 
 def suppress_add(ctx: click.Context, address: str, reason: str) -> None:
     """Never send to ADDRESS again. Exit 2 when ADDRESS is not an address."""
     _require_address(address)
-    runtime_for(ctx).suppression.add(address, reason, now=utc_now())
+    runtime_for(ctx).suppression.add(
+        address, reason, now=utc_now(), event=SUPPRESSED, source=OPERATOR
+    )
     out.print(f"suppressed {address}", markup=False)
 
 
@@ -317,7 +335,7 @@ def _require_address(address: str) -> None:
 def suppress_remove(ctx: click.Context, address: str) -> None:
     """Allow ADDRESS again. Exit 1 when it was not suppressed, 2 when it is not an address."""
     _require_address(address)
-    if not runtime_for(ctx).suppression.remove(address):
+    if not runtime_for(ctx).suppression.remove(address, event=UNSUPPRESSED, source=OPERATOR):
         err.print(f"{address} was not suppressed", markup=False)
         sys.exit(EXIT_PROBLEMS)
     out.print(f"removed {address} from the suppression list", markup=False)

@@ -19,7 +19,9 @@ The unsubscribe/bounce mailbox receives five kinds of mail, told apart in this o
 
 Where it can, the classification names the Message-ID of *our* mail that bounced (quoted in
 the DSN's ``message/rfc822`` or ``text/rfc822-headers`` part, or in the body of a home-made
-bounce), which ties the bounce to its delivery (:func:`worker.messages.mail.message_id_for`).
+bounce), which ties the bounce to its delivery (:func:`worker.messages.mail.message_id_for`);
+and the VERP tag of the address it was sent to (``bounces+<digest>@…``, with
+``CRM_VERP_ADDRESS``), which ties even a bounce that quotes nothing of our mail.
 
 Example::
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import email
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import Literal
@@ -42,6 +44,7 @@ from flufl.bounce import all_failures
 from worker.channels.replies import classify as classify_reply
 from worker.channels.replies import enhanced_status
 from worker.constants import MAX_FEEDBACK_MAIL_BYTES
+from worker.messages.mail import verp_tag
 
 Kind = Literal["hard-bounce", "soft-bounce", "complaint", "unsubscribe", "auto-reply", "other"]
 
@@ -70,6 +73,8 @@ class Feedback:
     token: str | None = None
     original_message_id: str | None = None
     message_id: str | None = None
+    #: The delivery digest of the VERP address this mail came to (``bounces+<digest>@…``).
+    verp: str | None = None
 
 
 def classify(raw: bytes, *, max_bytes: int = MAX_FEEDBACK_MAIL_BYTES) -> Feedback:
@@ -84,7 +89,9 @@ def classify(raw: bytes, *, max_bytes: int = MAX_FEEDBACK_MAIL_BYTES) -> Feedbac
     if not message.keys():
         return Feedback("other", "no headers: not a mail")
     try:
-        return _classify(message)
+        found = _classify(message)
+        tag = _verp(message)
+        return replace(found, verp=tag) if tag else found
     except Exception as exc:  # flufl.bounce's heuristics and odd MIME trees raise on garbage
         return Feedback(
             "other", _cut(f"unreadable: {type(exc).__name__}: {exc}"), message_id=_own_id(message)
@@ -270,6 +277,17 @@ def _original_id(message: Message, original: Message | None) -> str | None:
                 match = _MESSAGE_ID.search(text.decode("utf-8", "replace"))
                 if match:
                     return match.group(1)
+    return None
+
+
+def _verp(message: Message) -> str | None:
+    """The VERP tag of the address the mail was delivered to: the headers a mail server adds
+    on delivery first (they name the envelope recipient), then ``To``."""
+    for name in ("X-Original-To", "Delivered-To", "Envelope-To", "To"):
+        for value in message.get_all(name) or []:
+            tag = verp_tag(str(value))
+            if tag is not None:
+                return tag
     return None
 
 

@@ -46,8 +46,9 @@ from worker.constants import (
 )
 from worker.delivery.feedback import Feedback, classify
 from worker.errors import MailboxError, UnsubscribeTokenError
-from worker.messages.mail import message_id_for
+from worker.messages.mail import key_digest
 from worker.messages.unsubscribe import MARKETING, Unsubscriber
+from worker.records import suppression_events as change
 from worker.records.delivery_log import DeliveryLog, LogEntry
 from worker.records.suppression import ALL, MARKETING_ONLY, SuppressionList
 from worker.settings import Settings
@@ -105,7 +106,6 @@ class FeedbackActions:
     unsubscriber: Unsubscriber
     soft_bounces: SoftBounces
     delivery_log: DeliveryLog
-    sender_domain: str
     soft_bounce_limit: int
     #: Message-ID -> ``sent`` log entry, read once per pass (see :meth:`_delivery`).
     _sent: dict[str, LogEntry] | None = None
@@ -118,8 +118,12 @@ class FeedbackActions:
         """Act on ``feedback``: the folder to file the mail in, and what was done."""
         if feedback.kind == "unsubscribe":
             return self._unsubscribe(feedback, now)
-        if feedback.kind in ("hard-bounce", "complaint", "soft-bounce") and feedback.address:
-            return self._bounce(feedback, feedback.address, now)
+        if feedback.kind in ("hard-bounce", "complaint", "soft-bounce"):
+            # A bounce that names no recipient is still ours when its VERP tag names the delivery.
+            sent = self._delivery_of(feedback)
+            address = feedback.address or (sent.recipient if sent is not None else None)
+            if address:
+                return self._bounce(feedback, address, sent, now)
         if feedback.kind == "auto-reply":
             return AUTO_REPLY, feedback.reason
         return OTHER, feedback.reason
@@ -136,11 +140,15 @@ class FeedbackActions:
         address = opt_out.address or feedback.address
         if not address:
             return OTHER, "unsubscribe with a genuine token but no address"
-        self.suppression.add(address, "unsubscribed by mail", now=now, scope=MARKETING_ONLY)
+        self.suppression.add(
+            address, "unsubscribed by mail", now=now, scope=MARKETING_ONLY,
+            event=change.UNSUBSCRIBED, source=change.MAILBOX,
+        )  # fmt: skip
         return UNSUBSCRIBED, f"{address} unsubscribed from marketing mail"
 
-    def _bounce(self, feedback: Feedback, address: str, now: datetime) -> tuple[str, str]:
-        sent = self._delivery(feedback.original_message_id)
+    def _bounce(
+        self, feedback: Feedback, address: str, sent: LogEntry | None, now: datetime
+    ) -> tuple[str, str]:
         key = sent.key if sent is not None else ""
         if feedback.kind == "soft-bounce":
             bounce_id = feedback.message_id or _fingerprint(feedback)
@@ -154,7 +162,10 @@ class FeedbackActions:
             reason, folder = feedback.reason, COMPLAINT
         else:
             reason, folder = f"bounce: {feedback.reason}", BOUNCED
-        self.suppression.add(address, reason, now=now, key=key, scope=ALL)
+        event = change.COMPLAINED if feedback.kind == "complaint" else change.BOUNCED
+        self.suppression.add(
+            address, reason, now=now, key=key, scope=ALL, event=event, source=change.MAILBOX
+        )
         self._log_bounce(sent, feedback, now)
         return folder, f"{address} suppressed: {reason}"
 
@@ -173,18 +184,24 @@ class FeedbackActions:
             )
         )
 
-    def _delivery(self, message_id: str | None) -> LogEntry | None:
-        """The ``sent`` entry of the delivery whose mail had ``message_id``. The Message-ID is
-        a hash of the delivery key, so the log is read once per pass to invert it."""
-        if message_id is None:
+    def _delivery_of(self, feedback: Feedback) -> LogEntry | None:
+        """The ``sent`` entry of the delivery ``feedback`` is about: by the Message-ID it quotes,
+        else by its VERP tag. Both are the digest of the delivery key, so the log is read once
+        per pass to invert it."""
+        digests = [
+            _digest(feedback.original_message_id) if feedback.original_message_id else None,
+            feedback.verp,
+        ]
+        wanted = [digest for digest in digests if digest]
+        if not wanted:
             return None
         if self._sent is None:
             self._sent = {
-                _digest(message_id_for(entry.key, self.sender_domain)): entry
+                key_digest(entry.key): entry
                 for entry in self.delivery_log.read()
                 if entry.status == "sent"
             }
-        return self._sent.get(_digest(message_id))
+        return next((self._sent[d] for d in wanted if d in self._sent), None)
 
 
 def _digest(message_id: str) -> str:
@@ -235,7 +252,7 @@ class FeedbackMailbox:
             password = s.mailbox_password.get_secret_value() if s.mailbox_password else ""
             box.login(s.mailbox_user or "", password, initial_folder=None)
         except (ImapToolsError, imaplib.IMAP4.error, OSError) as exc:
-            raise MailboxError(host, f"{type(exc).__name__}: {exc}") from None
+            raise MailboxError(host, _problem(exc)) from None
         try:
             yield box
         except (ImapToolsError, imaplib.IMAP4.error, OSError) as exc:
@@ -286,13 +303,25 @@ def _too_large() -> Feedback:
 
 def _connect(s: Settings) -> BaseMailBox:
     host, port, timeout = s.mailbox_host or "", s.effective_mailbox_port, s.mailbox_timeout_s
+    if s.mailbox_tls == "none":
+        return MailBoxUnencrypted(host, port, timeout=timeout)
+    # The certificate and the host name are checked, against CRM_MAILBOX_CA_FILE if set.
+    ca = str(s.mailbox_ca_file) if s.mailbox_ca_file is not None else None
+    context = ssl.create_default_context(cafile=ca)
     if s.mailbox_tls == "tls":
-        return MailBox(host, port, timeout=timeout, ssl_context=ssl.create_default_context())
-    if s.mailbox_tls == "starttls":
-        return MailBoxStartTls(
-            host, port, timeout=timeout, ssl_context=ssl.create_default_context()
+        return MailBox(host, port, timeout=timeout, ssl_context=context)
+    return MailBoxStartTls(host, port, timeout=timeout, ssl_context=context)
+
+
+def _problem(exc: Exception) -> str:
+    """What went wrong talking to the mailbox, and what to do about a certificate."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text += (
+            "; the server's certificate is not trusted: set CRM_MAILBOX_CA_FILE to the CA "
+            "(PEM) that signed it, or use the host name the certificate names"
         )
-    return MailBoxUnencrypted(host, port, timeout=timeout)
+    return text
 
 
 def feedback_mailbox(
@@ -309,7 +338,6 @@ def feedback_mailbox(
         unsubscriber=unsubscriber,
         soft_bounces=SoftBounces(client, window=timedelta(days=settings.mailbox_soft_bounce_days)),
         delivery_log=delivery_log,
-        sender_domain=settings.sender_domain,
         soft_bounce_limit=settings.mailbox_soft_bounce_limit,
     )
     return FeedbackMailbox(settings, actions)

@@ -31,6 +31,7 @@ from worker.metrics import count_outcome
 from worker.planning.plan import PlannedDelivery
 from worker.records.delivery_log import DeliveryLog, LogEntry
 from worker.records.ledger import Finish, Ledger
+from worker.records.suppression_events import BOUNCED, SMTP
 
 # One logger for every delivery outcome, whichever module writes it (README "Delivery guarantees").
 log = logging.getLogger("worker.delivery")
@@ -158,7 +159,10 @@ def conclude(
         return attempt.finish("failed", str(exc))
     if isinstance(exc, RecipientRejectedError):
         if deliverer.suppression is not None and attempt.planned is not None:
-            deliverer.suppression.add(attempt.planned.to, str(exc), now=utc_now(), key=attempt.key)
+            deliverer.suppression.add(
+                attempt.planned.to, str(exc), now=utc_now(), key=attempt.key,
+                event=BOUNCED, source=SMTP,
+            )  # fmt: skip
         return attempt.finish("failed", f"{exc}; address suppressed", exc.reply)
     if isinstance(exc, PermanentDeliveryError):
         return attempt.finish("failed", str(exc), exc.reply)

@@ -21,7 +21,7 @@ from worker.delivery.payload import webhook_message
 from worker.errors import (
     SourceUnavailableError,
 )
-from worker.messages.mail import compose, message_id_for
+from worker.messages.mail import compose, message_id_for, verp_sender
 from worker.messages.rendering import RenderedMessage, TemplateRenderer
 from worker.messages.signature import DkimSigner
 from worker.messages.unsubscribe import MARKETING, NO_LINKS_CONTEXT, UnsubscribeLinks, Unsubscriber
@@ -78,6 +78,8 @@ class Deliverer:
     #: Language and zone of internal mail whose send step names none (default: UTC, the
     #: default locale).
     staff: StaffReader | None = None
+    #: CRM_VERP_ADDRESS: each mail's envelope sender is this address tagged with its delivery.
+    verp_address: str | None = None
 
     def reader(self, planned: PlannedDelivery) -> tuple[str | None, ZoneInfo]:
         """The language and zone ``planned`` is written in (:meth:`PlannedDelivery.reader`)."""
@@ -228,7 +230,11 @@ class Deliverer:
         outgoing = Outgoing(
             key=planned.key,
             channel=planned.action.channel,
-            sender=self.envelope_sender,
+            sender=(
+                verp_sender(self.verp_address, planned.key)
+                if self.verp_address
+                else self.envelope_sender
+            ),
             recipient=planned.to,
             message_id=message_id,
             data=data,

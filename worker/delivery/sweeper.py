@@ -10,6 +10,9 @@ batch was dead-lettered — its deliveries pass their deadline, and the next swe
 again. The worker re-checks each one at send time as usual, and the ledger's lease keeps a
 delivery that is queued twice from being sent twice.
 
+After each sweep, the suppression events waiting for the CRM are posted
+(:mod:`worker.delivery.crm_events`), so whatever runs a sweeper also tells the CRM.
+
 A sweeper runs in every worker process (:class:`SweepMiddleware`, beside Dramatiq's threads)
 and in every scheduler (:func:`run_sweeper`); two sweepers never take the same delivery, since
 each takeover is one atomic step in the ledger.
@@ -44,6 +47,7 @@ from worker.constants import (
     WORKERS_KEY,
 )
 from worker.delivery.actors import DeliveryActor
+from worker.delivery.crm_events import CrmEvents
 from worker.records.ledger import Ledger, Stale
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,8 @@ class Sweeper:
     limit: int = SWEEP_BATCH
     #: Set in a worker process: its name in the workers' heartbeats (``crm-worker status``).
     heartbeat: str | None = None
+    #: With CRM_CRM_EVENTS_URL: the suppression events posted to the CRM after each sweep.
+    crm_events: CrmEvents | None = None
 
     def sweep(self) -> SweepReport:
         """Take over and queue every delivery past its deadline now; logs one line if any.
@@ -96,6 +102,8 @@ class Sweeper:
                 report.total,
                 report.describe(),
             )
+        if self.crm_events is not None:
+            self.crm_events.post(self.ledger.clock())
         return report
 
     def beat(self) -> None:

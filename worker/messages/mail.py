@@ -60,8 +60,31 @@ WIRE_POLICY_UTF8 = WIRE_POLICY.clone(utf8=True)
 def message_id_for(key: str, domain: str) -> str:
     """A Message-ID derived from the delivery key: a duplicate that slips through a crash
     window carries the same Message-ID, so receivers and our own tests can tell."""
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-    return f"<{digest}@{domain}>"
+    return f"<{key_digest(key)}@{domain}>"
+
+
+def key_digest(key: str) -> str:
+    """32 hex digits derived from the delivery key: the left part of its Message-ID and the
+    tag of its VERP envelope sender."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+#: The tag a VERP bounce address carries: the key digest after the last ``+``.
+VERP_TAG = re.compile(r"\+([0-9a-f]{32})@", re.IGNORECASE)
+
+
+def verp_sender(bounce_address: str, key: str) -> str:
+    """The envelope sender of the delivery ``key`` under VERP: ``bounces+<digest>@domain`` for
+    ``bounces@domain``. A bounce comes back to that address, so it names its delivery even
+    when it quotes nothing of the mail (most relays deliver ``bounces+…`` to ``bounces``)."""
+    local, _, domain = bounce_address.rpartition("@")
+    return f"{local}+{key_digest(key)}@{domain}"
+
+
+def verp_tag(address: str) -> str | None:
+    """The key digest in a VERP address (lower case), or None when it carries none."""
+    match = VERP_TAG.search(address)
+    return match.group(1).lower() if match else None
 
 
 def display_address(name: str, address: str) -> str:

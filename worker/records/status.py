@@ -3,8 +3,8 @@ Prometheus gauges export.
 
 Redis (reachable, AOF on), the scheduler (leader, its last pass), the worker processes alive
 (their heartbeats, written each sweep), the Dramatiq queue (waiting, delayed, dead-lettered),
-the work in progress by state with what is stuck (:mod:`worker.records.backlog`), and the send
-pause.
+the work in progress by state with what is stuck (:mod:`worker.records.backlog`), the send
+pause, and the suppression events waiting for the CRM.
 
 Example::
 
@@ -26,6 +26,8 @@ from worker.constants import (
     SCHEDULER_LAST_PASS_KEY,
     SCHEDULER_LOCK_KEY,
     SEND_PAUSE_KEY,
+    SUPPRESSION_EVENTS_KEY,
+    SUPPRESSION_EVENTS_RETRY_KEY,
     SWEEP_INTERVALS_OF_GRACE,
     WORKERS_KEY,
 )
@@ -50,6 +52,11 @@ class SystemStatus:
     dead_letters: int = 0
     backlog: Backlog = field(default_factory=lambda: Backlog(now=0.0))
     paused_for_s: float | None = None
+    #: Suppression events not yet taken by the CRM, how often posting failed in a row, and
+    #: seconds until the next try (None: at the next sweep).
+    crm_events_waiting: int = 0
+    crm_events_failures: int = 0
+    crm_events_retry_in_s: float | None = None
 
     @property
     def workers_alive(self) -> int:
@@ -80,8 +87,14 @@ def read_status(client: redis.Redis, *, queue_name: str, sweep_interval_s: float
         pipe.llen(f"{queue}.DQ")
         pipe.zcard(f"{queue}.XQ")
         pipe.get(SEND_PAUSE_KEY)
-        persistence, lock_ms, last_pass, workers, depth, delayed, dead, paused = pipe.execute()
+        pipe.xlen(SUPPRESSION_EVENTS_KEY)
+        pipe.hgetall(SUPPRESSION_EVENTS_RETRY_KEY)
+        (persistence, lock_ms, last_pass, workers, depth, delayed, dead, paused, events, retry) = (
+            pipe.execute()
+        )
     paused_until = float(paused) if paused is not None else None
+    retry = {_text(k): _text(v) for k, v in retry.items()}
+    next_try = float(retry["next_at"]) - now if "next_at" in retry else None
     return SystemStatus(
         now=now,
         aof=bool(int(persistence.get("aof_enabled", 0))),
@@ -93,6 +106,9 @@ def read_status(client: redis.Redis, *, queue_name: str, sweep_interval_s: float
         dead_letters=int(dead),
         backlog=read_backlog(client, now=now, grace_s=grace_s),
         paused_for_s=paused_until - now if paused_until and paused_until > now else None,
+        crm_events_waiting=int(events),
+        crm_events_failures=int(retry.get("attempts", 0)),
+        crm_events_retry_in_s=next_try if next_try is not None and next_try > 0 else None,
     )
 
 

@@ -13,11 +13,14 @@ protocol with two additions (:class:`GuardedProtocol`):
   ``body_timeout_s`` (each counted from its start, so trickling a byte at a time does not
   help); else ``408`` and the connection is closed;
 * on shutdown, a request whose body is still arriving is answered ``503`` and closed at once
-  (uvicorn would wait for it), so a slow client cannot hold the process.
+  (uvicorn would wait for it), so a slow client cannot hold the process;
+* request line and headers over :data:`~worker.constants.MAX_INTAKE_HEADER_BYTES` are answered
+  ``431`` and the connection closed (h11's own cap applies only to headers still incomplete
+  after a read: 70 KB of headers arriving in one read were taken whole), after the rest of
+  what the client sends is read and dropped for a moment, so that it gets the answer.
 
 uvicorn's own settings do the rest: a graceful shutdown bounded by ``shutdown_timeout_s``,
-``keep_alive_s`` between requests, headers capped at
-:data:`~worker.constants.MAX_INTAKE_HEADER_BYTES`.
+``keep_alive_s`` between requests.
 
 Example::
 
@@ -44,6 +47,8 @@ from worker.constants import (
     INTAKE_ACCEPTING_FDS,
     INTAKE_LISTEN_BACKLOG,
     INTAKE_LOG_INTERVAL_S,
+    INTAKE_REFUSED_DRAIN_BYTES,
+    INTAKE_REFUSED_LINGER_S,
     INTAKE_RETRY_AFTER_S,
     INTAKE_SPARE_FDS,
     MAX_INTAKE_HEADER_BYTES,
@@ -91,6 +96,10 @@ _SHUTTING_DOWN = _raw_answer(
     f"Retry-After: {INTAKE_RETRY_AFTER_S}",
 )
 _TOO_SLOW = _raw_answer("408 Request Timeout", "the request was not sent in time")
+_HEADERS_TOO_LARGE = _raw_answer(
+    "431 Request Header Fields Too Large",
+    f"request line and headers over {MAX_INTAKE_HEADER_BYTES} bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,11 @@ class GuardedProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: Phase | None = None
+        #: Bytes of the request line and headers received so far (while they are awaited).
+        self._header_bytes = 0
+        #: Set once a request was refused unread: what still arrives is dropped (this many
+        #: bytes more at most) until the connection closes.
+        self._draining: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,8 +162,29 @@ class GuardedProtocol(H11Protocol):
         self._follow()
 
     def data_received(self, data: bytes) -> None:
+        if self._draining is not None:
+            self._draining -= len(data)
+            if self._draining < 0:
+                self.transport.close()
+            return
+        if self.conn.their_state is h11.IDLE:
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
+            if self._header_bytes > MAX_INTAKE_HEADER_BYTES:
+                log.warning("request refused (431): headers over %d bytes", MAX_INTAKE_HEADER_BYTES)
+                self._refuse_unread(_HEADERS_TOO_LARGE)
+                return
         super().data_received(data)
         self._follow()
+
+    def _refuse_unread(self, answer: bytes) -> None:
+        """Answer and close, reading and dropping what the client still sends for a moment."""
+        self._watch(None)
+        self._draining = INTAKE_REFUSED_DRAIN_BYTES
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(INTAKE_REFUSED_LINGER_S, self.transport.close)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -174,6 +209,8 @@ class GuardedProtocol(H11Protocol):
 
     def _follow(self) -> None:
         """Watch the part of the request the client owes now, if any."""
+        if self.conn.their_state is not h11.IDLE:
+            self._header_bytes = 0  # the next request's headers are counted afresh
         if self.transport.is_closing():
             self._watch(None)
         elif self.conn.their_state is h11.SEND_BODY:

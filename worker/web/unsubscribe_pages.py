@@ -45,6 +45,7 @@ from worker.constants import (
 from worker.errors import SourceUnavailableError, UnsubscribeTokenError
 from worker.localtime import utc_now
 from worker.messages.unsubscribe import MARKETING, OptOut, unverified_locale
+from worker.records import suppression_events as change
 from worker.records.suppression import MARKETING_ONLY
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: The reason recorded for an unsubscribe through these pages (and looked for by "undo").
 UNSUBSCRIBED = "unsubscribed (one-click)"
+#: What the CRM is told when the address comes back through the way back on the done page.
+RESUBSCRIBED_REASON = "re-subscribed (one-click)"
 ONE_CLICK = "One-Click"
 
 #: Response headers of every page: nothing loads from elsewhere, no framing, no caching, and
@@ -275,8 +278,9 @@ def unsubscribe_routes(runtime: Runtime) -> list[Route]:
         if address is None:
             return
         runtime.suppression.add(
-            address, UNSUBSCRIBED, now=utc_now(), key="unsubscribe", scope=MARKETING_ONLY
-        )
+            address, UNSUBSCRIBED, now=utc_now(), key="unsubscribe", scope=MARKETING_ONLY,
+            event=change.UNSUBSCRIBED, source=change.ONE_CLICK,
+        )  # fmt: skip
         log.info("unsubscribe: an address left marketing mail")
 
     def resubscribe(token: str) -> None:
@@ -287,7 +291,12 @@ def unsubscribe_routes(runtime: Runtime) -> list[Route]:
         entry = runtime.suppression.entry(address) if address else None
         recent = entry is not None and utc_now() - entry.at <= RESUBSCRIBE_WITHIN
         if entry is not None and recent and entry.reason == UNSUBSCRIBED:
-            runtime.suppression.remove(entry.address)
+            runtime.suppression.remove(
+                entry.address,
+                reason=RESUBSCRIBED_REASON,
+                event=change.RESUBSCRIBED,
+                source=change.ONE_CLICK,
+            )
             log.info("unsubscribe: an address came back to marketing mail")
 
     async def confirm(request: Request) -> HTMLResponse:
