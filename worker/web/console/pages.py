@@ -39,7 +39,7 @@ from worker.records.backlog import Backlog, read_backlog
 from worker.records.delivery_log import LogEntry, summarize
 from worker.records.delivery_state import delivery_states
 from worker.rules.loader import load_rule_file
-from worker.rules.models import SLUG_PATTERN, Rule
+from worker.rules.models import SLUG_PATTERN, EventTrigger, Rule
 from worker.runtime import Runtime
 
 #: The customer's fields /customers/<id> shows above the explanation.
@@ -62,6 +62,8 @@ class RuleRow:
     kept: bool = False
     sent_before: int = 0
     due_after: int = 0
+    #: An ``event`` rule: it sends when the CRM reports an event, which no calendar foresees.
+    on_event: bool = False
 
 
 def problems_by_file(runtime: Runtime) -> tuple[dict[Path, list[Problem]], list[Problem]]:
@@ -145,6 +147,7 @@ def rules_overview(runtime: Runtime, now: datetime) -> tuple[list[RuleRow], list
                 kept=bool(problems) and in_force is not None,
                 sent_before=sent.get((rule_id, "sent"), 0),
                 due_after=ahead.get(rule_id, 0),
+                on_event=shown is not None and isinstance(shown.trigger.spec, EventTrigger),
             )
         )
     return rows, template_problems
