@@ -150,7 +150,7 @@ def test_script_in_a_customer_a_template_or_a_rule_shows_as_text(console: TestCl
     path.write_text(
         text.replace(
             "description: Birthday e-card for every customer who agreed to mail",
-            f'description: "{SCRIPT}"',
+            f'description: "</textarea>{SCRIPT}"',
         ),
         encoding="utf-8",
     )
@@ -162,6 +162,7 @@ def test_script_in_a_customer_a_template_or_a_rule_shows_as_text(console: TestCl
         assert answer.status_code == 200, page
         assert SCRIPT not in answer.text, page
         assert "&lt;script&gt;" in answer.text, page
+        assert answer.text.count("</textarea>") <= 1, page  # the editor's own, nothing more
     preview = console.get("/preview/birthday-greeting/1?now=2026-02-28T09:30:00Z")
     assert preview.status_code == 200
     assert "<script" not in preview.text

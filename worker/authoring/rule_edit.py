@@ -80,7 +80,7 @@ def check_rule_text(
             if other.name != path.name:
                 shutil.copyfile(other, folder / other.name)
         (folder / path.name).write_bytes(text.encode("utf-8", "surrogatepass"))
-        shadow = RuleCatalog(folder, vet=vet_rule(source))
+        shadow = RuleCatalog(folder, vet=vet_rule(source), logged=False)
         found = check_all(shadow, renderer, source, webhooks=webhooks)
         mine: list[Problem] = []
         for problem in found:
