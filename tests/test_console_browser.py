@@ -189,6 +189,7 @@ def test_a_sales_manager_works_in_the_console(
     page = find(By.TAG_NAME, "main").text
     assert "birthday-greeting" in page
     assert "failed" in page  # the refused birthday mail, from the delivery log
+    assert "all mail since" in page  # its address went on the suppression list
     shot(browser, "customer")
 
     # /preview/<rule>/<customer>: the real message, and a test copy to oneself.

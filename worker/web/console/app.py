@@ -361,11 +361,14 @@ def create_console_app(runtime: Runtime) -> Starlette:
 
     async def customer(request: Request) -> Response:
         customer_id = request.path_params["customer_id"]
-        found = await call(pages.customer_page, runtime, customer_id, utc_now())
+        now = preview_now(request)
+        if now is None:
+            return problem(request, 400, "now must be an ISO 8601 instant: 2026-03-14T10:00:00Z")
+        found = await call(pages.customer_page, runtime, customer_id, now)
         if not found.known:
             return problem(request, 404, f"Customer {customer_id!r} is not in the CRM data.")
-        rule_ids = sorted({line.rule_id for line in found.explanations})
-        return render(request, "customer.html", found=found, rule_ids=rule_ids)
+        shown = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return render(request, "customer.html", found=found, now=shown)
 
     def preview_now(request: Request, form: dict[str, str] | None = None) -> datetime | None:
         raw = (form or {}).get("now") or request.query_params.get("now") or ""
@@ -399,7 +402,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
             "preview.html",
             rule_id=rule_id,
             customer_id=customer_id,
-            now=now.isoformat().replace("+00:00", "Z"),
+            now=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             shown=shown,
             skips=skips,
             message=message,

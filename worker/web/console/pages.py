@@ -38,6 +38,7 @@ from worker.planning.plan import Skip
 from worker.records.backlog import Backlog, read_backlog
 from worker.records.delivery_log import LogEntry, summarize
 from worker.records.delivery_state import delivery_states
+from worker.records.suppression import MARKETING_ONLY
 from worker.rules.loader import load_rule_file
 from worker.rules.models import SLUG_PATTERN, EventTrigger, Rule
 from worker.runtime import Runtime
@@ -224,6 +225,8 @@ class CustomerPage:
     email: str
     #: What the CRM says about the customer (name, address, language, zone, opt-in).
     fields: list[tuple[str, str]] = field(default_factory=list)
+    #: The suppression list's entry for the customer's address, in words; empty: none.
+    suppressed: str = ""
 
 
 def customer_page(runtime: Runtime, customer_id: str, now: datetime) -> CustomerPage:
@@ -248,7 +251,12 @@ def customer_page(runtime: Runtime, customer_id: str, now: datetime) -> Customer
     ]
     history.reverse()
     shown = [(name, str(customer[name])) for name in CUSTOMER_FIELDS if customer[name] is not None]
-    return CustomerPage(customer_id, True, notes, lines, history, address, shown)
+    entry = runtime.suppression.entry(address) if address else None
+    suppressed = ""
+    if entry is not None:
+        scope = "marketing mail" if entry.scope == MARKETING_ONLY else "all mail"
+        suppressed = f"{scope} since {entry.at:%Y-%m-%d %H:%M} UTC: {entry.reason}"
+    return CustomerPage(customer_id, True, notes, lines, history, address, shown, suppressed)
 
 
 @dataclass
