@@ -460,17 +460,27 @@ def create_console_app(runtime: Runtime) -> Starlette:
         rule_id = query.get("rule", "") or None
         state = query.get("state", "") or None
         since_text = query.get("since", "") or DEFAULT_DELIVERIES_SINCE
+        until_text = query.get("until", "")
         try:
             since = _since(since_text)
+            until = _since(until_text) if until_text else None
         except ValueError:
-            return problem(request, 400, "since must be a duration like 24h or 7d, or an instant")
+            return problem(
+                request, 400, "since and until are durations back from now (24h, 7d) or instants"
+            )
         if state is not None and state not in pages.LOG_STATES:
             return problem(request, 400, f"state must be one of {', '.join(pages.LOG_STATES)}")
         known = await call(lambda: sorted(rule.id for rule in runtime.catalog))
         if rule_id is not None and rule_id not in known:
             return problem(request, 400, f"There is no rule {rule_id!r}.")
         found = await call(
-            pages.deliveries_page, runtime, since=since, rule=rule_id, state=state, now=utc_now()
+            pages.deliveries_page,
+            runtime,
+            since=since,
+            until=until,
+            rule=rule_id,
+            state=state,
+            now=utc_now(),
         )
         retried = query.get("retried", "")
         message = f"Queued {retried} delivery(ies) again." if retried.isdigit() else ""
@@ -483,6 +493,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
             rule=rule_id or "",
             state=state or "",
             since=since_text,
+            until=until_text,
             message=message,
         )
 
@@ -544,6 +555,11 @@ def serve_console(
         if not ConsoleUsers(runtime.redis).all():
             announce("note: no console logins yet: crm-worker console-user add NAME --role editor")
         shown = f"[{host}]" if ":" in host else host
+        if not settings.console_https and host not in ("127.0.0.1", "localhost", "::1"):
+            announce(
+                "warning: passwords and sessions cross the network in clear text: serve the "
+                "console behind HTTPS (a TLS proxy) and set CRM_CONSOLE_HTTPS=true"
+            )
         announce(f"console on http://{shown}:{port}/ (log in; Ctrl-C to stop)")
         with throttled_logs():
             uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()

@@ -301,12 +301,23 @@ class DeliveriesPage:
 
 
 def deliveries_page(
-    runtime: Runtime, *, since: datetime, rule: str | None, state: str | None, now: datetime
+    runtime: Runtime,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    rule: str | None,
+    state: str | None,
+    now: datetime,
 ) -> DeliveriesPage:
-    """The log from ``since`` (newest first, at most ``CONSOLE_DELIVERIES_SHOWN``) of ``rule``
-    and ``state`` when given; the work in progress; how many deliveries retry-failed would
-    queue again (each failed or unknown delivery, by its latest outcome)."""
-    entries = list(runtime.delivery_log.read(since=since, rule=rule))
+    """The log from ``since`` to ``until`` (newest first, at most
+    ``CONSOLE_DELIVERIES_SHOWN``) of ``rule`` and ``state`` when given; the work in progress;
+    how many deliveries retry-failed would queue again (each failed or unknown delivery, by
+    its latest outcome)."""
+    entries = [
+        entry
+        for entry in runtime.delivery_log.read(since=since, rule=rule)
+        if until is None or entry.at <= until
+    ]
     latest = summarize(entries)
     retryable = len(latest.problems)
     if state:
