@@ -299,6 +299,9 @@ MIN_CONSOLE_PASSWORD_CHARS = 12
 CONSOLE_MAX_UPCOMING_DAYS = 92
 #: What /rules counts: sends in the last and the next this many days.
 CONSOLE_RULE_SPAN = timedelta(days=30)
+#: /rules reuses its count of the next CONSOLE_RULE_SPAN's sends (a plan over every record)
+#: this long, or until a rule is saved: about 3 s per 100,000 customers (bench/console_pages.py).
+CONSOLE_FORECAST_TTL = timedelta(minutes=5)
 #: Delivery log entries /deliveries shows at most (newest first).
 CONSOLE_DELIVERIES_SHOWN = 500
 #: Old versions of rule files saved by the console go to CRM_DATA_DIR/<this>/.

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.authoring.preview import send_test_copy
 from worker.authoring.rule_edit import edit_rule
 from worker.constants import (
+    CONSOLE_FORECAST_TTL,
     CONSOLE_LOGINS_PER_MINUTE,
     CONSOLE_MAX_UPCOMING_DAYS,
     CONSOLE_SESSION_TTL,
@@ -130,6 +133,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+@dataclass
+class _Forecast:
+    """/rules's count of the next 30 days' sends per rule, and when it was made."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    at: datetime | None = None
+
+
 def _safe_next(target: str | None) -> str:
     """Where to go after the login: a path of the console only (never another site)."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
@@ -158,6 +169,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
     by_client = RateLimit(CONSOLE_LOGINS_PER_MINUTE)
     by_name = RateLimit(CONSOLE_LOGINS_PER_MINUTE)
     backup_dir = settings.data_dir / RULE_BACKUP_FOLDER
+    forecast = _Forecast()
     stylesheet = STYLESHEET.read_bytes()
 
     async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -284,8 +296,18 @@ def create_console_app(runtime: Runtime) -> Starlette:
         return RedirectResponse("/rules", status_code=303)
 
     async def rules(request: Request) -> Response:
-        rows, template_problems = await call(pages.rules_overview, runtime, utc_now())
-        return render(request, "rules.html", rows=rows, template_problems=template_problems)
+        now = utc_now()
+        if forecast.at is None or now - forecast.at > CONSOLE_FORECAST_TTL:
+            forecast.counts = await call(pages.forecast, runtime, now)
+            forecast.at = now
+        rows, template_problems = await call(pages.rules_overview, runtime, now, forecast.counts)
+        return render(
+            request,
+            "rules.html",
+            rows=rows,
+            template_problems=template_problems,
+            forecast_at=f"{forecast.at:%H:%M} UTC",
+        )
 
     async def rule(request: Request) -> Response:
         rule_id = request.path_params["rule_id"]
@@ -311,6 +333,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
             webhooks=settings.webhooks.keys(),
         )
         if edit.saved:
+            forecast.at = None  # the counts of the next 30 days follow the saved rule
             log.info("console: %s saved %s (backup %s)", request.state.user.name, path, edit.backup)
             written = await call(
                 lambda: (runtime.catalog.refresh(), pages.written_rules(runtime))[1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import email.policy
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,12 +118,14 @@ def find_rule_file(runtime: Runtime, rule_id: str) -> Path | None:
     return in_force if in_force in files else None
 
 
-def rules_overview(runtime: Runtime, now: datetime) -> tuple[list[RuleRow], list[Problem]]:
-    """Every rule file with its status and counts; and the templates' problems."""
+def rules_overview(
+    runtime: Runtime, now: datetime, ahead: Counter[str]
+) -> tuple[list[RuleRow], list[Problem]]:
+    """Every rule file with its status and counts (``ahead``: sends per rule in the next
+    ``CONSOLE_RULE_SPAN``, see :func:`forecast`); and the templates' problems."""
     per_file, template_problems = problems_by_file(runtime)
     written = written_rules(runtime)
     sent = summarize(runtime.delivery_log.read(since=now - CONSOLE_RULE_SPAN)).counts
-    ahead = upcoming_for(runtime, now, now + CONSOLE_RULE_SPAN).sends_by_rule()
     rows = []
     for path in rule_files(runtime.settings.rules_dir):
         rule = written.get(path)
@@ -152,6 +154,11 @@ def rules_overview(runtime: Runtime, now: datetime) -> tuple[list[RuleRow], list
             )
         )
     return rows, template_problems
+
+
+def forecast(runtime: Runtime, now: datetime) -> Counter[str]:
+    """Sends per rule in the next ``CONSOLE_RULE_SPAN`` (a plan over every record)."""
+    return upcoming_for(runtime, now, now + CONSOLE_RULE_SPAN).sends_by_rule()
 
 
 def upcoming_for(runtime: Runtime, start: datetime, end: datetime) -> Upcoming:
