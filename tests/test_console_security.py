@@ -140,6 +140,9 @@ def test_a_viewer_cannot_change_anything(console: TestClient) -> None:
     edit = {"csrf": token, "text": before.decode().replace("09:00", "11:00"), "digest": ""}
     assert console.post("/rules/birthday-greeting", data=edit).status_code == 403
     assert console.post("/deliveries/retry", data={"csrf": token}).status_code == 403
+    send = "/preview/birthday-greeting/1/send"
+    assert console.post(send, data={"csrf": token}).status_code == 403
+    assert "Send a test to me" not in console.get("/preview/birthday-greeting/1").text
     assert (console.rules_dir / "birthday-greeting.yaml").read_bytes() == before  # type: ignore[attr-defined]
 
 

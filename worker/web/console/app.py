@@ -550,7 +550,11 @@ def create_console_app(runtime: Runtime) -> Starlette:
         Route("/customers/{customer_id}", page(customer)),
         Route("/preview/{rule_id}/{customer_id}", page(preview)),
         Route("/preview/{rule_id}/{customer_id}/html", page(preview_html)),
-        Route("/preview/{rule_id}/{customer_id}/send", page(send_test), methods=["POST"]),
+        Route(
+            "/preview/{rule_id}/{customer_id}/send",
+            page(send_test, editor=True),
+            methods=["POST"],
+        ),
         Route("/deliveries", page(deliveries)),
         Route("/deliveries/retry", page(retry, editor=True), methods=["POST"]),
     ]

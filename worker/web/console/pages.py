@@ -21,7 +21,7 @@ import email.policy
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email import message_from_bytes
 from pathlib import Path
@@ -295,7 +295,9 @@ def previews(
             mail = message_from_bytes(item.outgoing.data, policy=email.policy.default)
             headers = [(name, str(mail[name])) for name in PREVIEW_HEADERS if mail[name]]
             body = ""
-        result.append(ShownPreview(item, state.describe(), headers, body))
+        # The note speaks of the command's option; here the page's "As of" field does that.
+        note = item.note.replace("use --now to pick the day", 'pick the day with "As of"')
+        result.append(ShownPreview(replace(item, note=note), state.describe(), headers, body))
     return result, [item for item in items if isinstance(item, Skip)]
 
 
