@@ -237,3 +237,24 @@ def test_crm_worker_console_serves_until_sigterm(tmp_path: Path, redis_client: A
     assert process.returncode == 0, stderr
     assert f"console on http://127.0.0.1:{port}/" in stderr
     assert "no console logins yet" in stderr
+
+
+def test_an_edit_that_makes_a_template_wrong_is_refused_there(parts: Any) -> None:
+    """The birthday rule is about customers; the complaint template reads complaint fields:
+    ``check`` reports them in the template, and the edit that caused it is not written."""
+    path = parts.settings.rules_dir / BIRTHDAY
+    old = path.read_text(encoding="utf-8")
+    edit = _edit(parts, old.replace("template: birthday", "template: complaint-follow-up"))
+    assert not edit.saved
+    assert edit.problems
+    assert any("complaint-follow-up" in str(p.path) for p in edit.problems), edit.problems
+    assert path.read_text(encoding="utf-8") == old
+
+
+def test_a_problem_the_edit_did_not_bring_does_not_block_it(parts: Any) -> None:
+    """A template already broken (another rule's) is check's problem, not this edit's."""
+    broken = parts.settings.templates_dir / "purchase-anniversary" / "en" / "body.txt.j2"
+    broken.write_text("{{ customer.frist_name }}\n", encoding="utf-8")
+    path = parts.settings.rules_dir / BIRTHDAY
+    edit = _edit(parts, path.read_text(encoding="utf-8").replace("grace: 1d", "grace: 2d"))
+    assert edit.saved, edit.problems

@@ -70,26 +70,38 @@ def check_rule_text(
     renderer: TemplateRenderer,
     source: Source,
     webhooks: Collection[str] | None = None,
+    before: str | None = None,
 ) -> list[Problem]:
-    """Every problem ``check`` would report about ``path`` if it held ``text``: the file's
-    own problems and those elsewhere that name it (another file with the same rule id)."""
+    """Every problem ``check`` would report if ``path`` held ``text``, that is the edit's:
+    the file's own problems, those elsewhere that name it (another file with the same rule
+    id), and, given the text ``before`` the edit, every other problem the edit brings (a
+    template that does not fit the rule now: its fields are reported in the template)."""
     rules_dir = path.parent
     with tempfile.TemporaryDirectory(prefix="rule-check-") as tmp:
         folder = Path(tmp)
         for other in rule_files(rules_dir):
             if other.name != path.name:
                 shutil.copyfile(other, folder / other.name)
-        (folder / path.name).write_bytes(text.encode("utf-8", "surrogatepass"))
-        shadow = RuleCatalog(folder, vet=vet_rule(source), logged=False)
-        found = check_all(shadow, renderer, source, webhooks=webhooks)
-        mine: list[Problem] = []
-        for problem in found:
-            message = problem.message.replace(str(folder), str(rules_dir))
-            if problem.path.parent == folder:
-                where = rules_dir / problem.path.name
-                if where == path or str(path) in message:
-                    mine.append(Problem(where, problem.line, problem.col, message))
-    return sorted(set(mine))
+
+        def found(content: str) -> set[Problem]:
+            (folder / path.name).write_bytes(content.encode("utf-8", "surrogatepass"))
+            shadow = RuleCatalog(folder, vet=vet_rule(source), logged=False)
+            problems = set()
+            for problem in check_all(shadow, renderer, source, webhooks=webhooks):
+                message = problem.message.replace(str(folder), str(rules_dir))
+                where = problem.path
+                if where.parent == folder:
+                    where = rules_dir / where.name
+                problems.add(Problem(where, problem.line, problem.col, message))
+            return problems
+
+        after = found(text)
+        already = found(before) if before is not None else after
+    return sorted(
+        problem
+        for problem in after
+        if problem.path == path or str(path) in problem.message or problem not in already
+    )
 
 
 def edit_rule(
@@ -114,7 +126,9 @@ def edit_rule(
         text = text.replace("\r\n", "\n")
     if digest(old) != seen:
         return RuleEdit(path, saved=False, stale=True)
-    problems = check_rule_text(path, text, renderer=renderer, source=source, webhooks=webhooks)
+    problems = check_rule_text(
+        path, text, renderer=renderer, source=source, webhooks=webhooks, before=old
+    )
     if problems:
         return RuleEdit(path, saved=False, problems=problems)
     backup = write_with_backup(path, text, backup_dir=backup_dir, now=now)
