@@ -105,3 +105,20 @@ def test_the_delivery_log_filters_and_retry_failed_queues_again(site: Any) -> No
     assert answer.headers["location"] == "/deliveries?retried=1"
     assert runtime.ledger.get(key)["state"] == "queued"
     assert "Queued 1 delivery(ies) again" in client.get(answer.headers["location"]).text
+
+
+def test_a_refused_edit_shows_problems_in_other_files_apart(site: Any) -> None:
+    client, runtime = site
+    path = runtime.settings.rules_dir / "birthday-greeting.yaml"
+    old = path.read_text(encoding="utf-8")
+    page = client.get("/rules/birthday-greeting")
+    digest = page.text.split('name="digest" value="')[1].split('"')[0]
+    text = old.replace("template: birthday", "template: complaint-follow-up")
+    refused = client.post(
+        "/rules/birthday-greeting",
+        data={"csrf": csrf_of(page.text), "digest": digest, "text": text},
+    )
+    assert refused.status_code == 422
+    assert "Problems this edit brings in other files" in refused.text
+    assert str(runtime.settings.templates_dir / "complaint-follow-up") in refused.text
+    assert path.read_text(encoding="utf-8") == old

@@ -349,7 +349,10 @@ def create_console_app(runtime: Runtime) -> Starlette:
                 request, "rule.html", 409, page=shown, lines=shown.lines(), message=message,
                 draft=text,
             )  # fmt: skip
-        draft_lines = pages.annotated_lines(text, edit.problems)
+        # Beside the lines: the file's own problems; the others (a template, another rule
+        # file with the same id) are listed above them.
+        here = [p for p in edit.problems if p.path == path]
+        draft_lines = pages.annotated_lines(text, here)
         return render(
             request,
             "rule.html",
@@ -357,6 +360,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
             page=shown,
             lines=draft_lines,
             problems=edit.problems,
+            elsewhere=[p for p in edit.problems if p.path != path],
             draft=text,
             message=f"Not saved: {len(edit.problems)} problem(s). Fix them and save again.",
         )
