@@ -33,7 +33,7 @@ from worker.authoring.upcoming import Upcoming, upcoming
 from worker.authoring.validation import check_all
 from worker.authoring.wording import describe_trigger
 from worker.constants import CONSOLE_DELIVERIES_SHOWN, CONSOLE_RULE_SPAN, SWEEP_INTERVALS_OF_GRACE
-from worker.errors import Problem
+from worker.errors import Problem, RuleError
 from worker.planning.plan import Skip
 from worker.records.backlog import Backlog, read_backlog
 from worker.records.delivery_log import LogEntry, summarize
@@ -208,7 +208,7 @@ def rule_page(runtime: Runtime, path: Path) -> RulePage:
     rule = written.get(path)
     try:
         rule = rule or load_rule_file(path)
-    except Exception:
+    except RuleError:  # a file that does not load: shown with its diagnostics instead
         rule = None
     shown = rule or runtime.catalog.get(path.stem)
     return RulePage(
