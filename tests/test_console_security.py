@@ -21,7 +21,7 @@ from tests.consolekit import (
     console_files,
     csrf_of,
 )
-from worker.constants import CONSOLE_LOGINS_PER_MINUTE
+from worker.constants import CONSOLE_LOGINS_PER_MINUTE, MAX_CONSOLE_FORM_BYTES
 from worker.web.console import create_console_app
 from worker.web.console.sessions import SESSION_COOKIE
 
@@ -239,3 +239,22 @@ def test_a_logout_ends_the_session(console: TestClient) -> None:
     token = csrf_of(console.get("/rules").text)
     assert console.post("/logout", data={"csrf": token}).status_code == 303
     assert console.get("/rules").status_code == 303
+
+
+def test_an_oversized_or_malformed_form_is_refused(console: TestClient) -> None:
+    log_in(console)
+    token = csrf_of(console.get("/rules").text)
+    path = console.rules_dir / "birthday-greeting.yaml"  # type: ignore[attr-defined]
+    before = path.read_bytes()
+    huge = {"csrf": token, "digest": "", "text": "x" * (MAX_CONSOLE_FORM_BYTES + 1)}
+    assert console.post("/rules/birthday-greeting", data=huge).status_code == 413
+    garbage = b"\xff\xfe%%%&&&=csrf" + bytes(range(256))
+    answer = console.post(
+        "/rules/birthday-greeting",
+        content=garbage,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 403
+    as_json = console.post("/deliveries/retry", json={"csrf": token})
+    assert as_json.status_code == 403
+    assert path.read_bytes() == before
