@@ -258,3 +258,29 @@ def test_an_oversized_or_malformed_form_is_refused(console: TestClient) -> None:
     as_json = console.post("/deliveries/retry", json={"csrf": token})
     assert as_json.status_code == 403
     assert path.read_bytes() == before
+
+
+def test_redis_down_is_a_503_not_a_traceback(tmp_path: Path, make_settings: Any) -> None:
+    import socket
+
+    import redis
+
+    from worker.runtime import Runtime
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    dead = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    runtime = Runtime(make_settings(**console_files(tmp_path)), redis_client=dead)
+    with TestClient(create_console_app(runtime), follow_redirects=False) as client:
+        form = client.get("/login")
+        assert form.status_code == 200
+        answer = client.post(
+            "/login", data={"csrf": csrf_of(form.text), "name": EDITOR, "password": PASSWORD}
+        )
+        assert answer.status_code == 503
+        assert "Redis is unavailable" in answer.text
+        client.cookies.set(SESSION_COOKIE, "some-session-token")
+        page = client.get("/rules")
+        assert page.status_code == 503
+        assert "Traceback" not in page.text

@@ -205,6 +205,15 @@ def create_console_app(runtime: Runtime) -> Starlette:
         """``handler`` behind the login (and the CSRF token, for a POST)."""
 
         async def endpoint(request: Request) -> Response:
+            try:
+                return await guarded(request)
+            except redis.RedisError as exc:
+                log.warning("console: Redis unavailable: %s", exc)
+                return problem(request, 503, "Redis is unavailable; try again in a minute.")
+            except SourceError as exc:
+                return problem(request, 503, f"The CRM data cannot be read: {exc}")
+
+        async def guarded(request: Request) -> Response:
             session = await call(sessions.get, request.cookies.get(SESSION_COOKIE))
             user = await call(users.get, session.user) if session else None
             if session is None or user is None:
@@ -222,13 +231,7 @@ def create_console_app(runtime: Runtime) -> Starlette:
                 if editor and not user.editor:
                     return problem(request, 403, "Only an editor may do this.")
                 request.state.form = form
-            try:
-                return await handler(request)
-            except redis.RedisError as exc:
-                log.warning("console: Redis unavailable: %s", exc)
-                return problem(request, 503, "Redis is unavailable; try again in a minute.")
-            except SourceError as exc:
-                return problem(request, 503, f"The CRM data cannot be read: {exc}")
+            return await handler(request)
 
         return endpoint
 
@@ -272,11 +275,15 @@ def create_console_app(runtime: Runtime) -> Starlette:
         name = form.get("name", "").strip()
         if not by_name.allow(name.lower()):
             return login_form(request, 429, "Too many attempts. Wait a minute and try again.")
-        user = await run_in_threadpool(users.verify, name, form.get("password", ""))
-        if user is None:
+        try:
+            user = await run_in_threadpool(users.verify, name, form.get("password", ""))
+            session = await call(sessions.open, user.name) if user is not None else None
+        except redis.RedisError as exc:
+            log.warning("console: Redis unavailable: %s", exc)
+            return problem(request, 503, "Redis is unavailable; try again in a minute.")
+        if user is None or session is None:
             log.warning("console: failed login for %r from %s", name[:64], client)
             return login_form(request, 401, "Wrong name or password.")
-        session = await call(sessions.open, user.name)
         response = RedirectResponse(_safe_next(form.get("next")), status_code=303)
         cookie(
             response, SESSION_COOKIE, session.token, int(CONSOLE_SESSION_TTL.total_seconds()), "/"
