@@ -281,3 +281,28 @@ MAILBOX_BATCH = 500
 SOFT_BOUNCE_KEY_PREFIX = f"{KEY_PREFIX}:soft-bounce:"
 #: Where each outcome of a feedback mail is filed, under CRM_MAILBOX_FOLDER_PREFIX.
 FEEDBACK_FOLDERS = ("unsubscribed", "bounced", "soft-bounce", "complaint", "auto-reply", "other")
+
+#: The sales managers' web console (`crm-worker console`). Logins: one hash, user name ->
+#: JSON {"hash": argon2id, "role": viewer|editor, "email": …}; sessions: one key each (a hash
+#: of user, role, CSRF token) that expires on its own.
+CONSOLE_USERS_KEY = f"{KEY_PREFIX}:console:users"
+CONSOLE_SESSION_KEY_PREFIX = f"{KEY_PREFIX}:console:session:"
+#: A console session ends this long after its login (and at logout).
+CONSOLE_SESSION_TTL = timedelta(hours=8)
+#: Login attempts one client (and one user name) may make per minute; more are answered 429.
+CONSOLE_LOGINS_PER_MINUTE = 10
+#: A console form's body at most: a rule file (MAX_RULE_FILE_BYTES) URL-encoded can triple.
+MAX_CONSOLE_FORM_BYTES = 3 * MAX_RULE_FILE_BYTES + 4 * 1024
+#: The shortest console password `console-user add` accepts.
+MIN_CONSOLE_PASSWORD_CHARS = 12
+#: How far ahead /upcoming?days=N may look (each day is a plan over every record).
+CONSOLE_MAX_UPCOMING_DAYS = 92
+#: What /rules counts: sends in the last and the next this many days.
+CONSOLE_RULE_SPAN = timedelta(days=30)
+#: /rules reuses its count of the next CONSOLE_RULE_SPAN's sends (a plan over every record)
+#: this long, or until a rule is saved: about 3 s per 100,000 customers (bench/console_pages.py).
+CONSOLE_FORECAST_TTL = timedelta(minutes=5)
+#: Delivery log entries /deliveries shows at most (newest first).
+CONSOLE_DELIVERIES_SHOWN = 500
+#: Old versions of rule files saved by the console go to CRM_DATA_DIR/<this>/.
+RULE_BACKUP_FOLDER = "rule-backups"

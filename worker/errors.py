@@ -16,6 +16,7 @@
     ├── IntakeError            an event posted over HTTP is refused (carries status and field)
     ├── EmbeddedRedisError     the embedded redis-server (CRM_REDIS_URL unset) did not start
     ├── MailboxError           the feedback mailbox (IMAP) cannot be reached or read
+    ├── ConsoleUserError       a console login cannot be added (bad name, role or password)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
         │   ├── SenderRejectedError  our own policy/auth problem (5.7.x, 535): pause sending
@@ -245,3 +246,7 @@ class MailboxError(CrmWorkerError):
             f"the feedback mailbox at {host} cannot be read: {reason}; check CRM_MAILBOX_HOST, "
             "CRM_MAILBOX_PORT, CRM_MAILBOX_TLS, CRM_MAILBOX_USER and CRM_MAILBOX_PASSWORD"
         )
+
+
+class ConsoleUserError(CrmWorkerError, ValueError):
+    """A console login cannot be added or removed as asked; the message says what to change."""

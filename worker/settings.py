@@ -328,6 +328,16 @@ class Settings(BaseSettings):
         description="Event intake: on SIGTERM, requests still running after this are cancelled.",
     )
 
+    console_host: str = Field(
+        default="127.0.0.1", description="Web console (`crm-worker console`): address to listen on."
+    )
+    console_port: int = Field(default=8090, ge=1, le=65535, description="Web console: TCP port.")
+    console_https: bool = Field(
+        default=False,
+        description="Web console is served behind HTTPS (a TLS proxy): cookies get `Secure` and "
+        "pages send HSTS.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

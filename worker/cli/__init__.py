@@ -3,7 +3,8 @@
 One module per audience: :mod:`~worker.cli.authoring` (check, plan, schema, preview),
 :mod:`~worker.cli.operations` (run, scheduler, worker, intake, event),
 :mod:`~worker.cli.deliveries` (report, retry-failed, suppress, resume),
-:mod:`~worker.cli.mailbox` (the feedback mailbox); shared pieces (exit codes, option types,
+:mod:`~worker.cli.mailbox` (the feedback mailbox), :mod:`~worker.cli.console` (the web console
+and its logins); shared pieces (exit codes, option types,
 the ``cli`` group) in :mod:`~worker.cli.common`.
 """
 
@@ -13,11 +14,11 @@ import sys
 
 import redis
 
-from worker.cli import authoring, deliveries, mailbox, operations
+from worker.cli import authoring, console, deliveries, mailbox, operations
 from worker.cli.common import EXIT_CONFIG, EXIT_UNAVAILABLE, cli, err
 from worker.errors import CrmWorkerError, SourceError
 
-__all__ = ["authoring", "cli", "deliveries", "mailbox", "main", "operations"]
+__all__ = ["authoring", "cli", "console", "deliveries", "mailbox", "main", "operations"]
 
 
 def main() -> None:

@@ -41,9 +41,12 @@ class _Entry:
 class RuleCatalog:
     """Rules of one folder, by id; call :meth:`refresh` to pick up edits."""
 
-    def __init__(self, rules_dir: Path, *, vet: Vet | None = None) -> None:
+    def __init__(self, rules_dir: Path, *, vet: Vet | None = None, logged: bool = True) -> None:
         self.rules_dir = rules_dir
         self._vet = vet
+        #: False for a catalog that only checks (an edit in the console before it is saved):
+        #: its findings are the caller's to show, not the running worker's to log.
+        self._logged = logged
         self._entries: dict[Path, _Entry] = {}
         self._by_id: dict[str, Rule] = {}
         self._id_problems: list[Problem] = []
@@ -77,9 +80,10 @@ class RuleCatalog:
                 self._entries[path] = _Entry(
                     stat.st_mtime_ns, stat.st_size, previous, exc.problems, written
                 )
-                for problem in exc.problems:
-                    kept = f" (keeping the previous version of {previous.id})" if previous else ""
-                    log.error("invalid rule: %s%s", problem, kept)
+                kept = f" (keeping the previous version of {previous.id})" if previous else ""
+                if self._logged:
+                    for problem in exc.problems:
+                        log.error("invalid rule: %s%s", problem, kept)
         self._index()
         return self.problems
 
