@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -365,10 +365,16 @@ class Runtime:
         return RunSummary(report, Counter(states.values()))
 
     def wait_for(
-        self, keys: Iterable[str], *, timeout_s: float, poll_s: float = 0.05
+        self,
+        keys: Iterable[str],
+        *,
+        timeout_s: float,
+        poll_s: float = 0.05,
+        keep_waiting: Callable[[], bool] | None = None,
     ) -> dict[str, str]:
-        """Block until none of ``keys`` is in flight, ``timeout_s`` passed or sending is paused;
-        return their states.
+        """Block until none of ``keys`` is in flight, ``timeout_s`` passed, sending is paused
+        or ``keep_waiting`` says no (interrupted, no worker left to wait for); return their
+        states.
 
         Keys are watched a window of ``WAIT_POLL_WINDOW`` at a time, oldest first, and a key
         seen final is not read again: polling 10,000 keys every interval would cost the
@@ -386,7 +392,11 @@ class Runtime:
             pending = moving + pending[len(window) :]
             if not moving:
                 continue  # this window is done: look at the next one at once
-            if time.monotonic() > deadline or self.pause.remaining(utc_now()) is not None:
+            if (
+                time.monotonic() > deadline
+                or self.pause.remaining(utc_now()) is not None
+                or (keep_waiting is not None and not keep_waiting())
+            ):
                 # Out of time, or the relay refused us (nothing moves until the pause ends).
                 states.update(self.ledger.states(pending[len(moving) :]))
                 break
