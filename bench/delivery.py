@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -335,17 +336,21 @@ def run_product(
 # ---------------------------------------------------------------- (o) run --once as README gives it
 
 
-def run_once_command(env: dict[str, str], processes: int | None) -> tuple[float, int, str]:
+def run_once_command(
+    env: dict[str, str], processes: int | None
+) -> tuple[float, int, str, float | None]:
     """``crm-worker run --once`` with the product's defaults (worker processes = usable CPUs,
     threads and SMTP connections as shipped), timed from the command's start to its exit:
-    interpreter start, imports, worker processes starting, the pass, delivery, the drain."""
+    interpreter start, imports, worker processes starting, the pass, delivery, the drain.
+    Also returns the span the command logs itself: from the start of its pass until every key
+    it queued is final (what (b) measures), or None if it did not log it."""
     runtime = runtime_for(env)
     runtime.redis.flushdb()
     runtime.close()
     defaults = {
         k: v for k, v in env.items() if k not in {"CRM_WORKER_THREADS", "CRM_SMTP_CONNECTIONS"}
     }
-    command = [str(Path(sys.executable).with_name("crm-worker")), "-q", "run", "--once"]
+    command = [str(Path(sys.executable).with_name("crm-worker")), "run", "--once"]
     command += ["--now", NOW.isoformat()]
     if processes:
         command += ["--processes", str(processes)]
@@ -356,7 +361,8 @@ def run_once_command(env: dict[str, str], processes: int | None) -> tuple[float,
         raise SystemExit(f"run --once exited {done.returncode}:\n{done.stdout}{done.stderr}")
     summary = next(line for line in done.stdout.splitlines() if line.startswith("sent "))
     sent = int(summary.split()[1].rstrip(","))
-    return sent / elapsed, sent, summary
+    span = re.search(r"deliveries handled ([0-9.]+) s after the pass began", done.stderr)
+    return sent / elapsed, sent, summary, float(span.group(1)) if span else None
 
 
 # ---------------------------------------------------------------- (c) the naive design
@@ -550,11 +556,17 @@ def main() -> None:
                 f"ledger: {dict(counts)})"
             )
         if "o" in parts:
-            rates["o"], _sent, summary = run_once_command(env, args.once_processes)
+            rates["o"], sent, summary, span = run_once_command(env, args.once_processes)
             print(
                 f"(o) run --once {rates['o']:5.0f} msg/s  (`crm-worker run --once` with its "
                 f"defaults, timed start to exit; it printed: {summary})"
             )
+            if span:
+                rates["o-span"] = sent / span
+                print(
+                    f"    pass start to last delivery (as (b) is timed): {span:.2f} s = "
+                    f"{rates['o-span']:.0f} msg/s"
+                )
         if "c" in parts:
             rates["c"], done = run_naive(env, args.processes, args.naive_threads, tmp, service_pids)
             print(
@@ -567,12 +579,15 @@ def main() -> None:
         if "c" in rates and "b" in rates:
             ratio = rates["b"] / rates["c"]
             print(f"b/c = {ratio:.2f}  (target ≥ 3: {'met' if ratio >= 3 else 'NOT met'})")
-        if "o" in rates and "a" in rates:
-            ratio = rates["o"] / rates["a"]
-            print(f"o/a = {ratio:.2f}  (target ≥ 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
-        if "o" in rates and "c" in rates:
-            ratio = rates["o"] / rates["c"]
-            print(f"o/c = {ratio:.2f}  (target ≥ 4: {'met' if ratio >= 4 else 'NOT met'})")
+        for key, what in (("o", "start to exit"), ("o-span", "pass to last delivery")):
+            if key in rates and "a" in rates:
+                ratio = rates[key] / rates["a"]
+                verdict = "met" if ratio >= 0.5 else "NOT met"
+                print(f"{key}/a = {ratio:.2f}  ({what}; target ≥ 0.5: {verdict})")
+            if key in rates and "c" in rates:
+                ratio = rates[key] / rates["c"]
+                verdict = "met" if ratio >= 4 else "NOT met"
+                print(f"{key}/c = {ratio:.2f}  ({what}; target ≥ 4: {verdict})")
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         print(f"measured {stamp}" + (f"; CRM and logs in {tmp}" if args.keep else ""))
     finally:

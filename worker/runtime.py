@@ -26,7 +26,12 @@ from worker.authoring.explanation import Explainer
 from worker.authoring.validation import vet_rule
 from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
-from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_WINDOW
+from worker.constants import (
+    DELIVERY_BATCH_SIZE,
+    GC_YOUNG_THRESHOLD,
+    WAIT_POLL_WINDOW,
+    WORKER_IDLE_POLL,
+)
 from worker.delivery.actors import DeliveryActor
 from worker.delivery.crm_events import CrmEvents
 from worker.delivery.send import Deliverer
@@ -323,6 +328,7 @@ class Runtime:
             self.broker,
             queues={self.settings.queue_name},
             worker_threads=threads or self.settings.worker_threads,
+            worker_timeout=int(WORKER_IDLE_POLL.total_seconds() * 1000),
         )
         worker.start()
         return worker
