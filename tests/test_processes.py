@@ -183,3 +183,51 @@ def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
         f"(pid {victim}) was killed by SIGKILL" in log
     ), log[-2000:]
     assert "restarted (pid" in log
+
+
+def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
+) -> None:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
+    url += str(kwargs.get("db", 0))
+    write_crm(tmp_path / "crm", 20, birthday=utc_now().strftime("1990-%m-%d"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    smtp_server.delay_s["data"] = 20  # every message hangs: a drain would take minutes
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": url,
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(tmp_path / "crm"),
+            "CRM_RULES_DIR": str(tmp_path / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+            "CRM_SMTP_HOST": smtp_server.host,
+            "CRM_SMTP_PORT": str(smtp_server.port),
+            "CRM_SMTP_SECURITY": "none",
+            "CRM_SMTP_TIMEOUT_S": "120",
+        }
+    )
+    supervisor = crm_worker("worker", "--processes", "2", env=env, cwd=tmp_path)
+    runtime = Runtime(load_settings(env))
+    try:
+        assert wait_until(lambda: int(redis_client.zcard("crm:workers")) >= 2, timeout_s=30)
+        runtime.scheduler.run_pass(utc_now())
+        assert wait_until(lambda: smtp_server.data_attempts >= 2, timeout_s=30)
+        children = children_of(supervisor.pid)
+        supervisor.send_signal(signal.SIGINT)  # drain: the children would wait for the relay
+        time.sleep(1)
+        # The process with the batch in hand is still draining (an idle one may be gone).
+        assert supervisor.poll() is None and any(alive(pid) for pid in children)
+        started = time.monotonic()
+        supervisor.send_signal(signal.SIGINT)  # forced
+        assert supervisor.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert wait_until(lambda: not any(alive(pid) for pid in children), timeout_s=5)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        runtime.close()
+    log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
+    assert "stopping now (SIGINT again)" in log
+    assert "still running after a second stop request: killed" in log
