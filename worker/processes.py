@@ -141,9 +141,14 @@ class _Forked:
     answers like :class:`subprocess.Popen` (``poll``, ``wait``, ``send_signal``, ``pid``)."""
 
     def __init__(self, spec: ChildSpec, env: Mapping[str, str], main: Callable[[], None]) -> None:
+        for stream in (sys.stdout, sys.stderr):  # else the child writes the parent's buffer too
+            stream.flush()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 1
+            # Not the supervisor's handlers: a stop before the child installed its own ends it.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 os.environ.clear()
                 os.environ.update(env)
