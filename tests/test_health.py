@@ -150,3 +150,13 @@ def _children(pid: int) -> list[int]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_asking_about_the_embedded_redis_does_not_start_it(tmp_path: Path, env) -> None:
+    embedded = {k: v for k, v in env.items() if k != "CRM_REDIS_URL"}
+    answer = run("health", "worker", env=embedded, cwd=tmp_path)
+    assert answer.returncode == 1
+    assert answer.stdout.strip() == (
+        f"unhealthy: the embedded Redis of {tmp_path / 'var'} is not running"
+    )
+    assert not (tmp_path / "var" / "redis.db").exists()

@@ -34,6 +34,7 @@ from worker.constants import (
     HEARTBEAT_INTERVALS_OF_GRACE,
     SWEEP_INTERVALS_OF_GRACE,
 )
+from worker.embedded_redis import EmbeddedRedis, server_answers
 from worker.errors import (
     CrmWorkerError,
     EventError,
@@ -410,6 +411,13 @@ def health(role: Role, host: str | None, any_host: bool) -> None:
         fresh_s = settings.sweep_interval_s * SWEEP_INTERVALS_OF_GRACE
     else:
         fresh_s = HEARTBEAT_INTERVAL.total_seconds() * HEARTBEAT_INTERVALS_OF_GRACE
+    if settings.redis_url is None and not server_answers(
+        EmbeddedRedis(settings.data_dir).socket_path
+    ):
+        # Asking must not start the embedded Redis that nothing else runs.
+        verdict = Health(False, f"the embedded Redis of {settings.data_dir} is not running")
+        out.print(f"unhealthy: {verdict.reason}", markup=False)
+        sys.exit(EXIT_PROBLEMS)
     runtime = Runtime(settings)
     try:
         verdict = check_health(
