@@ -112,7 +112,10 @@ def test_a_crash_loop_backs_off_and_is_reported_hopeless(
 
 
 def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
-    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
+    tmp_path: Path,
+    smtp_server: SmtpSink,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     redis_url = redis_client.connection_pool.connection_kwargs
     url = f"redis://{redis_url.get('host', '127.0.0.1')}:{redis_url.get('port', 6379)}/"
@@ -167,22 +170,26 @@ def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
         # Only what the killed child had on the wire: one message per SMTP connection.
         assert duplicates <= CONNECTIONS, duplicates
 
-        # SIGTERM: the supervisor and every child are gone within the drain bound.
+        # SIGTERM: the supervisor and every (idle) child are gone within seconds.
         children = children_of(supervisor.pid)
         started = time.monotonic()
         supervisor.send_signal(signal.SIGTERM)
-        assert supervisor.wait(timeout=35) == 0
-        assert time.monotonic() - started < 35
+        assert supervisor.wait(timeout=10) == 0
+        stopped_s = time.monotonic() - started
+        assert stopped_s < 10
         assert not [pid for pid in children if alive(pid)]
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
         runtime.close()
     log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
-    assert f"worker-1 (pid {victim}) was killed by SIGKILL" in log or (
-        f"(pid {victim}) was killed by SIGKILL" in log
-    ), log[-2000:]
+    assert f"(pid {victim}) was killed by SIGKILL" in log, log[-2000:]
     assert "restarted (pid" in log
+    with capsys.disabled():
+        print(
+            f"\nworker process SIGKILLed: restarted, {TOTAL} of {TOTAL} arrived, "
+            f"{duplicates} duplicates; SIGTERM stopped all in {stopped_s:.1f} s"
+        )
 
 
 def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
