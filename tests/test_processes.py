@@ -238,3 +238,43 @@ def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
     log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
     assert "stopping now (SIGINT again)" in log
     assert "still running after a second stop request: killed" in log
+
+
+def test_run_supervises_the_scheduler_and_the_workers_until_sigterm(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
+) -> None:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
+    url += str(kwargs.get("db", 0))
+    write_crm(tmp_path / "crm", 50, birthday=utc_now().strftime("1990-%m-%d"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": url,
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(tmp_path / "crm"),
+            "CRM_RULES_DIR": str(tmp_path / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+            "CRM_SMTP_HOST": smtp_server.host,
+            "CRM_SMTP_PORT": str(smtp_server.port),
+            "CRM_SMTP_SECURITY": "none",
+        }
+    )
+    supervisor = crm_worker("run", "--processes", "2", env=env, cwd=tmp_path)
+    try:
+        assert wait_until(lambda: len(children_of(supervisor.pid)) == 3, timeout_s=20)
+        children = children_of(supervisor.pid)
+        # The scheduler's first pass queues the 50 greetings; the two workers send them.
+        assert wait_until(lambda: len(set(smtp_server.message_ids())) == 50, timeout_s=60)
+        assert redis_client.zcard("crm:schedulers") == 1
+        assert redis_client.zcard("crm:workers") == 2
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=15) == 0
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert len(smtp_server.received) == 50
+    log = next(tmp_path.glob("crm-worker-run-*.log")).read_text(encoding="utf-8")
+    assert "running the scheduler and 2 worker processes × 1 thread × 8 SMTP connections" in log
