@@ -72,7 +72,26 @@ def test_the_cgroup_cpu_quota_is_read_from_v2_or_v1_files(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text, encoding="ascii")
-    assert cgroup_cpu_quota(tmp_path) == quota
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "no-such-file") == quota
+
+
+def test_the_quota_of_the_process_own_cgroup_and_those_above_it_counts(tmp_path: Path) -> None:
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/system.slice/crm.service\n", encoding="ascii")
+    root = tmp_path / "fs"
+    unit = root / "system.slice" / "crm.service"
+    unit.mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n", encoding="ascii")
+    (unit / "cpu.max").write_text("250000 100000\n", encoding="ascii")  # systemd CPUQuota=250%
+    assert cgroup_cpu_quota(root, membership) == 2.5
+    (root / "system.slice" / "cpu.max").write_text("100000 100000\n", encoding="ascii")
+    assert cgroup_cpu_quota(root, membership) == 1.0  # the slice above allows less
+    v1 = tmp_path / "v1"
+    membership.write_text("4:cpu,cpuacct:/docker/abc\n", encoding="ascii")
+    (v1 / "cpu" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("50000\n", encoding="ascii")
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_period_us").write_text("100000\n", encoding="ascii")
+    assert cgroup_cpu_quota(v1, membership) == 0.5
 
 
 def test_usable_cpus_is_the_affinity_lowered_to_the_quota_rounded_up(tmp_path: Path) -> None:

@@ -71,26 +71,57 @@ def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(cpus, 1)
 
 
-def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs' worth of time the cgroup allows (``1.5``), or None without a limit.
+def cgroup_cpu_quota(
+    cgroup_root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """CPUs' worth of time the cgroups of this process allow (``1.5``), or None without a limit.
 
     cgroup v2: ``cpu.max`` holds ``"<quota> <period>"`` or ``"max <period>"``; cgroup v1:
-    ``cpu/cpu.cfs_quota_us`` (-1: none) over ``cpu/cpu.cfs_period_us``."""
-    v2 = cgroup_root / "cpu.max"
+    ``cpu/cpu.cfs_quota_us`` (-1: none) over ``cpu/cpu.cfs_period_us``. Read in the process's
+    own cgroup (``membership``: a systemd unit's ``CPUQuota=``) and each one above it up to
+    the mount point (a container sees its own cgroup there); the smallest limit wins."""
+    own_v2, own_v1 = _own_cgroups(membership)
+    limits = []
+    for folder in _up_to(cgroup_root, own_v2):
+        try:
+            quota, _, period = (
+                (folder / "cpu.max").read_text(encoding="ascii").strip().partition(" ")
+            )
+        except OSError:
+            continue
+        limits.append(None if quota == "max" else _ratio(quota, period))
+    for folder in _up_to(cgroup_root / "cpu", own_v1):
+        try:
+            quota = (folder / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (folder / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        limits.append(_ratio(quota, period))
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _own_cgroups(membership: Path) -> tuple[str, str]:
+    """This process's cgroup paths: the v2 one (``0::/path``) and the v1 cpu controller's."""
+    v2 = v1 = "/"
     try:
-        quota, _, period = v2.read_text(encoding="ascii").strip().partition(" ")
+        lines = membership.read_text(encoding="ascii").splitlines()
     except OSError:
-        pass
-    else:
-        if quota == "max":
-            return None
-        return _ratio(quota, period)
-    try:
-        quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
-        period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
-    except OSError:
-        return None
-    return _ratio(quota, period)
+        return v2, v1
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _up_to(root: Path, path: str) -> list[Path]:
+    """``root/a/b``, ``root/a``, ``root`` for the cgroup path ``/a/b``."""
+    parts = [part for part in path.split("/") if part and part != ".."]
+    return [root.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
 
 
 def _ratio(quota: str, period: str) -> float | None:
