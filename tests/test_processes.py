@@ -107,7 +107,7 @@ def test_restart_delay_doubles_while_a_child_dies_young_and_is_capped() -> None:
     assert [restart_delay_s(n) for n in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
 
 
-def test_a_crash_loop_backs_off_and_is_reported_hopeless(
+def test_a_crash_loop_backs_off_doubling_its_pause(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A child that fails at once: crm-worker refuses --threads 0 (a usage error, exit 2).
