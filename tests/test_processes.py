@@ -130,6 +130,21 @@ def test_a_crash_loop_backs_off_doubling_its_pause(
     assert "Error" in (tmp_path / "children.log").read_text(encoding="utf-8")
 
 
+def test_a_child_that_keeps_dying_young_makes_the_supervisor_hopeless(tmp_path: Path) -> None:
+    failing = ChildSpec("worker-1", ("worker", "--child", "--threads", "0"))
+    log_file = (tmp_path / "children.log").open("wb")
+    supervisor = Supervisor([failing], stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
+    supervisor.start()
+    try:
+        assert not supervisor.hopeless
+        # Four early deaths in a row (pauses 1, 2, 4 s between them): what run --once gives
+        # up waiting on.
+        assert wait_until(lambda: supervisor.hopeless, timeout_s=30, poll_s=0.1)
+        assert supervisor.restarts == 3
+    finally:
+        supervisor.stop()
+
+
 def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
     tmp_path: Path,
     smtp_server: SmtpSink,
