@@ -156,3 +156,24 @@ def wait_until(predicate, *, timeout_s: float, poll_s: float = 0.02) -> bool:  #
             return True
         time.sleep(poll_s)
     return bool(predicate())
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux's /proc; each thread's children are listed
+    apart, and a supervisor restarts children from its watching thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text(encoding="ascii").split()]
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a ``crm-worker worker`` and the worker processes it supervises, children first
+    (a worker host lost at once: nothing drains, nothing restarts)."""
+    for pid in children_of(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.kill()

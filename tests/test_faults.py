@@ -22,7 +22,15 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import REPO, SmtpSink
-from tests.faultkit import NOW, RedisProcess, crm_worker, free_port, wait_until, worker_env
+from tests.faultkit import (
+    NOW,
+    RedisProcess,
+    crm_worker,
+    free_port,
+    kill_tree,
+    wait_until,
+    worker_env,
+)
 from tests.faultkit import write_crm as _write_crm
 from worker.channels import Outgoing, SmtpChannel
 from worker.constants import DRAMATIQ_NAMESPACE
@@ -50,6 +58,10 @@ def settings_env(tmp_path: Path, smtp: SmtpSink, **extra: str) -> dict[str, str]
         "CRM_SMTP_PORT": str(smtp.port),
         "CRM_SMTP_SECURITY": "none",
         "CRM_WORKER_THREADS": str(THREADS),
+        # One worker process of THREADS threads with one SMTP connection each: the layout the
+        # duplicate bounds below are stated for.
+        "CRM_WORKER_PROCESSES": "1",
+        "CRM_SMTP_CONNECTIONS": "1",
         "CRM_RETRY_BACKOFF_S": "0.2",
         "CRM_SEND_LEASE_S": "3",
         "CRM_BROKER_HEARTBEAT_TIMEOUT_S": "2",
@@ -129,7 +141,7 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_the_crash_window
     first = crm_worker("worker", env=worker_env(env), cwd=tmp_path)
     try:
         assert wait_until(lambda: len(smtp_server.received) >= 100, timeout_s=60)
-        first.send_signal(signal.SIGKILL)
+        kill_tree(first)
         first.wait(timeout=10)
     finally:
         first.kill()

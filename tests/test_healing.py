@@ -32,6 +32,7 @@ from tests.faultkit import (
     RedisProcess,
     crm_worker,
     free_port,
+    kill_tree,
     wait_until,
     worker_env,
     write_crm,
@@ -76,6 +77,11 @@ def healing_env(tmp_path: Path, smtp: SmtpSink, redis_url: str) -> dict[str, str
             "CRM_SMTP_PORT": str(smtp.port),
             "CRM_SMTP_SECURITY": "none",
             "CRM_WORKER_THREADS": str(THREADS),
+            # The layout the bounds below are stated for: each `crm-worker worker` is one
+            # process of THREADS threads with one SMTP connection each (the defaults are one
+            # process per CPU, one thread with 8 connections).
+            "CRM_WORKER_PROCESSES": "1",
+            "CRM_SMTP_CONNECTIONS": "1",
             "CRM_SCHEDULER_INTERVAL_S": "1",
             "CRM_SCHEDULER_LOCK_TTL_S": "3",
             "CRM_RETRY_BACKOFF_S": "0.2",
@@ -209,7 +215,7 @@ def test_one_of_two_workers_killed_mid_batch(deployment, smtp_server, capsys):
     running.start("worker")
     running.start("scheduler")
     assert wait_until(lambda: len(smtp_server.received) >= TOTAL // 4, timeout_s=60)
-    victim.send_signal(signal.SIGKILL)
+    kill_tree(victim)  # the supervising process and its worker process
     fault_at = time.monotonic()
     victim.wait(timeout=10)
     assert len(smtp_server.received) < TOTAL, "delivery finished before the fault"

@@ -10,6 +10,10 @@ KEY_PREFIX = "crm"
 LEDGER_KEY_PREFIX = f"{KEY_PREFIX}:delivery:"
 #: The scheduler leader lock: only the holder runs passes.
 SCHEDULER_LOCK_KEY = f"{KEY_PREFIX}:scheduler:lock"
+#: Redis Sentinel (``CRM_REDIS_URL=redis+sentinel://…``): the sentinels' usual port, and how
+#: long a sentinel or the primary may take to answer before the next one is asked.
+DEFAULT_SENTINEL_PORT = 26379
+SENTINEL_SOCKET_TIMEOUT_S = 2.0
 #: Namespace of Dramatiq's own keys.
 DRAMATIQ_NAMESPACE = f"{KEY_PREFIX}:dramatiq"
 
@@ -51,6 +55,13 @@ SWEEP_INTERVALS_OF_GRACE = 3
 BACKLOG_READ_LIMIT = 100_000
 #: Worker processes' heartbeats (member: host:pid, score: unix seconds), written each sweep.
 WORKERS_KEY = f"{KEY_PREFIX}:workers"
+#: Heartbeats of schedulers (leader and standby) and of intakes (member: host:pid, score: unix
+#: seconds), written every HEARTBEAT_INTERVAL; ``crm-worker health`` reads them.
+SCHEDULERS_KEY = f"{KEY_PREFIX}:schedulers"
+INTAKES_KEY = f"{KEY_PREFIX}:intakes"
+HEARTBEAT_INTERVAL = timedelta(seconds=5)
+#: A scheduler or intake whose heartbeat is older than this many intervals is unhealthy.
+HEARTBEAT_INTERVALS_OF_GRACE = 6
 #: Heartbeats older than this are dropped (a worker that has been gone a day is history).
 WORKER_HEARTBEAT_KEPT = timedelta(days=1)
 #: The leader scheduler's last pass: a hash of when, by whom, how long and what it queued.
@@ -77,6 +88,25 @@ GC_YOUNG_THRESHOLD = 10_000
 #: Keys ``Runtime.wait_for`` reads per poll (oldest first; a key seen final is not read again;
 #: two batches, so a poll while the oldest batch is still going costs little).
 WAIT_POLL_WINDOW = 100
+#: Supervised worker processes (``worker.processes``): a child that dies is started again
+#: after a pause that doubles from the first to the cap while it keeps dying young; a child
+#: that ran this long counts as healthy again (its next death restarts it at once).
+CHILD_RESTART_BACKOFF_FIRST = timedelta(seconds=1)
+CHILD_RESTART_BACKOFF_MAX = timedelta(seconds=60)
+CHILD_STABLE_AFTER = timedelta(seconds=30)
+#: Every child died young this many times in a row: ``run --once`` stops waiting for them.
+CHILD_HOPELESS_FAILURES = 4
+#: Longest sleep of an idle Dramatiq consumer between polls of the queue, and of an idle
+#: worker thread (Dramatiq's ``worker_timeout``, default 1 s). A worker process stops only once
+#: each has woken up, twice in a row: 1 s made every SIGTERM (and the end of every
+#: ``run --once``) take over 2 s; an idle process now polls Redis up to 4 times a second.
+WORKER_IDLE_POLL = timedelta(seconds=0.25)
+#: How often the supervisor looks at its children, and a child at its supervisor.
+SUPERVISOR_POLL = timedelta(seconds=0.1)
+PARENT_WATCH_INTERVAL = timedelta(seconds=1)
+#: How long children may drain after SIGTERM before they are SIGKILLed (``CRM_STOP_TIMEOUT_S``):
+#: a batch in hand is finished first, well within this unless the relay is very slow.
+STOP_TIMEOUT = timedelta(seconds=30)
 #: Transient failures are retried this many times per delivery, then it is failed.
 MAX_DELIVERY_ATTEMPTS = 6
 #: Backoff for transient failures: first delay, doubling up to the cap.

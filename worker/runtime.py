@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -26,7 +26,12 @@ from worker.authoring.explanation import Explainer
 from worker.authoring.validation import vet_rule
 from worker.channels import Channel, all_channels
 from worker.connections import close_redis, make_broker, open_redis
-from worker.constants import DELIVERY_BATCH_SIZE, GC_YOUNG_THRESHOLD, WAIT_POLL_WINDOW
+from worker.constants import (
+    DELIVERY_BATCH_SIZE,
+    GC_YOUNG_THRESHOLD,
+    WAIT_POLL_WINDOW,
+    WORKER_IDLE_POLL,
+)
 from worker.delivery.actors import DeliveryActor
 from worker.delivery.crm_events import CrmEvents
 from worker.delivery.send import Deliverer
@@ -323,6 +328,7 @@ class Runtime:
             self.broker,
             queues={self.settings.queue_name},
             worker_threads=threads or self.settings.worker_threads,
+            worker_timeout=int(WORKER_IDLE_POLL.total_seconds() * 1000),
         )
         worker.start()
         return worker
@@ -365,10 +371,16 @@ class Runtime:
         return RunSummary(report, Counter(states.values()))
 
     def wait_for(
-        self, keys: Iterable[str], *, timeout_s: float, poll_s: float = 0.05
+        self,
+        keys: Iterable[str],
+        *,
+        timeout_s: float,
+        poll_s: float = 0.05,
+        keep_waiting: Callable[[], bool] | None = None,
     ) -> dict[str, str]:
-        """Block until none of ``keys`` is in flight, ``timeout_s`` passed or sending is paused;
-        return their states.
+        """Block until none of ``keys`` is in flight, ``timeout_s`` passed, sending is paused
+        or ``keep_waiting`` says no (interrupted, no worker left to wait for); return their
+        states.
 
         Keys are watched a window of ``WAIT_POLL_WINDOW`` at a time, oldest first, and a key
         seen final is not read again: polling 10,000 keys every interval would cost the
@@ -386,7 +398,11 @@ class Runtime:
             pending = moving + pending[len(window) :]
             if not moving:
                 continue  # this window is done: look at the next one at once
-            if time.monotonic() > deadline or self.pause.remaining(utc_now()) is not None:
+            if (
+                time.monotonic() > deadline
+                or self.pause.remaining(utc_now()) is not None
+                or (keep_waiting is not None and not keep_waiting())
+            ):
                 # Out of time, or the relay refused us (nothing moves until the pause ends).
                 states.update(self.ledger.states(pending[len(moving) :]))
                 break

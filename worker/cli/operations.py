@@ -1,9 +1,11 @@
-"""Commands that run the worker: run, scheduler, worker, intake, event."""
+"""Commands that run the worker: run, scheduler, worker, intake, event, health."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sys
 import threading
 from collections import Counter
@@ -11,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+import redis
 from rich.markup import escape
 
 from worker.cli.common import (
@@ -24,37 +27,81 @@ from worker.cli.common import (
     load_or_exit,
     out,
     runtime_for,
+    usage_error,
 )
+from worker.constants import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_INTERVALS_OF_GRACE,
+    SWEEP_INTERVALS_OF_GRACE,
+)
+from worker.embedded_redis import EmbeddedRedis, server_answers
 from worker.errors import (
+    CrmWorkerError,
     EventError,
     IntakeError,
 )
 from worker.localtime import utc_now
 from worker.planning.events import default_event_id
+from worker.processes import (
+    ChildSpec,
+    Supervisor,
+    run_once_supervised,
+    scheduler_child,
+    usable_cpus,
+    watch_parent,
+    worker_child,
+)
+from worker.records.heartbeats import ROLES, Health, Role, check_health
 from worker.runtime import Runtime
 from worker.web.intake import post_event, serve
+
+PROCESSES_OPTION = click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default CRM_WORKER_PROCESSES, else the usable CPUs).",
+)
+#: A supervised child runs in this process; the supervisor passes it (not for people).
+CHILD_OPTION = click.option("--child", is_flag=True, hidden=True)
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="One pass, deliver, print a summary, exit.")
+@PROCESSES_OPTION
 @NOW_OPTION
 @click.pass_context
-def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
-    """Scheduler and workers in one process (the single-machine default).
+def run(ctx: click.Context, once: bool, processes: int | None, now: datetime | None) -> None:
+    """Scheduler and worker processes together (the single-machine default): one worker
+    process per usable CPU, each restarted if it dies.
+
+    SIGTERM or Ctrl-C: the workers finish the batches they hold and stop (a second Ctrl-C
+    stops them at once).
 
     \b
     Examples:
       crm-worker run --once                              one pass now
       crm-worker run --once --now 2026-03-14T10:00:00Z   replay a day
+      crm-worker run --once --processes 1                one worker process
       crm-worker run                                     until Ctrl-C / SIGTERM
     """
     runtime = runtime_for(ctx)
+    count = _process_count(runtime, processes)
     if not once:
         if now is not None:
             raise click.UsageError("--now works with --once only")
-        _serve(runtime, scheduler=True, worker=True)
+        children = [
+            scheduler_child(log_flags=_log_flags(ctx), metrics_port=_scheduler_metrics(runtime)),
+            *_workers(ctx, runtime, count),
+        ]
+        _supervise(runtime, children, f"the scheduler and {_describe_workers(runtime, count)}")
         return
-    summary = runtime.run_once(now or utc_now())
+    supervisor = Supervisor(
+        _workers(ctx, runtime, count),
+        stop_timeout_s=runtime.settings.stop_timeout_s,
+        fork_main=_child_main,
+    )
+    stop, force = _stop_signals()
+    summary = run_once_supervised(runtime, now or utc_now(), supervisor, stop=stop, force=force)
     report = summary.report
     states: Counter[str] = summary.states
     out.print(
@@ -65,6 +112,11 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
         f"sent {states['sent']}, skipped {states['skipped']}, failed {states['failed']}, "
         f"retrying later {states['retrying']}"
         + (f", unknown {states['unknown']}" if states["unknown"] else "")
+        + "".join(
+            f", still {state} {states[state]}"
+            for state in ("claimed", "queued", "sending")
+            if states[state]
+        )
     )
     if runtime.pause.remaining(utc_now()) is not None:
         err.print(
@@ -79,7 +131,8 @@ def run(ctx: click.Context, once: bool, now: datetime | None) -> None:
             else f"outbox {settings.effective_outbox_dir}/"
         )
         out.print(f"messages went to {where}", markup=False)
-    if states["failed"] or states["unknown"]:
+    unfinished = states["claimed"] + states["queued"] + states["sending"]
+    if states["failed"] or states["unknown"] or unfinished:
         sys.exit(EXIT_PROBLEMS)
 
 
@@ -194,42 +247,191 @@ def intake(host: str | None, port: int | None) -> None:
 
 
 @cli.command()
+@CHILD_OPTION
 @click.pass_context
-def scheduler(ctx: click.Context) -> None:
+def scheduler(ctx: click.Context, child: bool) -> None:
     """Only the scheduler (one active per Redis; more instances stand by).
 
     \b
     Example:
       CRM_REDIS_URL=redis://redis:6379/0 crm-worker scheduler
     """
-    _serve(runtime_for(ctx), scheduler=True, worker=False)
+    _serve(runtime_for(ctx), scheduler=True, worker=False, child=child)
 
 
 @cli.command()
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads.")
+@PROCESSES_OPTION
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads per process.")
+@CHILD_OPTION
 @click.pass_context
-def worker(ctx: click.Context, threads: int | None) -> None:
-    """Only workers: deliver queued messages. Run as many as you like, on any host.
+def worker(ctx: click.Context, processes: int | None, threads: int | None, child: bool) -> None:
+    """Only workers: deliver queued messages, one process per usable CPU (each restarted if it
+    dies). Run as many as you like, on any host.
+
+    SIGTERM or Ctrl-C: they finish the batches they hold and stop (a second Ctrl-C stops them
+    at once).
 
     \b
-    Example:
-      CRM_REDIS_URL=redis://redis:6379/0 crm-worker worker --threads 8
+    Examples:
+      CRM_REDIS_URL=redis://redis:6379/0 crm-worker worker
+      crm-worker worker --processes 4 --threads 1
     """
     runtime = runtime_for(ctx)
     if threads:
         runtime.settings = runtime.settings.model_copy(update={"worker_threads": threads})
-    _serve(runtime, scheduler=False, worker=True)
+    if child:
+        _serve(runtime, scheduler=False, worker=True, child=True)
+        return
+    count = _process_count(runtime, processes)
+    _supervise(runtime, _workers(ctx, runtime, count), _describe_workers(runtime, count))
 
 
-def _serve(runtime: Runtime, *, scheduler: bool, worker: bool) -> None:
-    stop = threading.Event()
+def _child_main() -> None:
+    """A forked child runs the command line again, with its own arguments (``sys.argv``)."""
+    from worker.cli import main  # the package imports this module: not at import time
+
+    main()
+
+
+def _process_count(runtime: Runtime, processes: int | None) -> int:
+    return processes or runtime.settings.worker_processes or usable_cpus()
+
+
+def _log_flags(ctx: click.Context) -> list[str]:
+    """The -v/-q of this command, for its children."""
+    params = ctx.find_root().params
+    return ["-q"] if params.get("quiet") else ["-v"] * int(params.get("verbose") or 0)
+
+
+def _workers(ctx: click.Context, runtime: Runtime, count: int) -> list[ChildSpec]:
+    settings = runtime.settings
+    return [
+        worker_child(
+            number,
+            threads=settings.worker_threads,
+            log_flags=_log_flags(ctx),
+            metrics_port=settings.metrics_port,
+        )
+        for number in range(1, count + 1)
+    ]
+
+
+def _scheduler_metrics(runtime: Runtime) -> int | None:
+    """Under ``run``, the scheduler serves its metrics after the workers' ports."""
+    port = runtime.settings.metrics_port
+    return None if port is None else port + _process_count(runtime, None)
+
+
+def _describe_workers(runtime: Runtime, count: int) -> str:
+    s = runtime.settings
+    return (
+        f"{count} worker process{'es' if count != 1 else ''} × {s.worker_threads} "
+        f"thread{'s' if s.worker_threads != 1 else ''} × {s.smtp_connections} SMTP connection"
+        f"{'s' if s.smtp_connections != 1 else ''}"
+    )
+
+
+def _stop_signals() -> tuple[threading.Event, threading.Event]:
+    """SIGINT/SIGTERM once: ``stop`` (drain); twice: ``force`` (kill the children)."""
+    stop, force = threading.Event(), threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
-        err.print(f"stopping ({signal.Signals(signum).name}) …")
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            err.print(f"stopping now ({name} again): the worker processes are killed")
+            force.set()
+            return
+        err.print(
+            f"stopping ({name}): the worker processes finish the batches they hold; "
+            "Ctrl-C again to stop at once"
+        )
         stop.set()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    roles = " and ".join(r for r, on in (("scheduler", scheduler), ("workers", worker)) if on)
+    return stop, force
+
+
+def _supervise(runtime: Runtime, children: list[ChildSpec], roles: str) -> None:
+    """Run ``children`` under a supervisor until SIGTERM / Ctrl-C."""
+    if runtime.settings.redis_url is None:
+        # The embedded Redis stays up while children die and restart (each would otherwise
+        # be its last user and stop it).
+        runtime.redis  # noqa: B018
+    supervisor = Supervisor(
+        children, stop_timeout_s=runtime.settings.stop_timeout_s, fork_main=_child_main
+    )
+    stop, force = _stop_signals()
     err.print(f"running {roles}; Ctrl-C to stop")
+    supervisor.serve(stop, force)
+
+
+def _serve(runtime: Runtime, *, scheduler: bool, worker: bool, child: bool = False) -> None:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        if not child:
+            err.print(f"stopping ({signal.Signals(signum).name}) …")
+        stop.set()
+
+    if child:
+        # The supervisor decides what a Ctrl-C in the terminal means (the whole process group
+        # gets it); it sends SIGTERM to drain. Without it, this process stops by itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watch_parent(stop, os.getppid())
+    else:
+        signal.signal(signal.SIGINT, _stop)
+        roles = " and ".join(r for r, on in (("scheduler", scheduler), ("workers", worker)) if on)
+        err.print(f"running {roles}; Ctrl-C to stop")
+    signal.signal(signal.SIGTERM, _stop)
     runtime.run_forever(stop, scheduler=scheduler, worker=worker)
+
+
+@cli.command()
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("--host", default=None, help="Whose heartbeat counts (default: this host's name).")
+@click.option("--any-host", is_flag=True, help="A heartbeat from any host counts.")
+def health(role: Role, host: str | None, any_host: bool) -> None:
+    """Exit 0 when a ROLE process on this host wrote its heartbeat in Redis recently, else 1
+    with one line saying why: the health check of a container or a service manager.
+
+    Fresh means within 3 sweep intervals for workers (CRM_SWEEP_INTERVAL_S) and 30 s for the
+    scheduler (leader or standby) and the intake. A Redis that cannot be reached is unhealthy
+    too (exit 1, as Docker expects of a health check).
+
+    \b
+    Examples:
+      crm-worker health worker             in a worker's container
+      crm-worker health scheduler --any-host   is any scheduler alive?
+    """
+    if host is not None and any_host:
+        usage_error("--host and --any-host contradict each other; give one")
+    settings = load_or_exit()
+    if role == "worker":
+        fresh_s = settings.sweep_interval_s * SWEEP_INTERVALS_OF_GRACE
+    else:
+        fresh_s = HEARTBEAT_INTERVAL.total_seconds() * HEARTBEAT_INTERVALS_OF_GRACE
+    if settings.redis_url is None and not server_answers(
+        EmbeddedRedis(settings.data_dir).socket_path
+    ):
+        # Asking must not start the embedded Redis that nothing else runs.
+        verdict = Health(False, f"the embedded Redis of {settings.data_dir} is not running")
+        out.print(f"unhealthy: {verdict.reason}", markup=False)
+        sys.exit(EXIT_PROBLEMS)
+    runtime = Runtime(settings)
+    try:
+        verdict = check_health(
+            runtime.redis,
+            role,
+            host=None if any_host else (host or socket.gethostname()),
+            fresh_s=fresh_s,
+            now=utc_now().timestamp(),
+        )
+    except (redis.RedisError, CrmWorkerError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        verdict = Health(False, f"Redis unreachable: {first}")
+    finally:
+        runtime.close()
+    line = f"{'healthy' if verdict.ok else 'unhealthy'}: {verdict.reason}"
+    out.print(line, markup=False)
+    sys.exit(0 if verdict.ok else EXIT_PROBLEMS)

@@ -174,6 +174,9 @@ class SweepMiddleware(dramatiq.Middleware):
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         stop = threading.Event()
         sweeper = self._sweeper()
+        # Alive from the start (``crm-worker health worker``), not only after the first sweep.
+        with contextlib.suppress(redis.RedisError):
+            sweeper.beat()
         self._swept = sweeper
         self._stop = stop
         self._thread = threading.Thread(

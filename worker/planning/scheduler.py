@@ -33,6 +33,7 @@ import redis
 
 from worker.constants import (
     DELIVERY_BATCH_SIZE,
+    HEARTBEAT_INTERVAL,
     PASS_PROGRESS_INTERVAL,
     SCHEDULER_LAST_PASS_KEY,
     SCHEDULER_LOCK_KEY,
@@ -46,6 +47,7 @@ from worker.planning.contact_policy import ContactPolicy, counted, customer_id_o
 from worker.planning.events import Event, EventLog
 from worker.planning.plan import PlannedDelivery, Skip, plan, plan_event
 from worker.records.delivery_log import DeliveryLog, LogEntry
+from worker.records.heartbeats import beat, leave
 from worker.records.ledger import Ledger, skip_claimed
 from worker.rules.catalog import RuleCatalog
 from worker.sources.base import Source
@@ -352,7 +354,26 @@ def run_scheduler(
             log.error("scheduler pass failed: %s; retrying next interval", exc)
         except Exception:
             log.exception("scheduler pass failed; retrying next interval")
-        stop.wait(interval_s if leading else min(interval_s, STANDBY_POLL.total_seconds()))
+        _wait_beating(
+            lock.client,
+            me,
+            interval_s if leading else min(interval_s, STANDBY_POLL.total_seconds()),
+            stop,
+        )
     # Stopping while Redis is gone: the lock expires by itself (its TTL); no traceback.
     with contextlib.suppress(redis.RedisError):
         lock.release()
+    leave(lock.client, "scheduler", me)
+
+
+def _wait_beating(client: redis.Redis, me: str, wait_s: float, stop: threading.Event) -> None:
+    """Wait ``wait_s`` (or until ``stop``), writing this scheduler's heartbeat at once and then
+    every ``HEARTBEAT_INTERVAL`` (``crm-worker health scheduler``): the loop is alive between
+    passes too, leader or standby."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(redis.RedisError):  # the loop above reports a lost Redis
+            beat(client, "scheduler", me, now=utc_now().timestamp())
+        left = deadline - time.monotonic()
+        if left <= 0 or stop.wait(min(left, HEARTBEAT_INTERVAL.total_seconds())):
+            return

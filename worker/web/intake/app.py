@@ -30,11 +30,13 @@ Example (tests run it in a thread the same way)::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import redis
 import uvicorn
@@ -44,9 +46,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from worker.constants import INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
+from worker.constants import HEARTBEAT_INTERVAL, INTAKE_RETRY_AFTER_S, MAX_INTAKE_BODY_BYTES
 from worker.errors import EventError, IntakeError, SourceUnavailableError
 from worker.localtime import utc_now
+from worker.records.heartbeats import beat, leave, process_name
 from worker.runtime import Runtime, TakenEvent
 from worker.settings import Settings
 from worker.web.intake.auth import IntakeAuth
@@ -129,7 +132,22 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
             return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The heartbeat is written from the event loop that serves requests: a loop that is
+        # stuck stops beating, and `crm-worker health intake` says so.
+        name = process_name()
+        task = asyncio.create_task(_beat_forever(runtime, name))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await run_in_threadpool(leave, runtime.redis, "intake", name)
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route(EVENTS_PATH, post_event, methods=["POST"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
@@ -143,6 +161,15 @@ def create_app(runtime: Runtime, auth: IntakeAuth) -> Starlette:
     # header, which anyone can set: a public app must not echo it. A wrong path is a 404.
     app.router.redirect_slashes = False
     return app
+
+
+async def _beat_forever(runtime: Runtime, name: str) -> None:
+    """Write this intake's heartbeat every ``HEARTBEAT_INTERVAL`` while it serves."""
+    while True:
+        # /health and the event endpoint say when Redis is down; no log line per beat.
+        with contextlib.suppress(redis.RedisError):
+            await run_in_threadpool(beat, runtime.redis, "intake", name, now=utc_now().timestamp())
+        await asyncio.sleep(HEARTBEAT_INTERVAL.total_seconds())
 
 
 async def _connection_gone(request: Request, exc: Exception) -> JSONResponse:
