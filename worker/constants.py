@@ -281,3 +281,20 @@ MAILBOX_BATCH = 500
 SOFT_BOUNCE_KEY_PREFIX = f"{KEY_PREFIX}:soft-bounce:"
 #: Where each outcome of a feedback mail is filed, under CRM_MAILBOX_FOLDER_PREFIX.
 FEEDBACK_FOLDERS = ("unsubscribed", "bounced", "soft-bounce", "complaint", "auto-reply", "other")
+
+#: The due-index (:mod:`worker.planning.due_index`): the deliveries planned ahead, a sorted
+#: set (member: delivery key, score: due instant in unix seconds). Only a plan: every member
+#: is checked against fresh CRM data and claimed in the ledger when it falls due.
+DUE_INDEX_KEY = f"{KEY_PREFIX}:plan:due"
+#: Which index members each planned record has (hash: ``entity:id`` → space-separated keys),
+#: so a changed record's entries are replaced, not left behind.
+DUE_INDEX_RECORDS_KEY = f"{KEY_PREFIX}:plan:records"
+#: The plan's own state (hash): horizon end, rules fingerprint, change watermarks.
+DUE_INDEX_STATE_KEY = f"{KEY_PREFIX}:plan:state"
+#: Records the CRM's events named (set of ``entity:id``): re-planned at the next pass.
+DIRTY_RECORDS_KEY = f"{KEY_PREFIX}:plan:dirty"
+#: A full planning pass runs this long before the planned horizon ends, so the index always
+#: reaches past the next pass even when a full pass over a large CRM takes minutes.
+PLAN_AHEAD_MARGIN = timedelta(hours=1)
+#: Index entries (and dirty records) written or read per Redis round trip.
+DUE_INDEX_CHUNK = 2_000
