@@ -43,7 +43,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
+from worker.constants import PLAN_LOOKUP_CHUNK, SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
 from worker.errors import SourceError, SourceUnavailableError
 from worker.sources.base import Changes, Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
@@ -307,9 +307,14 @@ class SqlSource:
             return []
         where = f"{self.mapping.path.name} {entity}"
         statement = text(queries.of_customers).bindparams(bindparam("ids", expanding=True))
+        rows: list[Any] = []
         try:
             with self._connect() as conn:
-                rows = conn.execute(statement, {"ids": ids}).all()
+                # A few hundred ids per query: with thousands in one list PostgreSQL's planner
+                # prefers a sequential scan of the whole table to the index on the column.
+                for start in range(0, len(ids), PLAN_LOOKUP_CHUNK):
+                    chunk = {"ids": ids[start : start + PLAN_LOOKUP_CHUNK]}
+                    rows.extend(conn.execute(statement, chunk).all())
         except DataError:
             return []  # ids the column cannot hold: no records of theirs
         except SQLAlchemyError as exc:
