@@ -200,8 +200,9 @@ def _apply(
     client: redis.Redis,
 ) -> None:
     """One CRM write between the passes at ``previous`` and ``now``. ``how``: stamped in the
-    change column at write time, stamped a little before the last pass (a transaction that
-    commits late: before the latest write the last pass saw, within the overlap), or left unstamped and reported as an event."""
+    change column at write time; stamped before the latest write the last pass saw, within
+    the overlap (a transaction that commits late); or left unstamped and reported as an
+    event."""
     kind, pick, fields, seed, how = change
     stamp = previous + (now - previous) / 2
     if how == "late":
