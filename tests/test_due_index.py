@@ -126,3 +126,25 @@ def test_a_change_column_becomes_a_filter_on_the_mapping_query(tmp_path: Path) -
         == "SELECT * FROM (SELECT id, stamp FROM contacts) AS q WHERE q.stamp > :since"
     )
     assert queries.latest is not None and "MAX(q.stamp)" in queries.latest
+
+
+def test_too_many_reported_changes_send_the_next_pass_back_to_a_full_one(
+    make_runtime: Any,
+    make_settings: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.planning.due_index.MAX_DIRTY_RECORDS", 3)
+    runtime = make_runtime(make_settings(CRM_SOURCE=str(_crm(tmp_path))))
+    runtime.scheduler.run_planned_pass(NOW)
+    for customer_id in range(1, 6):
+        record_event(runtime.redis, "customer.updated", str(customer_id), at=NOW)
+    assert runtime.redis.scard(DIRTY_RECORDS_KEY) == 3  # the set stops growing
+    caplog.set_level(logging.INFO, logger="worker.planning.ahead")
+    runtime.scheduler.run_planned_pass(NOW + timedelta(minutes=1))
+    assert "(the CRM reported more changed records than are kept one by one)" in caplog.text
+    assert not runtime.redis.scard(DIRTY_RECORDS_KEY)
+    caplog.clear()
+    runtime.scheduler.run_planned_pass(NOW + timedelta(minutes=2))
+    assert "planned ahead to" not in caplog.text  # the overflow was cleared with the plan

@@ -293,6 +293,9 @@ DUE_INDEX_RECORDS_KEY = f"{KEY_PREFIX}:plan:records"
 DUE_INDEX_STATE_KEY = f"{KEY_PREFIX}:plan:state"
 #: Records the CRM's events named (set of ``entity:id``): re-planned at the next pass.
 DIRTY_RECORDS_KEY = f"{KEY_PREFIX}:plan:dirty"
+#: Beyond this many, events stop adding records to the dirty set and the next pass is a full
+#: one instead (an intake running for days without a scheduler must not grow it for ever).
+MAX_DIRTY_RECORDS = 100_000
 #: A full planning pass runs this long before the planned horizon ends, so the index always
 #: reaches past the next pass even when a full pass over a large CRM takes minutes.
 PLAN_AHEAD_MARGIN = timedelta(hours=1)

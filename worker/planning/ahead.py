@@ -136,6 +136,8 @@ class AheadPlanner:
             reason = "the rules changed"
         elif state.horizon_end is None or now + PLAN_AHEAD_MARGIN >= state.horizon_end:
             reason = "the planned horizon ends"
+        elif state.overflow:
+            reason = "the CRM reported more changed records than are kept one by one"
         if reason is None and not self._follow_changes(now, by_entity, state):
             reason = "a source file was written again"
         if reason is not None:

@@ -31,10 +31,12 @@ from worker.constants import (
     DUE_INDEX_KEY,
     DUE_INDEX_RECORDS_KEY,
     DUE_INDEX_STATE_KEY,
+    MAX_DIRTY_RECORDS,
 )
 
 _BUILDING = ":building"
 _WATERMARK = "watermark:"
+_OVERFLOW = "dirty_overflow"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class PlanState:
     horizon_end: datetime | None
     fingerprint: str
     watermarks: Mapping[str, str]
+    #: More records were named dirty than the set keeps: only a full pass is right.
+    overflow: bool = False
 
 
 def record_ref(entity: str, record_id: str) -> str:
@@ -79,6 +83,7 @@ class DueIndex:
             watermarks={
                 k.removeprefix(_WATERMARK): v for k, v in fields.items() if k.startswith(_WATERMARK)
             },
+            overflow=fields.get(_OVERFLOW) == "1",
         )
 
     def save_watermarks(self, watermarks: Mapping[str, str | None]) -> None:
@@ -177,7 +182,11 @@ class DueIndex:
 
 def mark_dirty(client: redis.Redis, entity: str, record_id: str) -> None:
     """Note that the CRM reported a change of ``entity`` ``record_id``: the next pass re-plans
-    it (and, for a customer, that customer's records)."""
+    it (and, for a customer, that customer's records). Past ``MAX_DIRTY_RECORDS`` the set is
+    left as it is and the plan marked overflowing: the next pass plans everything afresh."""
+    if int(client.scard(DIRTY_RECORDS_KEY)) >= MAX_DIRTY_RECORDS:
+        client.hset(DUE_INDEX_STATE_KEY, _OVERFLOW, "1")
+        return
     client.sadd(DIRTY_RECORDS_KEY, record_ref(entity, record_id))
 
 
