@@ -149,3 +149,51 @@ def test_exact_grace_boundary_is_kept(tmp_path):
     assert now in due
     assert now - timedelta(days=1) + timedelta(seconds=1) in due
     assert now - timedelta(days=1) not in due
+
+
+UNRESOLVED = (
+    "id: unresolved\n"
+    "trigger: {unresolved: {field: complaint.opened_at, resolved: complaint.resolved_at,"
+    " after: 2d, every: 3d, times: 3}}\n"
+    "send_window: {from: '08:00', to: '20:00'}\ngrace: 1d\n"
+    "send: [{channel: email, template: birthday, to: customer.email}]\n"
+)
+
+
+@pytest.mark.parametrize("now_text", NOWS)
+def test_unresolved_screen_finds_what_evaluating_every_complaint_finds(tmp_path, now_text):
+    """The follow-up screen lets every complaint through that has a follow-up or a skip
+    (opened around each follow-up's due time, in far-apart zones, resolved or not)."""
+    now = datetime.fromisoformat(now_text).astimezone(UTC)
+    _write_crm(tmp_path / "crm", now)
+    rows = [["id", "customer_id", "opened_at", "resolved_at"]]
+    around = [
+        now - timedelta(days=days, hours=h) for days in (2, 5, 8, 11) for h in range(-60, 61, 7)
+    ]
+    texts = [text for instant in around for text in _texts(instant)]
+    texts += ["", "2025-02-30T10:00:00Z", "yesterday"]
+    for n, text in enumerate(texts):
+        resolved = ["", now.isoformat(), (now - timedelta(days=1)).isoformat(), "garbage"][n % 4]
+        rows.append([f"k{n}", f"c{n % len(ZONES)}-0", text, resolved])
+    with (tmp_path / "crm" / "complaints.csv").open("w", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows(rows)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "unresolved.yaml").write_text(UNRESOLVED, encoding="utf-8")
+    catalog = RuleCatalog(tmp_path / "rules")
+    assert catalog.refresh() == []
+    source = CsvSource(tmp_path / "crm")
+    zone, company = ZoneInfo("UTC"), {"name": "Acme"}
+    rule = catalog.get("unresolved")
+    assert rule is not None
+    unscreened = [
+        item
+        for record in source.iter_records("complaint")
+        for item in plan_subject(
+            rule, Related(rule, record, source), now, default_zone=zone, company=company
+        )
+    ]
+    screened = list(plan(catalog, source, now, default_zone=zone, company=company))
+
+    assert _summary(screened) == _summary(unscreened)
+    assert any(isinstance(item, PlannedDelivery) for item in unscreened)
+    assert any(not isinstance(item, PlannedDelivery) for item in unscreened)

@@ -9,15 +9,20 @@ from __future__ import annotations
 import logging
 import shutil
 
+import pytest
+
 from tests.conftest import REPO
 from worker.localtime import parse_instant
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 
 
+@pytest.mark.parametrize("pass_name", ["run_pass", "run_planned_pass"])
 def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
-    make_runtime, make_settings, tmp_path, caplog
+    make_runtime, make_settings, tmp_path, caplog, pass_name
 ):
+    """Both passes: a full read, and the due-index (whose entries of the rule left out are
+    kept for the pass after the fix)."""
     rules = tmp_path / "rules"
     rules.mkdir()
     good = (REPO / "rules" / "birthday-greeting.yaml").read_text(encoding="utf-8")
@@ -33,7 +38,7 @@ def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
     )
 
     with caplog.at_level(logging.ERROR, logger="worker.planning.scheduler"):
-        report = runtime.scheduler.run_pass(NOW)
+        report = getattr(runtime.scheduler, pass_name)(NOW)
     greetings = [k for k in report.queued if k.startswith("birthday-greeting:")]
     assert greetings, "the other rule keeps running"
     assert not [k for k in report.queued if k.startswith("birthday-copy:")]
@@ -43,11 +48,11 @@ def test_a_rule_with_a_missing_template_is_not_run_until_fixed(
     # Logged once, not at every pass while nobody has fixed it yet.
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="worker.planning.scheduler"):
-        runtime.scheduler.run_pass(parse_instant("2026-03-14T10:01:00Z"))
+        getattr(runtime.scheduler, pass_name)(parse_instant("2026-03-14T10:01:00Z"))
     assert "birthday-copy" not in caplog.text
 
     # The template appears (a sales manager renamed the folder): the next pass sends them.
     shutil.copytree(templates / "birthday", templates / "birthdya")
-    later = runtime.scheduler.run_pass(parse_instant("2026-03-14T10:05:00Z"))
+    later = getattr(runtime.scheduler, pass_name)(parse_instant("2026-03-14T10:05:00Z"))
     assert sorted(k for k in later.queued if k.startswith("birthday-copy:")) == sorted(copies)
     assert set(runtime.ledger.states(copies).values()) == {"queued"}

@@ -336,3 +336,23 @@ CONSOLE_FORECAST_TTL = timedelta(minutes=5)
 CONSOLE_DELIVERIES_SHOWN = 500
 #: Old versions of rule files saved by the console go to CRM_DATA_DIR/<this>/.
 RULE_BACKUP_FOLDER = "rule-backups"
+
+#: The due-index (:mod:`worker.planning.due_index`): the deliveries planned ahead, a sorted
+#: set (member: delivery key, score: due instant in unix seconds). Only a plan: every member
+#: is checked against fresh CRM data and claimed in the ledger when it falls due.
+DUE_INDEX_KEY = f"{KEY_PREFIX}:plan:due"
+#: Which index members each planned record has (hash: ``entity:id`` → space-separated keys),
+#: so a changed record's entries are replaced, not left behind.
+DUE_INDEX_RECORDS_KEY = f"{KEY_PREFIX}:plan:records"
+#: The plan's own state (hash): horizon end, rules fingerprint, change watermarks.
+DUE_INDEX_STATE_KEY = f"{KEY_PREFIX}:plan:state"
+#: Records the CRM's events named (set of ``entity:id``): re-planned at the next pass.
+DIRTY_RECORDS_KEY = f"{KEY_PREFIX}:plan:dirty"
+#: Beyond this many, events stop adding records to the dirty set and the next pass is a full
+#: one instead (an intake running for days without a scheduler must not grow it for ever).
+MAX_DIRTY_RECORDS = 100_000
+#: A full planning pass runs this long before the planned horizon ends, so the index always
+#: reaches past the next pass even when a full pass over a large CRM takes minutes.
+PLAN_AHEAD_MARGIN = timedelta(hours=1)
+#: Index entries (and dirty records) written or read per Redis round trip.
+DUE_INDEX_CHUNK = 2_000

@@ -43,7 +43,9 @@ from worker.messages.signature import DkimSigner
 from worker.messages.unsubscribe import Unsubscriber, shared_secret
 from worker.metrics import QueueMetrics
 from worker.metrics import serve as serve_metrics
+from worker.planning.ahead import AheadPlanner
 from worker.planning.contact_policy import ContactPolicy
+from worker.planning.due_index import DueIndex
 from worker.planning.events import Event, EventLog, record_event_once
 from worker.planning.plan import StaffReader, event_rules
 from worker.planning.scheduler import LeaderLock, PassReport, Scheduler, run_scheduler
@@ -264,6 +266,16 @@ class Runtime:
             events=self.events,
             delivery_log=self.delivery_log,
             renderer=self.renderer,
+            ahead=AheadPlanner(
+                catalog=self.catalog,
+                source=self.source,
+                index=DueIndex(self.redis),
+                default_zone=self.default_zone,
+                company=self.settings.company,
+                horizon=timedelta(hours=self.settings.plan_horizon_h),
+                overlap=timedelta(seconds=self.settings.change_overlap_s),
+                events=self.events,
+            ),
         )
 
     @cached_property

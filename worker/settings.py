@@ -162,6 +162,19 @@ class Settings(BaseSettings):
         description="On SIGTERM, worker processes still draining after this are killed.",
     )
     scheduler_interval_s: float = Field(default=60.0, gt=0)
+    plan_horizon_h: float = Field(
+        default=36.0,
+        ge=2.0,
+        le=24.0 * 30,
+        description="How far ahead a full planning pass plans into the due-index (hours); the "
+        "next full pass comes an hour before the horizon ends.",
+    )
+    change_overlap_s: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="How far before the last change seen a change pass reads again (seconds): "
+        "longer than the CRM's longest write transaction plus its clock's skew from ours.",
+    )
     scheduler_lock_ttl_s: float = Field(
         default=SCHEDULER_LOCK_TTL.total_seconds(),
         gt=0,

@@ -40,6 +40,7 @@ from worker.constants import (
 )
 from worker.errors import EventError
 from worker.localtime import utc_now
+from worker.planning.due_index import mark_dirty
 from worker.rules.models import EVENT_TYPE_PATTERN
 from worker.sources.base import Record
 
@@ -154,6 +155,10 @@ def record_event_once(
             MAX_EVENTS_PER_TYPE,
         ],
     )
+    if created:
+        # The record the event is about changed in the CRM: the plan made ahead is redone
+        # for it at the next pass (worker.planning.ahead), whether or not a rule reacts.
+        mark_dirty(client, event_type.partition(".")[0], record_id)
     stored = EventLog(client).get(event_id)
     return stored or Event(event_id, event_type, record_id, when, json.loads(payload)), bool(
         created

@@ -8,7 +8,7 @@ Pure apart from reading the source: nothing is claimed, queued or sent here, whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -291,6 +291,9 @@ def _plan_entity(
     default_zone: ZoneInfo,
     company: Mapping[str, str],
     waiting: dict[str, list[PlannedDelivery | Skip]],
+    *,
+    until: datetime | None = None,
+    records: Iterable[Record] | None = None,
 ) -> Iterator[PlannedDelivery | Skip]:
     """Every rule of ``rules`` (all on one entity) over one read of the entity's records. The
     first rule's findings are yielded at once; the others' wait in ``waiting`` for their turn
@@ -298,16 +301,20 @@ def _plan_entity(
 
     Each rule's screen (:func:`worker.planning.triggers.screen`) drops the rows that cannot be due
     before anything else is looked at; the rows left are evaluated in chunks of
-    ``PLAN_LOOKUP_CHUNK``, their customers fetched with one ``get_many`` per chunk."""
+    ``PLAN_LOOKUP_CHUNK``, their customers fetched with one ``get_many`` per chunk.
+
+    ``until`` extends each rule's window past ``now`` (planning ahead: :func:`plan_ahead`);
+    ``records`` replaces the read of every record (the changed ones)."""
     checks: list[tuple[Rule, TriggerWindow, Screen | None]] = []
     for rule in rules:
-        window = TriggerWindow(now - rule.grace, now)  # once per rule, not per record
+        window = TriggerWindow(now - rule.grace, until or now)  # once per rule, not per record
         checks.append((rule, window, screen(rule, window, _month_days(window))))
     for rule in rules[1:]:
         waiting[rule.id] = []
     chunk: list[tuple[Record, list[int]]] = []
     entity = rules[0].trigger.spec.entity
-    for record in source.iter_records(entity, _row_keep(checks)):
+    read = source.iter_records(entity, _row_keep(checks)) if records is None else records
+    for record in read:
         passed = [n for n, (_, _, test) in enumerate(checks) if test is None or test(record)]
         if passed:
             chunk.append((record, passed))
@@ -315,6 +322,28 @@ def _plan_entity(
                 yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
                 chunk = []
     yield from _plan_chunk(chunk, checks, source, now, default_zone, company, waiting)
+
+
+def plan_ahead(
+    rules: list[Rule],
+    source: Source,
+    now: datetime,
+    until: datetime,
+    *,
+    default_zone: ZoneInfo,
+    company: Mapping[str, str],
+    records: Iterable[Record] | None = None,
+) -> Iterator[PlannedDelivery | Skip]:
+    """Every delivery of ``rules`` (none an ``event`` rule, all on one entity) due from each
+    rule's grace before ``now`` up to ``until``, over one read of the entity (or over
+    ``records`` only: the changed ones). The same screens, chunks and checks as :func:`plan`:
+    what a pass at any instant up to ``until`` finds due, as the data stands now."""
+    waiting: dict[str, list[PlannedDelivery | Skip]] = {}
+    yield from _plan_entity(
+        rules, source, now, default_zone, company, waiting, until=until, records=records
+    )
+    for found in waiting.values():
+        yield from found
 
 
 def _row_keep(checks: list[tuple[Rule, TriggerWindow, Screen | None]]) -> RowKeep | None:

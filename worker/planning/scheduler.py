@@ -9,8 +9,10 @@ One pass at instant ``now``:
    recorded as skipped with the reason instead of being queued;
 4. queue the newly claimed keys in batches, then mark them queued.
 
-Running continuously, the scheduler holds a Redis lock renewed every pass; a second scheduler
-waits as a standby and takes over when the lock expires.
+Running continuously (:func:`run_scheduler`), step 2 reads the due-index planned ahead
+(:mod:`worker.planning.ahead`) and only what changed in the CRM, instead of every record; the
+claim and the steps after it are the same. The scheduler holds a Redis lock renewed every
+pass; a second scheduler waits as a standby and takes over when the lock expires.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from worker.constants import (
 from worker.errors import SourceUnavailableError
 from worker.localtime import utc_now
 from worker.messages.rendering import TemplateRenderer
+from worker.planning.ahead import AheadPlanner
 from worker.planning.contact_policy import ContactPolicy, counted, customer_id_of
 from worker.planning.events import Event, EventLog
 from worker.planning.plan import PlannedDelivery, Skip, plan, plan_event
@@ -98,6 +101,8 @@ class Scheduler:
     events: EventLog | None = None
     delivery_log: DeliveryLog | None = None
     renderer: TemplateRenderer | None = None
+    #: Plans ahead into the due-index for :meth:`run_planned_pass`; None: every pass reads all.
+    ahead: AheadPlanner | None = None
     # Rules left out for a missing template, with the reason already logged: a pass every
     # minute would otherwise repeat the same error until someone fixes the folder.
     _left_out: dict[str, str] = field(default_factory=dict)
@@ -122,6 +127,19 @@ class Scheduler:
             events=self.events,
         )
         return self._dispatch(items, now)
+
+    def run_planned_pass(self, now: datetime) -> PassReport:
+        """:meth:`run_pass` at ``now`` through the due-index: what is due by the plan made
+        ahead, after re-planning what changed in the CRM (:mod:`worker.planning.ahead`). The
+        same deliveries are claimed; the CRM is read for the changes and the due records."""
+        if self.ahead is None:
+            return self.run_pass(now)
+        self.catalog.refresh()
+        broken = self._unusable_rules()
+        due = self.ahead.prepare(now, left_out=broken.keys())
+        report = self._dispatch(due.items, now)
+        due.finish()  # only now: a pass that failed before claiming leaves them for the next
+        return report
 
     def react(self, event: Event, now: datetime) -> PassReport:
         """Claim and queue at once what the ``event`` rules send for ``event`` at ``now`` (the
@@ -336,7 +354,7 @@ def run_scheduler(
                     log.info("scheduler is the leader")
                 leading = True
                 started = time.monotonic()
-                report = scheduler.run_pass(clock())
+                report = scheduler.run_planned_pass(clock())
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
             else:
                 if leading:

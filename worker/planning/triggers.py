@@ -352,7 +352,9 @@ def screen_value(
     :func:`evaluate`), or None when its trigger kind has none. The test is the very one
     :func:`evaluate` starts with (yearly: the (month, day) set; ``after``: far from the window
     in any zone), so a pass can drop most rows of a large CRM before any time zone, customer
-    lookup or occurrence is looked at. A field that is unusable or not a date passes:
+    lookup or occurrence is looked at (``unresolved``: no follow-up near the window: the
+    complaint's customer need not be read for its zone). A field that is unusable or not a
+    date passes:
     :func:`evaluate` then says why."""
     spec = rule.trigger.spec
     if isinstance(spec, (BirthdayTrigger, AnniversaryTrigger)):
@@ -383,6 +385,24 @@ def screen_value(
             return True
 
         return field_name(spec.field), once
+    if isinstance(spec, UnresolvedTrigger):
+        # _unresolved's test: some follow-up (opened + after + (n-1) x every) near the window.
+        padding = _slack(rule) + _ONE_DAY
+        every = spec.every or timedelta(0)
+        offsets = [spec.after + (n - 1) * every for n in range(1, spec.times + 1)]
+
+        def follow_ups(value: object, unusable: bool) -> bool:
+            if isinstance(value, datetime):
+                if value.tzinfo is None:
+                    return True
+                start = value
+            elif isinstance(value, date):
+                start = datetime.combine(value, time(0), UTC)
+            else:
+                return True  # missing or not a date: evaluate says why
+            return any(_near(start + offset, window, padding) for offset in offsets)
+
+        return field_name(spec.field), follow_ups
     return None
 
 

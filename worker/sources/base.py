@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,4 +62,45 @@ class Source(Protocol):
 
     def columns(self, entity: str) -> frozenset[str]:
         """Field names records of ``entity`` have (for validating rules and templates)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Records of one entity changed after a watermark, and the watermark to ask with next.
+
+    ``watermark`` is opaque to the caller (the largest change-column value seen, as text);
+    ``None`` when nothing has a change value yet (an empty table).
+    """
+
+    records: list[Record]
+    watermark: str | None
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A source that can say what changed, so a pass re-reads the changes, not the CRM.
+
+    A source without it (or an entity it does not follow) is read in full every pass.
+    """
+
+    def follows(self, entity: str) -> bool:
+        """Can :meth:`changed` name the changed records of ``entity``?"""
+        ...
+
+    def watermark(self, entity: str) -> str | None:
+        """The watermark as of now (taken before a full read, so nothing falls between)."""
+        ...
+
+    def changed(
+        self, entity: str, since: str | None, *, overlap: timedelta = timedelta(0)
+    ) -> Changes | None:
+        """Records of ``entity`` changed after ``since`` less ``overlap`` (None: every record
+        with a change value); ``None`` when the source cannot tell which (then everything may have
+        changed: a CSV file written again)."""
+        ...
+
+    def records_of(self, entity: str, customer_ids: Collection[str]) -> list[Record]:
+        """The records of ``entity`` that belong to these customers (their time zone and
+        opt-in decide those records' messages), read fresh."""
         ...

@@ -12,11 +12,12 @@ import logging
 import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import SourceError
-from worker.sources.base import Record, RowKeep, RowSkip
+from worker.sources.base import Changes, Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
 from worker.sources.schema import ENTITY_TABLES, to_record
 
@@ -205,6 +206,30 @@ class CsvSource:
             if id_column < len(cells):
                 offsets.setdefault(cells[id_column].strip(), offset)
         return header, offsets
+
+    # Change tracking: a CSV export is rewritten whole, so which rows changed is unknown; a
+    # file whose modification time or size changed sends the scheduler back to a full pass
+    # (:mod:`worker.planning.ahead`), an unchanged folder costs one stat per file and pass.
+
+    def follows(self, entity: str) -> bool:
+        return True
+
+    def watermark(self, entity: str) -> str | None:
+        try:
+            stat = self.path(entity).stat()
+        except FileNotFoundError:
+            return None
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+    def changed(
+        self, entity: str, since: str | None, *, overlap: timedelta = timedelta(0)
+    ) -> Changes | None:
+        mark = self.watermark(entity)
+        return Changes([], mark) if mark == since else None
+
+    def records_of(self, entity: str, customer_ids: Collection[str]) -> list[Record]:
+        wanted = set(customer_ids)
+        return [r for r in self.iter_records(entity) if str(r["customer_id"] or "") in wanted]
 
     def columns(self, entity: str) -> frozenset[str]:
         with self._open(entity) as stream:

@@ -11,11 +11,21 @@ Example (``examples/sql/queries.yaml``)::
       query: SELECT order_no AS id, contact_id AS customer_id, … FROM crm_orders
       get: SELECT … FROM crm_orders WHERE order_no = :id   # optional
 
+    complaint:
+      query: SELECT ticket_no AS id, …, updated_at FROM crm_tickets
+      changed_since: updated_at      # optional: the column that says a row changed
+
 ``query`` lists every record of the entity and must name the record's id ``id``. ``get`` fetches
 one record by ``:id``; without it the query is wrapped as
 ``SELECT * FROM (<query>) AS q WHERE q.id = :id``, which PostgreSQL, MySQL/MariaDB and SQLite
 flatten into an indexed lookup as long as ``id`` is a plain column of the table. Write ``get``
 yourself when the id is computed (``CAST(…) AS id``) or the query groups rows.
+
+``changed_since`` names a column of the query's result that the CRM sets whenever a row is
+written (an ``updated_at`` timestamp, with an index on it). The scheduler then plans ahead and
+reads between its full passes only the rows changed since it last looked:
+``SELECT * FROM (<query>) AS q WHERE q.updated_at > :since`` (see
+:mod:`worker.planning.ahead`). An entity without it is read in full every pass.
 
 The file is read with the rule files' YAML loader (YAML 1.2, positions, no unsafe tags, duplicate
 keys refused). Each statement must be one ``SELECT`` or ``WITH`` (no ``;``): a first guard, the
@@ -37,7 +47,8 @@ from worker.rules.loader import parse_yaml
 
 _ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
-_KEYS = ("query", "get")
+_KEYS = ("query", "get", "changed_since")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,17 @@ class EntityQueries:
     #: Several records by ``:ids`` (an expanding list): the wrapped query, when ``get`` is too;
     #: None when the file writes its own ``get`` (then each id goes through it).
     get_many: str | None = None
+    #: The change column (``changed_since``) and the statements built on it: rows changed
+    #: after ``:since``, every row with a change value, the largest change value.
+    changed_since: str | None = None
+    changed: str | None = None
+    changed_all: str | None = None
+    latest: str | None = None
+
+    @property
+    def of_customers(self) -> str:
+        """The records that belong to the customers ``:ids`` (an expanding list)."""
+        return f"SELECT * FROM ({self.query}) AS q WHERE q.customer_id IN :ids"
 
 
 @dataclass(frozen=True)
@@ -117,7 +139,22 @@ def load_mapping(path: Path) -> QueryMapping:
                 get = _statement(get_sql, {"id"})
             except ValueError as exc:
                 raise fail((entity, "get"), f"{entity}.get {exc}") from None
-        entities[entity] = EntityQueries(entity, query, get, get_many)
+        column = spec.get("changed_since", None)
+        changes: dict[str, str] = {}
+        if column is not None:
+            if not isinstance(column, str) or not _COLUMN.match(column):
+                raise fail(
+                    (entity, "changed_since"),
+                    f"{entity}.changed_since: name one column of the query's result that the CRM "
+                    "sets on every write, e.g. 'changed_since: updated_at'",
+                )
+            changes = {
+                "changed_since": column,
+                "changed": f"SELECT * FROM ({query}) AS q WHERE q.{column} > :since",
+                "changed_all": f"SELECT * FROM ({query}) AS q WHERE q.{column} IS NOT NULL",
+                "latest": f"SELECT MAX(q.{column}) AS latest FROM ({query}) AS q",
+            }
+        entities[entity] = EntityQueries(entity, query, get, get_many, **changes)
     return QueryMapping(path, entities)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -43,9 +43,9 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from worker.constants import SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
+from worker.constants import PLAN_LOOKUP_CHUNK, SQL_CONNECT_TIMEOUT_S, SQL_FETCH_CHUNK_ROWS
 from worker.errors import SourceError, SourceUnavailableError
-from worker.sources.base import Record, RowKeep, RowSkip
+from worker.sources.base import Changes, Record, RowKeep, RowSkip
 from worker.sources.lazy import RowLayout
 from worker.sources.mapping import QueryMapping
 from worker.sources.schema import to_record
@@ -243,6 +243,90 @@ class SqlSource:
         # An id the batch did not return as written (``042`` for 42, or gone): as get says.
         return {i: found[i] if i in found else self.get(entity, i) for i in ids}
 
+    def follows(self, entity: str) -> bool:
+        """Does the mapping name a change column (``changed_since``) for ``entity``?"""
+        queries = self.mapping.entities.get(entity)
+        return queries is not None and queries.changed_since is not None
+
+    def watermark(self, entity: str) -> str | None:
+        """The largest value of the entity's change column now (one indexed lookup)."""
+        queries = self.mapping.of(entity)
+        assert queries.latest is not None, "watermark() of an entity without changed_since"
+        where = f"{self.mapping.path.name} {entity}.changed_since"
+        with self._connect() as conn:
+            try:
+                latest = conn.execute(text(queries.latest)).scalar()
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, where) from None
+        return _watermark_text(latest, where)
+
+    def changed(
+        self, entity: str, since: str | None, *, overlap: timedelta = timedelta(0)
+    ) -> Changes:
+        """Records whose change column is after ``since`` less ``overlap`` (a transaction that
+        committed late, a CRM host whose clock runs behind): the query filtered by
+        ``q.<column> > :since``, an index range scan when the column is indexed."""
+        queries = self.mapping.of(entity)
+        assert queries.changed is not None and queries.changed_all is not None
+        where = f"{self.mapping.path.name} {entity}.changed_since"
+        params: dict[str, Any] = {}
+        statement = queries.changed_all
+        if since is not None:
+            statement = queries.changed
+            params["since"] = datetime.fromisoformat(since) - overlap
+        with self._connect() as conn:
+            try:
+                rows = conn.execute(text(statement), params).all()
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, where) from None
+        records = []
+        latest: Any = None
+        column = queries.changed_since
+        assert column is not None
+        for row in rows:
+            value = row._mapping.get(column)
+            if value is not None and (latest is None or value > latest):
+                latest = value
+            raw = _as_text(row._mapping)
+            record = to_record(entity, raw, f"{where} id {raw.get('id')}")
+            if not isinstance(record, RowSkip):
+                records.append(record)
+        mark = _watermark_text(latest, where) if latest is not None else None
+        if since is not None and (
+            mark is None or datetime.fromisoformat(mark) < datetime.fromisoformat(since)
+        ):
+            mark = since
+        return Changes(records, mark)
+
+    def records_of(self, entity: str, customer_ids: Collection[str]) -> list[Record]:
+        """The entity's records of these customers: one query (``q.customer_id IN (…)``),
+        index lookups when the CRM indexes the customer column."""
+        queries = self.mapping.of(entity)
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return []
+        where = f"{self.mapping.path.name} {entity}"
+        statement = text(queries.of_customers).bindparams(bindparam("ids", expanding=True))
+        rows: list[Any] = []
+        try:
+            with self._connect() as conn:
+                # A few hundred ids per query: with thousands in one list PostgreSQL's planner
+                # prefers a sequential scan of the whole table to the index on the column.
+                for start in range(0, len(ids), PLAN_LOOKUP_CHUNK):
+                    chunk = {"ids": ids[start : start + PLAN_LOOKUP_CHUNK]}
+                    rows.extend(conn.execute(statement, chunk).all())
+        except DataError:
+            return []  # ids the column cannot hold: no records of theirs
+        except SQLAlchemyError as exc:
+            raise self._failure(exc, f"{where} by customer") from None
+        found = []
+        for row in rows:
+            raw = _as_text(row._mapping)
+            record = to_record(entity, raw, f"{where} id {raw.get('id')}")
+            if not isinstance(record, RowSkip):
+                found.append(record)
+        return found
+
     def columns(self, entity: str) -> frozenset[str]:
         """Field names the entity's query selects (the query runs with no rows)."""
         queries = self.mapping.of(entity)
@@ -327,6 +411,20 @@ def _raised_as_sqlalchemy(
         raise DBAPIError.instance(statement, {}, exc, errors) from None
     finally:
         rows.close()
+
+
+def _watermark_text(value: object, where: str) -> str | None:
+    """A change column's value as the text a watermark is kept in (ISO 8601)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return datetime.combine(value, datetime.min.time()).isoformat()
+    raise SourceError(
+        f"{where}: the change column holds {type(value).__name__} values; name a timestamp "
+        "column the CRM sets on every write (e.g. updated_at)"
+    )
 
 
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:

@@ -1,0 +1,194 @@
+"""The due-index: deliveries planned ahead, in Redis, sorted by the instant they fall due.
+
+Three keys (:mod:`worker.constants`):
+
+* ``DUE_INDEX_KEY``, a sorted set: member a delivery key (``rule:entity:id:tag/action``,
+  which names the rule, the record and the occurrence: all a claim needs), score its due
+  instant in unix seconds;
+* ``DUE_INDEX_RECORDS_KEY``, a hash: ``entity:id`` → the members that record was given, so a
+  changed or deleted record's entries are removed before its new ones go in;
+* ``DUE_INDEX_STATE_KEY``, a hash: how far the plan reaches, which rules it was made for and
+  each entity's change watermark.
+
+The index is only a plan. A member that falls due is checked against the CRM's fresh data
+(:mod:`worker.planning.ahead`) and then claimed in the ledger by its key, exactly as a full
+pass claims it: a member planned twice, or planned for a record that changed since, is never
+sent twice nor sent wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker.constants import (
+    DIRTY_RECORDS_KEY,
+    DUE_INDEX_CHUNK,
+    DUE_INDEX_KEY,
+    DUE_INDEX_RECORDS_KEY,
+    DUE_INDEX_STATE_KEY,
+    MAX_DIRTY_RECORDS,
+)
+
+_BUILDING = ":building"
+_WATERMARK = "watermark:"
+_OVERFLOW = "dirty_overflow"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One planned delivery: its key, the record it is about (``entity:id``), when it is due."""
+
+    key: str
+    record: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """What the index was planned for: up to ``horizon_end``, for rules ``fingerprint``,
+    with the CRM read up to each entity's watermark."""
+
+    horizon_end: datetime | None
+    fingerprint: str
+    watermarks: Mapping[str, str]
+    #: More records were named dirty than the set keeps: only a full pass is right.
+    overflow: bool = False
+
+
+def record_ref(entity: str, record_id: str) -> str:
+    """``customer:42``: how the index and the dirty set name a record."""
+    return f"{entity}:{record_id}"
+
+
+class DueIndex:
+    """Reads and writes the due-index; see the module docstring."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    # -- the plan's state ---------------------------------------------------------------------
+
+    def state(self) -> PlanState:
+        raw: Mapping[Any, Any] = self.client.hgetall(DUE_INDEX_STATE_KEY)
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        end = fields.get("horizon_end")
+        return PlanState(
+            horizon_end=datetime.fromtimestamp(float(end), UTC) if end else None,
+            fingerprint=fields.get("fingerprint", ""),
+            watermarks={
+                k.removeprefix(_WATERMARK): v for k, v in fields.items() if k.startswith(_WATERMARK)
+            },
+            overflow=fields.get(_OVERFLOW) == "1",
+        )
+
+    def save_watermarks(self, watermarks: Mapping[str, str | None]) -> None:
+        """Keep the entities' change watermarks (None: nothing to keep for that entity)."""
+        kept = {_WATERMARK + entity: mark for entity, mark in watermarks.items() if mark}
+        if kept:
+            self.client.hset(DUE_INDEX_STATE_KEY, mapping=kept)  # type: ignore[arg-type]
+
+    # -- a full plan ----------------------------------------------------------------------------
+
+    def rebuild(self, entries: Iterable[Entry], state: PlanState) -> int:
+        """Replace the whole index by ``entries`` (written aside, then swapped in at once, so
+        a pass never sees half a plan) and its state by ``state``; return the entries kept."""
+        due_tmp, records_tmp = DUE_INDEX_KEY + _BUILDING, DUE_INDEX_RECORDS_KEY + _BUILDING
+        self.client.delete(due_tmp, records_tmp)
+        by_record: dict[str, list[str]] = {}
+        count = 0
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.zadd(due_tmp, {entry.key: entry.due_at.timestamp()})
+            by_record.setdefault(entry.record, []).append(entry.key)
+            count += 1
+            if count % DUE_INDEX_CHUNK == 0:
+                pipe.execute()
+        for n, (record, keys) in enumerate(by_record.items(), start=1):
+            pipe.hset(records_tmp, record, " ".join(keys))
+            if n % DUE_INDEX_CHUNK == 0:
+                pipe.execute()
+        pipe.execute()
+        swap = self.client.pipeline(transaction=True)
+        swap.delete(DUE_INDEX_KEY, DUE_INDEX_RECORDS_KEY, DUE_INDEX_STATE_KEY)
+        if count:
+            swap.rename(due_tmp, DUE_INDEX_KEY)
+        if by_record:
+            swap.rename(records_tmp, DUE_INDEX_RECORDS_KEY)
+        fields: dict[str, str] = {"fingerprint": state.fingerprint}
+        if state.horizon_end is not None:
+            fields["horizon_end"] = f"{state.horizon_end.timestamp():.3f}"
+        fields.update({_WATERMARK + e: mark for e, mark in state.watermarks.items()})
+        swap.hset(DUE_INDEX_STATE_KEY, mapping=fields)  # type: ignore[arg-type]
+        swap.execute()
+        return count
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def replace(self, records: Iterable[str], entries: Iterable[Entry]) -> None:
+        """Drop every entry of ``records`` (``entity:id``) and add ``entries`` (theirs, as
+        re-planned; a deleted record has none)."""
+        refs = list(dict.fromkeys(records))
+        by_record: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_record.setdefault(entry.record, []).append(entry)
+        for start in range(0, len(refs), DUE_INDEX_CHUNK):
+            chunk = refs[start : start + DUE_INDEX_CHUNK]
+            old = self.client.hmget(DUE_INDEX_RECORDS_KEY, chunk)
+            pipe = self.client.pipeline(transaction=True)
+            stale = [key for keys in old if keys for key in _text(keys).split()]
+            if stale:
+                pipe.zrem(DUE_INDEX_KEY, *stale)
+            pipe.hdel(DUE_INDEX_RECORDS_KEY, *chunk)
+            for ref in chunk:
+                new = by_record.get(ref, [])
+                if new:
+                    pipe.zadd(DUE_INDEX_KEY, {e.key: e.due_at.timestamp() for e in new})
+                    pipe.hset(DUE_INDEX_RECORDS_KEY, ref, " ".join(e.key for e in new))
+            pipe.execute()
+
+    def dirty(self) -> list[str]:
+        """Records the CRM's events named since they were last re-planned (``entity:id``)."""
+        return sorted(_text(m) for m in self.client.smembers(DIRTY_RECORDS_KEY))
+
+    def clean(self, records: Iterable[str]) -> None:
+        """Forget the dirty marks of ``records`` (re-planned)."""
+        refs = list(records)
+        for start in range(0, len(refs), DUE_INDEX_CHUNK):
+            self.client.srem(DIRTY_RECORDS_KEY, *refs[start : start + DUE_INDEX_CHUNK])
+
+    # -- what falls due -------------------------------------------------------------------------
+
+    def due(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Every member due at or before ``now``, earliest first."""
+        found: list[tuple[Any, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            DUE_INDEX_KEY, "-inf", now.timestamp(), withscores=True
+        )
+        return [(_text(member), datetime.fromtimestamp(score, UTC)) for member, score in found]
+
+    def done(self, keys: Iterable[str]) -> None:
+        """Drop members that were checked when due (claimed, or found not due any more)."""
+        members = list(keys)
+        for start in range(0, len(members), DUE_INDEX_CHUNK):
+            self.client.zrem(DUE_INDEX_KEY, *members[start : start + DUE_INDEX_CHUNK])
+
+    def size(self) -> int:
+        return int(self.client.zcard(DUE_INDEX_KEY))
+
+
+def mark_dirty(client: redis.Redis, entity: str, record_id: str) -> None:
+    """Note that the CRM reported a change of ``entity`` ``record_id``: the next pass re-plans
+    it (and, for a customer, that customer's records). Past ``MAX_DIRTY_RECORDS`` the set is
+    left as it is and the plan marked overflowing: the next pass plans everything afresh."""
+    if int(client.scard(DIRTY_RECORDS_KEY)) >= MAX_DIRTY_RECORDS:
+        client.hset(DUE_INDEX_STATE_KEY, _OVERFLOW, "1")
+        return
+    client.sadd(DIRTY_RECORDS_KEY, record_ref(entity, record_id))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
