@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -347,3 +348,55 @@ def test_one_line_per_kind_per_minute_then_a_count(times, admitted):
     throttle = LogThrottle(interval_s=60.0)
     assert [throttle.admit("kind", now=t) for t in times] == admitted
     assert throttle.admit("another kind", now=times[-1]) == 0
+
+
+def statuses_of(sock: socket.socket, timeout_s: float) -> list[str]:
+    """Every status the intake answered on ``sock``, in order, until it closed it."""
+    sock.settimeout(timeout_s)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except OSError:
+        pass
+    sock.close()
+    return [m.decode() for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+_BIG_HEADER_POST = (
+    b"POST /events HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+    b"Content-Type: application/json\r\nX-Junk: " + b"z" * 9_000 + b"\r\n"
+    b"Content-Length: 2\r\n\r\n{}"
+)
+
+
+@pytest.mark.parametrize("before", ["pipelined", "after-an-early-answer"])
+def test_headers_over_the_cap_are_431_after_another_request_in_the_same_read(tmp_path, before):
+    # The cap counted only bytes read while h11 awaited a request line, up to the first blank
+    # line of the read: the headers of a request arriving in the same read as the end of the
+    # previous one (pipelined, or the body of a request already answered before it was read,
+    # as a kept-alive client sends it) went uncounted, and 9 KB of headers were answered 200.
+    with intake_process(tmp_path) as (_, url, log_path):
+        sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
+        if before == "pipelined":
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: intake\r\n\r\n" + _BIG_HEADER_POST)
+            expected = ["200", "431"]
+        else:
+            # Declared over the body limit: answered 413 before its body is read, and the
+            # connection is kept; the body then arrives in one read with the next request.
+            size = 65 * 1024
+            sock.sendall(
+                b"POST /events HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer "
+                + TOKEN.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(size).encode()
+                + b"\r\n\r\n"
+            )
+            sock.settimeout(10)
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 413 "), first
+            assert b"connection: close" not in first.lower()
+            sock.sendall(b" " * size + _BIG_HEADER_POST)
+            expected = ["431"]
+        assert statuses_of(sock, timeout_s=10) == expected
+    assert len(lines_with(log_path, "request refused (431)")) == 1

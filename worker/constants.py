@@ -259,7 +259,8 @@ INTAKE_RETRY_AFTER_S = 30
 #: How long ``crm-worker event --post`` waits for the intake's answer.
 INTAKE_CLIENT_TIMEOUT_S = 30.0
 #: Largest request line plus headers the intake reads (431 past it, however they arrive: h11
-#: itself limits only headers still incomplete after a read); ours are a few hundred bytes.
+#: itself limits only headers still incomplete after a read, so the intake measures them in h11's
+#: buffer before each request is parsed); ours are a few hundred bytes.
 MAX_INTAKE_HEADER_BYTES = 8 * 1024
 #: After refusing a request it did not read (headers too large), the intake reads and drops
 #: what the client still sends for this long, or this many bytes, before closing: closing with

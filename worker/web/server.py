@@ -17,7 +17,10 @@ protocol with two additions (:class:`GuardedProtocol`):
 * request line and headers over :data:`~worker.constants.MAX_INTAKE_HEADER_BYTES` are answered
   ``431`` and the connection closed (h11's own cap applies only to headers still incomplete
   after a read: 70 KB of headers arriving in one read were taken whole), after the rest of
-  what the client sends is read and dropped for a moment, so that it gets the answer.
+  what the client sends is read and dropped for a moment, so that it gets the answer. They are
+  measured in h11's buffer each time h11 is about to parse a request (:class:`_CappedHeaders`),
+  not per read: on a kept-alive connection one read may hold the end of the previous request
+  (pipelined, or the body of a request answered before it was read) and all of the next one.
 
 uvicorn's own settings do the rest: a graceful shutdown bounded by ``shutdown_timeout_s``,
 ``keep_alive_s`` between requests.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,17 +141,43 @@ class ServerLimits:
         )
 
 
+#: Where h11 ends a request line and headers (it accepts bare ``\n`` line ends too).
+_HEADERS_END = re.compile(b"\n\r?\n")
+
+
+class _HeadersOverCap(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A request line and headers over :data:`MAX_INTAKE_HEADER_BYTES` are next in the buffer."""
+
+
+class _CappedHeaders(h11.Connection):
+    """h11's connection, refusing to parse a request whose line and headers are over the cap.
+
+    Checked each time h11 is asked for an event while awaiting a request, on what it has
+    received and not parsed yet: that holds all of the next request's bytes however they were
+    read (in pieces, or in one read with the end of the request before)."""
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.their_state is h11.IDLE:
+            buffered, _ = self.trailing_data
+            # Over the cap unless the headers end within its first MAX_INTAKE_HEADER_BYTES.
+            if len(buffered) > MAX_INTAKE_HEADER_BYTES and (
+                _HEADERS_END.search(buffered, 0, MAX_INTAKE_HEADER_BYTES) is None
+            ):
+                raise _HeadersOverCap
+        return super().next_event()
+
+
 class GuardedProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap and header/body read deadlines."""
+    """uvicorn's h11 protocol with a connection cap, header/body read deadlines and a header
+    size cap."""
 
     limits: ClassVar[ServerLimits]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = _CappedHeaders(h11.SERVER, max_incomplete_event_size=MAX_INTAKE_HEADER_BYTES)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: Phase | None = None
-        #: Bytes of the request line and headers received so far (while they are awaited).
-        self._header_bytes = 0
         #: Set once a request was refused unread: what still arrives is dropped (this many
         #: bytes more at most) until the connection closes.
         self._draining: int | None = None
@@ -167,20 +197,22 @@ class GuardedProtocol(H11Protocol):
             if self._draining < 0:
                 self.transport.close()
             return
-        if self.conn.their_state is h11.IDLE:
-            end = data.find(b"\r\n\r\n")
-            self._header_bytes += len(data) if end < 0 else end + 4
-            if self._header_bytes > MAX_INTAKE_HEADER_BYTES:
-                log.warning("request refused (431): headers over %d bytes", MAX_INTAKE_HEADER_BYTES)
-                self._refuse_unread(_HEADERS_TOO_LARGE)
-                return
         super().data_received(data)
         self._follow()
+
+    def handle_events(self) -> None:
+        # Called on each read, and once a response is complete for requests already read.
+        try:
+            super().handle_events()
+        except _HeadersOverCap:
+            log.warning("request refused (431): headers over %d bytes", MAX_INTAKE_HEADER_BYTES)
+            self._refuse_unread(_HEADERS_TOO_LARGE)
 
     def _refuse_unread(self, answer: bytes) -> None:
         """Answer and close, reading and dropping what the client still sends for a moment."""
         self._watch(None)
         self._draining = INTAKE_REFUSED_DRAIN_BYTES
+        self.flow.resume_reading()  # paused if a request before was being answered
         self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -209,9 +241,7 @@ class GuardedProtocol(H11Protocol):
 
     def _follow(self) -> None:
         """Watch the part of the request the client owes now, if any."""
-        if self.conn.their_state is not h11.IDLE:
-            self._header_bytes = 0  # the next request's headers are counted afresh
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._draining is not None:
             self._watch(None)
         elif self.conn.their_state is h11.SEND_BODY:
             self._watch("body")
