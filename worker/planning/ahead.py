@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from worker.constants import PLAN_AHEAD_MARGIN, PLAN_LOOKUP_CHUNK
+from worker.errors import LeadershipLostError
 from worker.planning.due_index import DueIndex, Entry, PlanState, record_ref
 from worker.planning.events import EventLog
 from worker.planning.plan import (
@@ -91,10 +92,19 @@ class AheadPlanner:
     #: records it re-planned.
     last_kind: str = ""
     last_replanned: int = 0
+    #: The leader lock's token of the pass under way (None: a pass run once, without a lock).
+    _leader: str | None = None
 
-    def prepare(self, now: datetime, *, left_out: Collection[str] = ()) -> DuePass:
+    def prepare(
+        self, now: datetime, *, left_out: Collection[str] = (), leader: str | None = None
+    ) -> DuePass:
         """Bring the index up to date at ``now`` and return what is due (rules in
-        ``left_out``, e.g. with a missing template, are neither evaluated nor dropped)."""
+        ``left_out``, e.g. with a missing template, are neither evaluated nor dropped).
+
+        ``leader``: the scheduler's lock token; the plan and the watermarks are only saved
+        while the lock is still that token's, else :class:`LeadershipLostError` is raised
+        and what this pass planned is dropped."""
+        self._leader = leader
         enabled = [r for r in self.catalog if r.enabled]
         followed = self.followed({r.trigger.spec.entity for r in enabled})
         indexed = [
@@ -161,7 +171,10 @@ class AheadPlanner:
         count = self.index.rebuild(
             entries,
             PlanState(until, fingerprint, {e: m for e, m in watermarks.items() if m}),
+            leader=self._leader,
         )
+        if count is None:
+            self._lost("a full plan")
         self.index.clean(dirty)
         self._planned = True
         self.last_kind, self.last_replanned = "full", -1
@@ -209,12 +222,20 @@ class AheadPlanner:
             entries = list(self._entries(rules, now, state.horizon_end, present))
             self.index.replace((record_ref(entity, i) for i in records), entries)
             replanned += len(records)
-        self.index.save_watermarks(watermarks)
+        if not self.index.save_watermarks(watermarks, leader=self._leader):
+            self._lost("the changes' watermarks")
         self.index.clean(dirty)
         self.last_kind, self.last_replanned = "changes", replanned
         if replanned:
             log.info("re-planned %d changed records", replanned)
         return True
+
+    def _lost(self, what: str) -> None:
+        """The lock went to another scheduler during this pass: its plan stands, not ours."""
+        self._planned = False
+        raise LeadershipLostError(
+            f"another scheduler took the leader lock during this pass; {what} was dropped"
+        )
 
     def _entries(
         self, rules: list[Rule], now: datetime, until: datetime, records: list[Record] | None
