@@ -149,7 +149,7 @@ class AheadPlanner:
         elif state.overflow:
             reason = "the CRM reported more changed records than are kept one by one"
         if reason is None and not self._follow_changes(now, by_entity, state):
-            reason = "a source file was written again"
+            reason = "the source cannot say what changed (a CSV file written again)"
         if reason is not None:
             self._full(now, by_entity, fingerprint, reason)
 
