@@ -3,10 +3,11 @@ marks added while a pass runs (real Redis, real threads)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from worker.constants import (
 from worker.errors import LeadershipLostError
 from worker.localtime import parse_instant
 from worker.planning.due_index import DueIndex, Entry, PlanState
-from worker.planning.scheduler import LeaderLock
+from worker.planning.scheduler import LeaderLock, run_scheduler
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 AT = datetime(2026, 12, 6, 12, tzinfo=UTC)
@@ -161,3 +162,58 @@ def test_a_pass_that_lost_the_lock_keeps_nothing_of_its_plan(
         runtime.scheduler.run_planned_pass(NOW, leader="a stalled scheduler")
     assert not runtime.redis.exists(DUE_INDEX_KEY, DUE_INDEX_STATE_KEY)
     assert not runtime.redis.keys(DUE_INDEX_KEY + ":building*")
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_scheduler_that_leads_again_plans_afresh(
+    make_runtime: Any, make_settings: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leads and plans; B takes the lock (A stalled) and plans; once B stops, A leads again
+    and must not trust the index B left: it plans afresh."""
+    caplog.set_level(logging.INFO)
+    crm = _crm(tmp_path)
+    first, second = (make_runtime(make_settings(CRM_SOURCE=str(crm))) for _ in range(2))
+    lock_a, lock_b = LeaderLock(first.redis), LeaderLock(second.redis)
+    stop_a, stop_b = threading.Event(), threading.Event()
+
+    def start(runtime: Any, lock: LeaderLock, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(
+            target=run_scheduler,
+            args=(runtime.scheduler, lock),
+            kwargs={"interval_s": 0.05, "stop": stop, "clock": lambda: NOW},
+        )
+        thread.start()
+        return thread
+
+    def full_passes() -> int:
+        return sum("planned ahead to" in r.getMessage() for r in caplog.records)
+
+    a = start(first, lock_a, stop_a)
+    b = None
+    try:
+        _wait(lambda: full_passes() == 1 and caplog.text.count("pass at ") >= 3)
+        b = start(second, lock_b, stop_b)
+        # A stalls past its lock's TTL: B's token is in the lock now.
+        first.redis.set(SCHEDULER_LOCK_KEY, lock_b.token, px=60_000)
+        _wait(lambda: "scheduler lost the lock; standing by" in caplog.text)
+        _wait(lambda: full_passes() == 2)  # B, new leader, planned afresh
+        stop_b.set()
+        b.join()  # B releases the lock: A takes over
+        _wait(
+            lambda: [r.getMessage() for r in caplog.records].count("scheduler is the leader") == 3
+        )
+        _wait(lambda: full_passes() == 3)
+        time.sleep(0.3)  # a few more passes of A: no other full one
+        assert full_passes() == 3
+    finally:
+        stop_a.set()
+        stop_b.set()
+        a.join()
+        if b is not None:
+            b.join()

@@ -86,7 +86,8 @@ class AheadPlanner:
     horizon: timedelta
     overlap: timedelta
     events: EventLog | None = None
-    #: Set once this process made a full pass: a new leader plans afresh, whatever it finds.
+    #: Set once this process made a full pass, reset when it stops leading (:meth:`forget`):
+    #: a new leader plans afresh, whatever index another scheduler left.
     _planned: bool = False
     #: What the last pass did, for logs and the bench: "full" or "changes", and how many
     #: records it re-planned.
@@ -126,6 +127,11 @@ class AheadPlanner:
         )
         return due
 
+    def forget(self) -> None:
+        """This scheduler stopped leading: whatever the index holds when it leads again was
+        left by another one, so its next pass plans afresh."""
+        self._planned = False
+
     def followed(self, entities: Iterable[str]) -> frozenset[str]:
         """The entities whose changes the source can name (and, but for the customer, whose
         customers' changes too: a customer's zone and opt-in decide their records' messages)."""
@@ -141,7 +147,7 @@ class AheadPlanner:
         fingerprint = _fingerprint(by_entity, self.default_zone, self.horizon)
         reason = None
         if not self._planned:
-            reason = "the scheduler started"
+            reason = "the scheduler started or took over as leader"
         elif state.fingerprint != fingerprint:
             reason = "the rules changed"
         elif state.horizon_end is None or now + PLAN_AHEAD_MARGIN >= state.horizon_end:

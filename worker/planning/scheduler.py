@@ -144,6 +144,12 @@ class Scheduler:
         due.finish()  # only now: a pass that failed before claiming leaves them for the next
         return report
 
+    def leadership_changed(self) -> None:
+        """This scheduler took or lost the leader lock: a plan made ahead before is not
+        trusted (another scheduler may have changed the index meanwhile)."""
+        if self.ahead is not None:
+            self.ahead.forget()
+
     def react(self, event: Event, now: datetime) -> PassReport:
         """Claim and queue at once what the ``event`` rules send for ``event`` at ``now`` (the
         intakes: ``crm-worker event`` and the HTTP intake). Other events of its type are left
@@ -380,6 +386,7 @@ def run_scheduler(
             if acquired:
                 if not leading:
                     log.info("scheduler is the leader")
+                    scheduler.leadership_changed()
                 leading = True
                 started = time.monotonic()
                 with lock.renewing():
@@ -388,6 +395,7 @@ def run_scheduler(
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")
+                    scheduler.leadership_changed()
                 leading = False
         except redis.RedisError as exc:
             # Once per outage, not once per interval: what was claimed and not queued is taken
@@ -397,6 +405,7 @@ def run_scheduler(
             redis_lost = True
         except LeadershipLostError as exc:
             log.warning("scheduler lost the lock during a pass: %s; standing by", exc)
+            scheduler.leadership_changed()
             leading = False
         except SourceUnavailableError as exc:
             # Nothing is lost: the next pass plans again within each rule's grace, and a key
