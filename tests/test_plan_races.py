@@ -17,7 +17,9 @@ import redis
 
 import worker.planning.due_index as due_index
 from tests.conftest import REPO
+from tests.test_sql_source import QUERIES, load_demo
 from worker.constants import (
+    DIRTY_RECORDS_KEY,
     DUE_INDEX_KEY,
     DUE_INDEX_RECORDS_KEY,
     DUE_INDEX_STATE_KEY,
@@ -25,8 +27,11 @@ from worker.constants import (
 )
 from worker.errors import LeadershipLostError
 from worker.localtime import parse_instant
-from worker.planning.due_index import DueIndex, Entry, PlanState
+from worker.planning.due_index import DueIndex, Entry, PlanState, mark_dirty
+from worker.planning.events import record_event
 from worker.planning.scheduler import LeaderLock, run_scheduler
+from worker.sources.mapping import load_mapping
+from worker.sources.sql import SqlSource
 
 NOW = parse_instant("2026-03-14T10:00:00Z")
 AT = datetime(2026, 12, 6, 12, tzinfo=UTC)
@@ -160,7 +165,8 @@ def test_a_pass_that_lost_the_lock_keeps_nothing_of_its_plan(
     runtime.redis.set(SCHEDULER_LOCK_KEY, "the scheduler that took over")
     with pytest.raises(LeadershipLostError):
         runtime.scheduler.run_planned_pass(NOW, leader="a stalled scheduler")
-    assert not runtime.redis.exists(DUE_INDEX_KEY, DUE_INDEX_STATE_KEY)
+    assert not runtime.redis.exists(DUE_INDEX_KEY)
+    assert runtime.scheduler.ahead.index.state().horizon_end is None, "no plan was kept"
     assert not runtime.redis.keys(DUE_INDEX_KEY + ":building*")
 
 
@@ -201,7 +207,7 @@ def test_a_scheduler_that_leads_again_plans_afresh(
         b = start(second, lock_b, stop_b)
         # A stalls past its lock's TTL: B's token is in the lock now.
         first.redis.set(SCHEDULER_LOCK_KEY, lock_b.token, px=60_000)
-        _wait(lambda: "scheduler lost the lock; standing by" in caplog.text)
+        _wait(lambda: "scheduler lost the lock" in caplog.text)  # between or during passes
         _wait(lambda: full_passes() == 2)  # B, new leader, planned afresh
         stop_b.set()
         b.join()  # B releases the lock: A takes over
@@ -217,3 +223,56 @@ def test_a_scheduler_that_leads_again_plans_afresh(
         a.join()
         if b is not None:
             b.join()
+
+
+def test_a_record_marked_again_while_a_pass_runs_stays_dirty(redis_client: redis.Redis) -> None:
+    index = DueIndex(redis_client)
+    index.rebuild(map(_entry, range(3)), STATE)
+    mark_dirty(redis_client, "customer", "1")
+    mark_dirty(redis_client, "customer", "2")
+    assert index.take_dirty() == ["customer:1", "customer:2"]
+    # The CRM changes customer 1 again while the pass re-plans what it took.
+    mark_dirty(redis_client, "customer", "1")
+    index.clean()
+    assert index.take_dirty() == ["customer:1"], "the new mark is for the next pass"
+
+
+def test_records_a_failed_pass_took_are_taken_again(redis_client: redis.Redis) -> None:
+    index = DueIndex(redis_client)
+    index.rebuild(map(_entry, range(3)), STATE)
+    mark_dirty(redis_client, "customer", "1")
+    assert index.take_dirty() == ["customer:1"]
+    mark_dirty(redis_client, "customer", "2")  # the pass failed before clean()
+    assert index.take_dirty() == ["customer:1", "customer:2"]
+
+
+def test_an_overflow_during_a_full_pass_is_not_erased_by_its_swap(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(due_index, "MAX_DIRTY_RECORDS", 2)
+    index = DueIndex(redis_client)
+    index.rebuild(map(_entry, range(3)), STATE)
+    index.begin()
+    index.take_dirty(full=True)  # a full pass starts
+
+    def entries() -> Iterator[Entry]:
+        yield from map(_entry, range(3))
+        for n in range(5):  # meanwhile the CRM reports more changes than are kept
+            mark_dirty(redis_client, "customer", str(n))
+
+    index.rebuild(entries(), STATE)
+    assert index.state().overflow, "the next pass must be a full one"
+
+
+def test_without_planned_rules_events_do_not_fill_the_dirty_set(
+    make_runtime: Any, tmp_path: Path
+) -> None:
+    # The demo SQL mapping has no change column: every rule reads the CRM at every pass.
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    load_demo.load(url)
+    runtime = make_runtime(source=SqlSource(url, load_mapping(QUERIES)))
+    runtime.scheduler.run_planned_pass(NOW)
+    for customer_id in range(1, 20):
+        record_event(runtime.redis, "customer.updated", str(customer_id), at=NOW)
+    assert not runtime.redis.scard(DIRTY_RECORDS_KEY)
+    assert not runtime.redis.exists(DUE_INDEX_STATE_KEY)

@@ -119,6 +119,10 @@ class AheadPlanner:
             by_entity.setdefault(rule.trigger.spec.entity, []).append(rule)
         if by_entity:
             self._update(now, by_entity)
+        else:
+            # Nothing to plan: no index kept, and the CRM's events stop marking records.
+            self.index.drop()
+            self._planned = False
         due = DuePass(iter(()), index=self.index)
         usable = {r.id: r for r in indexed if r.id not in left_out}
         due.items = self._chain(
@@ -165,9 +169,12 @@ class AheadPlanner:
         feed = self.source
         assert isinstance(feed, ChangeFeed)
         entities = sorted(set(by_entity) | {CUSTOMER})
-        # Watermarks before the read: a row written during it is read again next pass.
+        # Events mark records from now on, and the marks taken now (and the overflow flag)
+        # are in this plan; watermarks before the read: a row written during it is read
+        # again next pass.
+        self.index.begin()
+        self.index.take_dirty(full=True)
         watermarks = {e: feed.watermark(e) for e in entities}
-        dirty = self.index.dirty()
         until = now + self.horizon
         entries = (
             entry
@@ -181,7 +188,7 @@ class AheadPlanner:
         )
         if count is None:
             self._lost("a full plan")
-        self.index.clean(dirty)
+        self.index.clean()
         self._planned = True
         self.last_kind, self.last_replanned = "full", -1
         log.info(
@@ -205,7 +212,7 @@ class AheadPlanner:
                 return False
             watermarks[entity] = found.watermark
             changed.setdefault(entity, {}).update({r.id: r for r in found.records})
-        dirty = self.index.dirty()
+        dirty = self.index.take_dirty()
         named: dict[str, set[str]] = {}
         for ref in dirty:
             entity, _, record_id = ref.partition(":")
@@ -230,7 +237,7 @@ class AheadPlanner:
             replanned += len(records)
         if not self.index.save_watermarks(watermarks, leader=self._leader):
             self._lost("the changes' watermarks")
-        self.index.clean(dirty)
+        self.index.clean()
         self.last_kind, self.last_replanned = "changes", replanned
         if replanned:
             log.info("re-planned %d changed records", replanned)

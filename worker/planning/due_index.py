@@ -27,7 +27,9 @@ from typing import Any
 import redis
 
 from worker.constants import (
+    DIRTY_OVERFLOW_KEY,
     DIRTY_RECORDS_KEY,
+    DIRTY_TAKEN_KEY,
     DUE_INDEX_BUILDING_TTL,
     DUE_INDEX_CHUNK,
     DUE_INDEX_KEY,
@@ -39,7 +41,6 @@ from worker.constants import (
 
 _BUILDING = ":building:"
 _WATERMARK = "watermark:"
-_OVERFLOW = "dirty_overflow"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,31 @@ redis.call('HSET', KEYS[4], unpack(ARGV, 2))
 return 1
 """
 
+# KEYS: the dirty set, the taken set, the overflow flag. ARGV: '1' to clear the flag too (a
+# full pass: what overflowed before it started is in its plan). Returns the records taken.
+_TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[3])
+end
+return redis.call('SMEMBERS', KEYS[2])
+"""
+
+# KEYS: the plan's state, the dirty set, the overflow flag. ARGV: the record, the limit.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[3], '1')
+  return 0
+end
+return redis.call('SADD', KEYS[2], ARGV[1])
+"""
+
 # KEYS: the leader lock, the state. ARGV: the lock token ('' : none), then fields and values.
 _SAVE_MARKS = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -111,6 +137,7 @@ class DueIndex:
         self.client = client
         self._swap = client.register_script(_SWAP)
         self._save_marks = client.register_script(_SAVE_MARKS)
+        self._take = client.register_script(_TAKE)
 
     # -- the plan's state ---------------------------------------------------------------------
 
@@ -124,7 +151,7 @@ class DueIndex:
             watermarks={
                 k.removeprefix(_WATERMARK): v for k, v in fields.items() if k.startswith(_WATERMARK)
             },
-            overflow=fields.get(_OVERFLOW) == "1",
+            overflow=bool(self.client.exists(DIRTY_OVERFLOW_KEY)),
         )
 
     def save_watermarks(
@@ -216,15 +243,36 @@ class DueIndex:
                     pipe.hset(DUE_INDEX_RECORDS_KEY, ref, " ".join(e.key for e in new))
             pipe.execute()
 
-    def dirty(self) -> list[str]:
-        """Records the CRM's events named since they were last re-planned (``entity:id``)."""
-        return sorted(_text(m) for m in self.client.smembers(DIRTY_RECORDS_KEY))
+    def take_dirty(self, *, full: bool = False) -> list[str]:
+        """The records the CRM's events named (``entity:id``), taken out of the dirty set at
+        once: a mark added while this pass runs stays for the next one. Records a pass took
+        and did not re-plan (it failed) are taken again. ``full``: the overflow flag is
+        cleared too (a full pass plans everything; an overflow during it stays set)."""
+        taken: list[Any] = self._take(
+            keys=[DIRTY_RECORDS_KEY, DIRTY_TAKEN_KEY, DIRTY_OVERFLOW_KEY],
+            args=["1" if full else "0"],
+        )
+        return sorted(_text(m) for m in taken)
 
-    def clean(self, records: Iterable[str]) -> None:
-        """Forget the dirty marks of ``records`` (re-planned)."""
-        refs = list(records)
-        for start in range(0, len(refs), DUE_INDEX_CHUNK):
-            self.client.srem(DIRTY_RECORDS_KEY, *refs[start : start + DUE_INDEX_CHUNK])
+    def begin(self) -> None:
+        """A full pass starts: the CRM's events mark records dirty from now on (before the
+        first plan exists, :func:`mark_dirty` keeps nothing)."""
+        self.client.hsetnx(DUE_INDEX_STATE_KEY, "fingerprint", "")
+
+    def clean(self) -> None:
+        """The records taken by :meth:`take_dirty` were re-planned."""
+        self.client.delete(DIRTY_TAKEN_KEY)
+
+    def drop(self) -> None:
+        """No rule is planned ahead: no index, no state, and no dirty marks kept."""
+        self.client.delete(
+            DUE_INDEX_KEY,
+            DUE_INDEX_RECORDS_KEY,
+            DUE_INDEX_STATE_KEY,
+            DIRTY_RECORDS_KEY,
+            DIRTY_TAKEN_KEY,
+            DIRTY_OVERFLOW_KEY,
+        )
 
     # -- what falls due -------------------------------------------------------------------------
 
@@ -247,12 +295,19 @@ class DueIndex:
 
 def mark_dirty(client: redis.Redis, entity: str, record_id: str) -> None:
     """Note that the CRM reported a change of ``entity`` ``record_id``: the next pass re-plans
-    it (and, for a customer, that customer's records). Past ``MAX_DIRTY_RECORDS`` the set is
-    left as it is and the plan marked overflowing: the next pass plans everything afresh."""
-    if int(client.scard(DIRTY_RECORDS_KEY)) >= MAX_DIRTY_RECORDS:
-        client.hset(DUE_INDEX_STATE_KEY, _OVERFLOW, "1")
-        return
-    client.sadd(DIRTY_RECORDS_KEY, record_ref(entity, record_id))
+    it (and, for a customer, that customer's records). Nothing is kept while no plan exists
+    (no rule is planned ahead, or no scheduler planned yet: its first pass reads everything).
+    Past ``MAX_DIRTY_RECORDS`` the set is left as it is and the overflow flag set: the next
+    pass plans everything afresh."""
+    client.eval(
+        _MARK,
+        3,
+        DUE_INDEX_STATE_KEY,
+        DIRTY_RECORDS_KEY,
+        DIRTY_OVERFLOW_KEY,
+        record_ref(entity, record_id),
+        str(MAX_DIRTY_RECORDS),
+    )
 
 
 def _text(value: object) -> str:
