@@ -85,6 +85,14 @@ class Crm:
         default_factory=lambda: {"customer": {}, "purchase": {}, "complaint": {}}
     )
     serial: int = 0
+    #: The latest change stamp any pass has seen (the planner's watermark never goes back,
+    #: even when the row that carried it is deleted since).
+    seen: datetime | None = None
+
+    def saw(self) -> None:
+        stamps = [datetime.fromisoformat(row[CHANGED]) for rows in self.rows.values()
+                  for row in rows.values() if row.get(CHANGED)]  # fmt: skip
+        self.seen = max([*stamps, *([self.seen] if self.seen else [])], default=None)
 
     def new_id(self, prefix: str) -> str:
         self.serial += 1
@@ -207,11 +215,7 @@ def _apply(
     stamp = previous + (now - previous) / 2
     if how == "late":
         # Begun before the latest write the last pass saw, committed after that pass.
-        latest = max(
-            (datetime.fromisoformat(row[CHANGED]) for rows in crm.rows.values()
-             for row in rows.values() if row.get(CHANGED)),
-            default=previous,
-        )  # fmt: skip
+        latest = crm.seen or previous
         stamp = min(latest, previous) - OVERLAP * ((seed % 90) / 100)
     customers = sorted(crm.rows["customer"])
 
@@ -282,11 +286,13 @@ def _first_due(
     full: dict[str, datetime] = {}
     ahead: dict[str, datetime] = {}
     sync(crm)
+    crm.saw()
     previous = START
     for now, changes in steps:
         for change in changes:
             _apply(crm, change, previous, now, client)
         sync(crm)
+        crm.saw()
         for item in plan(catalog, source, now, default_zone=UTC_ZONE, company=COMPANY):
             if isinstance(item, PlannedDelivery):
                 full.setdefault(item.key, now)

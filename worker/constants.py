@@ -349,6 +349,16 @@ DUE_INDEX_RECORDS_KEY = f"{KEY_PREFIX}:plan:records"
 DUE_INDEX_STATE_KEY = f"{KEY_PREFIX}:plan:state"
 #: Records the CRM's events named (set of ``entity:id``): re-planned at the next pass.
 DIRTY_RECORDS_KEY = f"{KEY_PREFIX}:plan:dirty"
+#: The dirty records a pass took (moved here at once when the pass starts, so a mark added
+#: while it runs stays for the next pass); deleted once re-planned, merged again if it failed.
+DIRTY_TAKEN_KEY = f"{KEY_PREFIX}:plan:dirty:taken"
+#: Set when events named more records than ``MAX_DIRTY_RECORDS``: the next pass is a full
+#: one. Its own key, so that a full pass that started before it was set does not erase it.
+DIRTY_OVERFLOW_KEY = f"{KEY_PREFIX}:plan:dirty:overflow"
+#: A full pass writes its plan aside under ``<DUE_INDEX_KEY>:building:<pass token>`` (and the
+#: same for the records hash), each pass its own; they expire this long after the last write,
+#: so a pass killed midway leaves nothing behind.
+DUE_INDEX_BUILDING_TTL = timedelta(minutes=15)
 #: Beyond this many, events stop adding records to the dirty set and the next pass is a full
 #: one instead (an intake running for days without a scheduler must not grow it for ever).
 MAX_DIRTY_RECORDS = 100_000

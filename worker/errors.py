@@ -16,6 +16,7 @@
     ├── IntakeError            an event posted over HTTP is refused (carries status and field)
     ├── EmbeddedRedisError     the embedded redis-server (CRM_REDIS_URL unset) did not start
     ├── MailboxError           the feedback mailbox (IMAP) cannot be reached or read
+    ├── LeadershipLostError    the scheduler's lock went to another scheduler during a pass
     ├── ConsoleUserError       a console login cannot be added (bad name, role or password)
     └── DeliveryError          a channel could not deliver
         ├── TransientDeliveryError   try again later (4xx, HTTP 429/5xx, connection lost, timeout)
@@ -233,6 +234,11 @@ class EmbeddedRedisError(CrmWorkerError):
             f"the embedded Redis for {data_file} did not start: {reason}; check that "
             "CRM_DATA_DIR is writable, or set CRM_REDIS_URL to a running Redis"
         )
+
+
+class LeadershipLostError(CrmWorkerError):
+    """Another scheduler holds the leader lock now (this one stalled past the lock's TTL):
+    the pass abandons what it planned, the other scheduler's plan stands."""
 
 
 class MailboxError(CrmWorkerError):

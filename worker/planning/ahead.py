@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from worker.constants import PLAN_AHEAD_MARGIN, PLAN_LOOKUP_CHUNK
+from worker.errors import LeadershipLostError
 from worker.planning.due_index import DueIndex, Entry, PlanState, record_ref
 from worker.planning.events import EventLog
 from worker.planning.plan import (
@@ -85,16 +86,26 @@ class AheadPlanner:
     horizon: timedelta
     overlap: timedelta
     events: EventLog | None = None
-    #: Set once this process made a full pass: a new leader plans afresh, whatever it finds.
+    #: Set once this process made a full pass, reset when it stops leading (:meth:`forget`):
+    #: a new leader plans afresh, whatever index another scheduler left.
     _planned: bool = False
     #: What the last pass did, for logs and the bench: "full" or "changes", and how many
     #: records it re-planned.
     last_kind: str = ""
     last_replanned: int = 0
+    #: The leader lock's token of the pass under way (None: a pass run once, without a lock).
+    _leader: str | None = None
 
-    def prepare(self, now: datetime, *, left_out: Collection[str] = ()) -> DuePass:
+    def prepare(
+        self, now: datetime, *, left_out: Collection[str] = (), leader: str | None = None
+    ) -> DuePass:
         """Bring the index up to date at ``now`` and return what is due (rules in
-        ``left_out``, e.g. with a missing template, are neither evaluated nor dropped)."""
+        ``left_out``, e.g. with a missing template, are neither evaluated nor dropped).
+
+        ``leader``: the scheduler's lock token; the plan and the watermarks are only saved
+        while the lock is still that token's, else :class:`LeadershipLostError` is raised
+        and what this pass planned is dropped."""
+        self._leader = leader
         enabled = [r for r in self.catalog if r.enabled]
         followed = self.followed({r.trigger.spec.entity for r in enabled})
         indexed = [
@@ -108,6 +119,10 @@ class AheadPlanner:
             by_entity.setdefault(rule.trigger.spec.entity, []).append(rule)
         if by_entity:
             self._update(now, by_entity)
+        else:
+            # Nothing to plan: no index kept, and the CRM's events stop marking records.
+            self.index.drop()
+            self._planned = False
         due = DuePass(iter(()), index=self.index)
         usable = {r.id: r for r in indexed if r.id not in left_out}
         due.items = self._chain(
@@ -115,6 +130,11 @@ class AheadPlanner:
             self._read_every_pass(now, rest),
         )
         return due
+
+    def forget(self) -> None:
+        """This scheduler stopped leading: whatever the index holds when it leads again was
+        left by another one, so its next pass plans afresh."""
+        self._planned = False
 
     def followed(self, entities: Iterable[str]) -> frozenset[str]:
         """The entities whose changes the source can name (and, but for the customer, whose
@@ -131,7 +151,7 @@ class AheadPlanner:
         fingerprint = _fingerprint(by_entity, self.default_zone, self.horizon)
         reason = None
         if not self._planned:
-            reason = "the scheduler started"
+            reason = "the scheduler started or took over as leader"
         elif state.fingerprint != fingerprint:
             reason = "the rules changed"
         elif state.horizon_end is None or now + PLAN_AHEAD_MARGIN >= state.horizon_end:
@@ -139,7 +159,7 @@ class AheadPlanner:
         elif state.overflow:
             reason = "the CRM reported more changed records than are kept one by one"
         if reason is None and not self._follow_changes(now, by_entity, state):
-            reason = "a source file was written again"
+            reason = "the source cannot say what changed (a CSV file written again)"
         if reason is not None:
             self._full(now, by_entity, fingerprint, reason)
 
@@ -149,9 +169,12 @@ class AheadPlanner:
         feed = self.source
         assert isinstance(feed, ChangeFeed)
         entities = sorted(set(by_entity) | {CUSTOMER})
-        # Watermarks before the read: a row written during it is read again next pass.
+        # Events mark records from now on, and the marks taken now (and the overflow flag)
+        # are in this plan; watermarks before the read: a row written during it is read
+        # again next pass.
+        self.index.begin()
+        self.index.take_dirty(full=True)
         watermarks = {e: feed.watermark(e) for e in entities}
-        dirty = self.index.dirty()
         until = now + self.horizon
         entries = (
             entry
@@ -161,8 +184,11 @@ class AheadPlanner:
         count = self.index.rebuild(
             entries,
             PlanState(until, fingerprint, {e: m for e, m in watermarks.items() if m}),
+            leader=self._leader,
         )
-        self.index.clean(dirty)
+        if count is None:
+            self._lost("a full plan")
+        self.index.clean()
         self._planned = True
         self.last_kind, self.last_replanned = "full", -1
         log.info(
@@ -186,7 +212,7 @@ class AheadPlanner:
                 return False
             watermarks[entity] = found.watermark
             changed.setdefault(entity, {}).update({r.id: r for r in found.records})
-        dirty = self.index.dirty()
+        dirty = self.index.take_dirty()
         named: dict[str, set[str]] = {}
         for ref in dirty:
             entity, _, record_id = ref.partition(":")
@@ -209,12 +235,20 @@ class AheadPlanner:
             entries = list(self._entries(rules, now, state.horizon_end, present))
             self.index.replace((record_ref(entity, i) for i in records), entries)
             replanned += len(records)
-        self.index.save_watermarks(watermarks)
-        self.index.clean(dirty)
+        if not self.index.save_watermarks(watermarks, leader=self._leader):
+            self._lost("the changes' watermarks")
+        self.index.clean()
         self.last_kind, self.last_replanned = "changes", replanned
         if replanned:
             log.info("re-planned %d changed records", replanned)
         return True
+
+    def _lost(self, what: str) -> None:
+        """The lock went to another scheduler during this pass: its plan stands, not ours."""
+        self._planned = False
+        raise LeadershipLostError(
+            f"another scheduler took the leader lock during this pass; {what} was dropped"
+        )
 
     def _entries(
         self, rules: list[Rule], now: datetime, until: datetime, records: list[Record] | None

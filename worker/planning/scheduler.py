@@ -12,7 +12,9 @@ One pass at instant ``now``:
 Running continuously (:func:`run_scheduler`), step 2 reads the due-index planned ahead
 (:mod:`worker.planning.ahead`) and only what changed in the CRM, instead of every record; the
 claim and the steps after it are the same. The scheduler holds a Redis lock renewed every
-pass; a second scheduler waits as a standby and takes over when the lock expires.
+pass and, while a pass runs, every third of its TTL by a thread (a full planning pass over
+a large CRM takes minutes); a second scheduler waits as a standby and takes over when the
+lock expires. A pass that lost the lock anyway (the process stalled) saves nothing of its plan.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -42,7 +44,7 @@ from worker.constants import (
     SCHEDULER_LOCK_TTL,
     STANDBY_POLL,
 )
-from worker.errors import SourceUnavailableError
+from worker.errors import LeadershipLostError, SourceUnavailableError
 from worker.localtime import utc_now
 from worker.messages.rendering import TemplateRenderer
 from worker.planning.ahead import AheadPlanner
@@ -128,18 +130,25 @@ class Scheduler:
         )
         return self._dispatch(items, now)
 
-    def run_planned_pass(self, now: datetime) -> PassReport:
+    def run_planned_pass(self, now: datetime, *, leader: str | None = None) -> PassReport:
         """:meth:`run_pass` at ``now`` through the due-index: what is due by the plan made
         ahead, after re-planning what changed in the CRM (:mod:`worker.planning.ahead`). The
-        same deliveries are claimed; the CRM is read for the changes and the due records."""
+        same deliveries are claimed; the CRM is read for the changes and the due records.
+        ``leader``: the lock token this pass runs under (its plan is kept only while held)."""
         if self.ahead is None:
             return self.run_pass(now)
         self.catalog.refresh()
         broken = self._unusable_rules()
-        due = self.ahead.prepare(now, left_out=broken.keys())
+        due = self.ahead.prepare(now, left_out=broken.keys(), leader=leader)
         report = self._dispatch(due.items, now)
         due.finish()  # only now: a pass that failed before claiming leaves them for the next
         return report
+
+    def leadership_changed(self) -> None:
+        """This scheduler took or lost the leader lock: a plan made ahead before is not
+        trusted (another scheduler may have changed the index meanwhile)."""
+        if self.ahead is not None:
+            self.ahead.forget()
 
     def react(self, event: Event, now: datetime) -> PassReport:
         """Claim and queue at once what the ``event`` rules send for ``event`` at ``now`` (the
@@ -314,6 +323,31 @@ class LeaderLock:
         """Give the lock up (if held) so a standby takes over at once."""
         self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, 1])
 
+    @contextlib.contextmanager
+    def renewing(self) -> Iterator[threading.Event]:
+        """Keep the lock while the block runs (a pass): a thread renews it every third of
+        its TTL. The event yielded is set if the lock was found taken by another scheduler."""
+        lost = threading.Event()
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.ttl_ms / 3000):
+                try:
+                    held = self._renew(keys=[SCHEDULER_LOCK_KEY], args=[self.token, self.ttl_ms])
+                except redis.RedisError:
+                    continue  # the pass itself reports a lost Redis
+                if not held:
+                    lost.set()
+                    return
+
+        thread = threading.Thread(target=renew, name="scheduler-lock-renewal", daemon=True)
+        thread.start()
+        try:
+            yield lost
+        finally:
+            done.set()
+            thread.join()
+
 
 def record_pass(client: redis.Redis, report: PassReport, *, leader: str, took_s: float) -> None:
     """Keep what the leader's last pass did for ``crm-worker status``."""
@@ -352,13 +386,16 @@ def run_scheduler(
             if acquired:
                 if not leading:
                     log.info("scheduler is the leader")
+                    scheduler.leadership_changed()
                 leading = True
                 started = time.monotonic()
-                report = scheduler.run_planned_pass(clock())
+                with lock.renewing():
+                    report = scheduler.run_planned_pass(clock(), leader=lock.token)
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")
+                    scheduler.leadership_changed()
                 leading = False
         except redis.RedisError as exc:
             # Once per outage, not once per interval: what was claimed and not queued is taken
@@ -366,6 +403,10 @@ def run_scheduler(
             if not redis_lost:
                 log.warning("Redis lost (%s); the scheduler retries every interval", exc)
             redis_lost = True
+        except LeadershipLostError as exc:
+            log.warning("scheduler lost the lock during a pass: %s; standing by", exc)
+            scheduler.leadership_changed()
+            leading = False
         except SourceUnavailableError as exc:
             # Nothing is lost: the next pass plans again within each rule's grace, and a key
             # claimed but not yet queued is claimable again after CLAIM_STALE_AFTER.

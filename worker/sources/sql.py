@@ -116,6 +116,10 @@ class SqlSource:
             event.listen(self.engine, "connect", _read_only_hook(statement))
         if self.streams:
             event.listen(self.engine, "reset", _end_stream)
+        #: Entities whose change column turned out unusable (neither a timestamp, ISO-8601
+        #: text nor an integer version): read at every pass instead, with one warning.
+        self._unfollowed: set[str] = set()
+        self._probed: set[str] = set()
 
     def iter_records(self, entity: str, keep: RowKeep | None = None) -> Iterator[Record]:
         """Every usable record, streamed in chunks (never the whole table at once)."""
@@ -244,9 +248,19 @@ class SqlSource:
         return {i: found[i] if i in found else self.get(entity, i) for i in ids}
 
     def follows(self, entity: str) -> bool:
-        """Does the mapping name a change column (``changed_since``) for ``entity``?"""
+        """Does the mapping name a usable change column (``changed_since``) for ``entity``?
+        The first time, its largest value is read once: a column holding neither timestamps,
+        ISO-8601 text nor integers is warned about once and the entity read at every pass."""
         queries = self.mapping.entities.get(entity)
-        return queries is not None and queries.changed_since is not None
+        if queries is None or queries.changed_since is None or entity in self._unfollowed:
+            return False
+        if entity not in self._probed:
+            try:
+                self.watermark(entity)
+            except SourceError:
+                return True  # the database or the query fails: the pass reports it
+            self._probed.add(entity)
+        return entity not in self._unfollowed
 
     def watermark(self, entity: str) -> str | None:
         """The largest value of the entity's change column now (one indexed lookup)."""
@@ -258,14 +272,16 @@ class SqlSource:
                 latest = conn.execute(text(queries.latest)).scalar()
             except SQLAlchemyError as exc:
                 raise self._failure(exc, where) from None
-        return _watermark_text(latest, where)
+        return self._mark(entity, latest)
 
     def changed(
         self, entity: str, since: str | None, *, overlap: timedelta = timedelta(0)
-    ) -> Changes:
+    ) -> Changes | None:
         """Records whose change column is after ``since`` less ``overlap`` (a transaction that
         committed late, a CRM host whose clock runs behind): the query filtered by
-        ``q.<column> > :since``, an index range scan when the column is indexed."""
+        ``q.<column> > :since``, an index range scan when the column is indexed. An integer
+        column is a version the CRM increases on every write: no overlap is taken from it.
+        None when the column holds values that cannot be followed (see :meth:`follows`)."""
         queries = self.mapping.of(entity)
         assert queries.changed is not None and queries.changed_all is not None
         where = f"{self.mapping.path.name} {entity}.changed_since"
@@ -273,7 +289,7 @@ class SqlSource:
         statement = queries.changed_all
         if since is not None:
             statement = queries.changed
-            params["since"] = datetime.fromisoformat(since) - overlap
+            params["since"] = _since_param(since, overlap)
         with self._connect() as conn:
             try:
                 rows = conn.execute(text(statement), params).all()
@@ -285,18 +301,45 @@ class SqlSource:
         assert column is not None
         for row in rows:
             value = row._mapping.get(column)
-            if value is not None and (latest is None or value > latest):
-                latest = value
+            try:
+                if value is not None and (latest is None or value > latest):
+                    latest = value
+            except TypeError:
+                self._unfollow(entity, "values of different types")
             raw = _as_text(row._mapping)
             record = to_record(entity, raw, f"{where} id {raw.get('id')}")
             if not isinstance(record, RowSkip):
                 records.append(record)
-        mark = _watermark_text(latest, where) if latest is not None else None
-        if since is not None and (
-            mark is None or datetime.fromisoformat(mark) < datetime.fromisoformat(since)
-        ):
+        mark = self._mark(entity, latest) if latest is not None else None
+        if entity in self._unfollowed:
+            return None
+        if since is not None and (mark is None or _before(mark, since)):
             mark = since
         return Changes(records, mark)
+
+    def _mark(self, entity: str, value: object) -> str | None:
+        """``value`` of the change column as a watermark; None, with one warning naming the
+        mapping file and column, when it cannot be one (the entity is then read every pass)."""
+        try:
+            return _watermark_text(value)
+        except ValueError as exc:
+            self._unfollow(entity, str(exc))
+            return None
+
+    def _unfollow(self, entity: str, holds: str) -> None:
+        if entity in self._unfollowed:
+            return
+        self._unfollowed.add(entity)
+        log.warning(
+            "%s: %s.changed_since names column %s, which holds %s; %s records are read at "
+            "every pass instead of planned ahead. Name a timestamp column (or ISO-8601 text, "
+            "or an integer version) the CRM sets on every write, or remove changed_since",
+            self.mapping.path,
+            entity,
+            self.mapping.of(entity).changed_since,
+            holds,
+            entity,
+        )
 
     def records_of(self, entity: str, customer_ids: Collection[str]) -> list[Record]:
         """The entity's records of these customers: one query (``q.customer_id IN (…)``),
@@ -413,18 +456,63 @@ def _raised_as_sqlalchemy(
         rows.close()
 
 
-def _watermark_text(value: object, where: str) -> str | None:
-    """A change column's value as the text a watermark is kept in (ISO 8601)."""
+_INT_MARK = "int:"
+_TEXT_MARK = "text:"
+
+
+def _watermark_text(value: object) -> str | None:
+    """A change column's value as the text a watermark is kept in: a timestamp in ISO 8601,
+    text holding one (SQLite keeps DATETIME as text) as ``text:`` and the text as stored, an
+    integer version as ``int:`` and the number. ValueError for anything else."""
     if value is None:
         return None
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, date):
         return datetime.combine(value, datetime.min.time()).isoformat()
-    raise SourceError(
-        f"{where}: the change column holds {type(value).__name__} values; name a timestamp "
-        "column the CRM sets on every write (e.g. updated_at)"
-    )
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{_INT_MARK}{value}"
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"text that is not an ISO-8601 timestamp ({value[:40]!r})") from None
+        return f"{_TEXT_MARK}{value}"
+    raise ValueError(f"{type(value).__name__} values ({str(value)[:40]!r})")
+
+
+def _order(mark: str) -> int | datetime:
+    """A watermark as a value to compare watermarks of one column by."""
+    if mark.startswith(_INT_MARK):
+        return int(mark.removeprefix(_INT_MARK))
+    return datetime.fromisoformat(mark.removeprefix(_TEXT_MARK))
+
+
+def _before(mark: str, since: str) -> bool:
+    """Is watermark ``mark`` before ``since``? (Never, when the column changed kind: the
+    new value is kept.)"""
+    a, b = _order(mark), _order(since)
+    if isinstance(a, int) and isinstance(b, int):
+        return a < b
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        try:
+            return a < b
+        except TypeError:  # one with an offset, one without
+            return False
+    return False
+
+
+def _since_param(mark: str, overlap: timedelta) -> int | str | datetime:
+    """The ``:since`` parameter for a watermark: the overlap taken from a timestamp; a text
+    column compared as text written as its values are (``2026-12-06 05:00:00``); an integer
+    version as it is (a version is no clock: no overlap)."""
+    if mark.startswith(_INT_MARK):
+        return int(mark.removeprefix(_INT_MARK))
+    if mark.startswith(_TEXT_MARK):
+        written = mark.removeprefix(_TEXT_MARK)
+        earlier = datetime.fromisoformat(written) - overlap
+        return earlier.isoformat(sep="T" if written[10:11] == "T" else " ")
+    return datetime.fromisoformat(mark) - overlap
 
 
 def _as_text(row: Mapping[Any, Any]) -> dict[str, str | None]:
