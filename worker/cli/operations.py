@@ -90,7 +90,9 @@ def run(ctx: click.Context, once: bool, processes: int | None, now: datetime | N
         if now is not None:
             raise click.UsageError("--now works with --once only")
         children = [
-            scheduler_child(log_flags=_log_flags(ctx), metrics_port=_scheduler_metrics(runtime)),
+            scheduler_child(
+                log_flags=_log_flags(ctx), metrics_port=_scheduler_metrics(runtime, count)
+            ),
             *_workers(ctx, runtime, count),
         ]
         _supervise(runtime, children, f"the scheduler and {_describe_workers(runtime, count)}")
@@ -316,10 +318,11 @@ def _workers(ctx: click.Context, runtime: Runtime, count: int) -> list[ChildSpec
     ]
 
 
-def _scheduler_metrics(runtime: Runtime) -> int | None:
-    """Under ``run``, the scheduler serves its metrics after the workers' ports."""
+def _scheduler_metrics(runtime: Runtime, workers: int) -> int | None:
+    """Under ``run``, the scheduler serves its metrics after the ``workers`` processes' ports
+    (``--processes`` included: the port after the last worker's)."""
     port = runtime.settings.metrics_port
-    return None if port is None else port + _process_count(runtime, None)
+    return None if port is None else port + workers
 
 
 def _describe_workers(runtime: Runtime, count: int) -> str:
