@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -354,7 +354,8 @@ def run_scheduler(
                     log.info("scheduler is the leader")
                 leading = True
                 started = time.monotonic()
-                report = scheduler.run_planned_pass(clock())
+                with _beating(lock.client, me):  # a long pass is alive too (`health`)
+                    report = scheduler.run_planned_pass(clock())
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
             else:
                 if leading:
@@ -382,6 +383,26 @@ def run_scheduler(
     with contextlib.suppress(redis.RedisError):
         lock.release()
     leave(lock.client, "scheduler", me)
+
+
+@contextlib.contextmanager
+def _beating(client: redis.Redis, me: str) -> Iterator[None]:
+    """While the block runs (a pass), write this scheduler's heartbeat at once and then every
+    ``HEARTBEAT_INTERVAL`` from a side thread: a pass longer than the health check's 30 s is
+    not taken for a dead scheduler (and killed by a liveness probe, again and again)."""
+    done = threading.Event()
+    thread = threading.Thread(
+        target=_wait_beating,
+        args=(client, me, float("inf"), done),
+        name="crm-scheduler-heartbeat",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _wait_beating(client: redis.Redis, me: str, wait_s: float, stop: threading.Event) -> None:
