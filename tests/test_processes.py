@@ -414,3 +414,44 @@ def test_a_scheduler_that_cannot_serve_its_metrics_exits_loudly(
     log = next(tmp_path.glob("crm-worker-scheduler-*.log")).read_text(encoding="utf-8")
     assert f"CRM_METRICS_PORT: cannot serve metrics on port {port}" in log
     assert "pick a free port" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_the_pass_of_run_once_ends_it_promptly(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis, signum: signal.Signals
+) -> None:
+    # 80,000 greetings: the pass alone takes well over 10 s here; the worker consumes its
+    # first batches meanwhile.
+    write_crm(tmp_path / "crm", 80_000, birthday=utc_now().strftime("1990-%m-%d"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": _redis_url(redis_client),
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(tmp_path / "crm"),
+            "CRM_RULES_DIR": str(tmp_path / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+            "CRM_SMTP_HOST": smtp_server.host,
+            "CRM_SMTP_PORT": str(smtp_server.port),
+            "CRM_SMTP_SECURITY": "none",
+        }
+    )
+    once = crm_worker("run", "--once", "--processes", "1", env=env, cwd=tmp_path)
+    try:
+        assert wait_until(lambda: smtp_server.received, timeout_s=120)  # the pass is under way
+        children = children_of(once.pid)
+        once.send_signal(signum)
+        started = time.monotonic()
+        code = once.wait(timeout=60)
+        stopped_s = time.monotonic() - started
+    finally:
+        if once.poll() is None:
+            once.kill()
+    assert stopped_s < 4, f"stopped {stopped_s:.1f} s after {signum.name}"
+    assert code == 128 + signum
+    assert not [pid for pid in children if alive(pid)]
+    log = next(tmp_path.glob("crm-worker-run-*.log")).read_text(encoding="utf-8")
+    assert f"stopping ({signum.name}) during the pass" in log
+    assert "stopped during the pass" in log
+    assert "killed" not in log  # the worker drained, nothing was forced
