@@ -17,8 +17,11 @@ import redis
 
 from tests.conftest import REPO
 from tests.faultkit import crm_worker as start
-from tests.faultkit import free_port, wait_until, worker_env
+from tests.faultkit import free_port, wait_until, worker_env, write_crm
 from tests.test_cli import crm_worker as run
+from tests.test_healing import RULE
+from worker.constants import HEARTBEAT_INTERVAL, SCHEDULER_LAST_PASS_KEY
+from worker.localtime import utc_now
 
 
 def redis_url(client: redis.Redis) -> str:
@@ -160,3 +163,35 @@ def test_asking_about_the_embedded_redis_does_not_start_it(tmp_path: Path, env) 
         f"unhealthy: the embedded Redis of {tmp_path / 'var'} is not running"
     )
     assert not (tmp_path / "var" / "redis.db").exists()
+
+
+def test_the_scheduler_beats_before_and_during_a_long_pass(
+    tmp_path: Path, env, processes, redis_client: redis.Redis
+) -> None:
+    # 60,000 greetings due: the first pass takes several heartbeat intervals (about 10 s on
+    # 2 busy cores), longer than the wait below lets it.
+    write_crm(tmp_path / "crm", 60_000, birthday=utc_now().strftime("1990-%m-%d"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    env = env | {"CRM_SOURCE": str(tmp_path / "crm"), "CRM_RULES_DIR": str(tmp_path / "rules")}
+    scheduler = start("scheduler", env=env, cwd=tmp_path)
+    processes.append(scheduler)
+
+    def beat() -> float | None:
+        found = redis_client.zrange("crm:schedulers", 0, -1, withscores=True)
+        return float(found[0][1]) if found else None
+
+    # A heartbeat before the first pass ended (nothing recorded yet) …
+    assert wait_until(lambda: beat() is not None, timeout_s=60, poll_s=0.005)
+    first = beat()
+    assert first is not None
+    assert not redis_client.exists(SCHEDULER_LAST_PASS_KEY)
+    assert healthy("scheduler", env, tmp_path)
+    # … and another while it still runs.
+    assert wait_until(
+        lambda: (beat() or 0) > first, timeout_s=HEARTBEAT_INTERVAL.total_seconds() + 2
+    )
+    assert not redis_client.exists(SCHEDULER_LAST_PASS_KEY), "the pass was too short to tell"
+    assert wait_until(lambda: redis_client.exists(SCHEDULER_LAST_PASS_KEY), timeout_s=120)
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=30) == 0

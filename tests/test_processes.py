@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import redis
 from tests.conftest import REPO, SmtpSink
 from tests.faultkit import crm_worker, wait_until, worker_env, write_crm
 from tests.test_healing import RULE
+from worker.constants import SCHEDULER_LAST_PASS_KEY
 from worker.localtime import utc_now
 from worker.processes import (
     ChildSpec,
@@ -312,3 +315,143 @@ def test_run_supervises_the_scheduler_and_the_workers_until_sigterm(
     assert len(smtp_server.received) == 50
     log = next(tmp_path.glob("crm-worker-run-*.log")).read_text(encoding="utf-8")
     assert "running the scheduler and 2 worker processes × 1 thread × 8 SMTP connections" in log
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports that are free now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise AssertionError("no run of free ports")
+
+
+def _serves_metrics(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return b"crm_" in answer.read()
+    except OSError:
+        return False
+
+
+def _redis_url(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return (
+        f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
+        f"{kwargs.get('db', 0)}"
+    )
+
+
+def test_run_with_more_processes_than_cpus_gives_the_scheduler_a_port_of_its_own(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    workers = usable_cpus() + 1  # more than the default count: its ports run further
+    base = _free_ports(workers + 1)
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": _redis_url(redis_client),
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(REPO / "examples" / "crm"),
+            "CRM_RULES_DIR": str(REPO / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+            "CRM_METRICS_PORT": str(base),
+            "CRM_SCHEDULER_INTERVAL_S": "3600",
+        }
+    )
+    supervisor = crm_worker("run", "--processes", str(workers), env=env, cwd=tmp_path)
+    try:
+        ports = range(base, base + workers + 1)  # the workers', then the scheduler's
+        assert wait_until(lambda: all(_serves_metrics(p) for p in ports), timeout_s=60)
+        assert wait_until(lambda: redis_client.exists(SCHEDULER_LAST_PASS_KEY), timeout_s=30)
+        assert redis_client.zcard("crm:workers") == workers
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    log = next(tmp_path.glob("crm-worker-run-*.log")).read_text(encoding="utf-8")
+    assert "Address already in use" not in log and "restarting" not in log
+
+
+def test_a_scheduler_that_cannot_serve_its_metrics_exits_loudly(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        env = worker_env(
+            {
+                "CRM_REDIS_URL": _redis_url(redis_client),
+                "CRM_DATA_DIR": str(tmp_path / "var"),
+                "CRM_SOURCE": str(REPO / "examples" / "crm"),
+                "CRM_RULES_DIR": str(REPO / "rules"),
+                "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+                "CRM_METRICS_PORT": str(port),
+            }
+        )
+        scheduler = crm_worker("scheduler", env=env, cwd=tmp_path)
+        try:
+            code = scheduler.wait(timeout=30)  # not a process idling until someone stops it
+        finally:
+            if scheduler.poll() is None:
+                scheduler.kill()
+    assert code != 0
+    log = next(tmp_path.glob("crm-worker-scheduler-*.log")).read_text(encoding="utf-8")
+    assert f"CRM_METRICS_PORT: cannot serve metrics on port {port}" in log
+    assert "pick a free port" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_the_pass_of_run_once_ends_it_promptly(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis, signum: signal.Signals
+) -> None:
+    # 80,000 greetings: the pass alone takes well over 10 s here; the worker consumes its
+    # first batches meanwhile.
+    write_crm(tmp_path / "crm", 80_000, birthday=utc_now().strftime("1990-%m-%d"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": _redis_url(redis_client),
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(tmp_path / "crm"),
+            "CRM_RULES_DIR": str(tmp_path / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+            "CRM_SMTP_HOST": smtp_server.host,
+            "CRM_SMTP_PORT": str(smtp_server.port),
+            "CRM_SMTP_SECURITY": "none",
+        }
+    )
+    once = crm_worker("run", "--once", "--processes", "1", env=env, cwd=tmp_path)
+    try:
+        assert wait_until(lambda: smtp_server.received, timeout_s=120)  # the pass is under way
+        children = children_of(once.pid)
+        once.send_signal(signum)
+        started = time.monotonic()
+        code = once.wait(timeout=60)
+        stopped_s = time.monotonic() - started
+    finally:
+        if once.poll() is None:
+            once.kill()
+    assert stopped_s < 4, f"stopped {stopped_s:.1f} s after {signum.name}"
+    assert code == 128 + signum
+    assert not [pid for pid in children if alive(pid)]
+    log = next(tmp_path.glob("crm-worker-run-*.log")).read_text(encoding="utf-8")
+    assert f"stopping ({signum.name}) during the pass" in log
+    assert "stopped during the pass" in log
+    assert "killed" not in log  # the worker drained, nothing was forced

@@ -30,7 +30,7 @@ from tests.faultkit import (
     write_crm,
 )
 from tests.test_healing import RULE
-from worker.connections import parse_sentinel_url
+from worker.connections import parse_sentinel_url, sentinel_client
 from worker.errors import ConfigError
 from worker.localtime import utc_now
 from worker.runtime import Runtime
@@ -226,3 +226,68 @@ def test_the_primary_killed_mid_delivery_every_message_arrives(
             f"duplicates {duplicates}"
         )
     assert duplicates <= DUPLICATES_ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # The password is taken off first: a "/" in it is not the path.
+        ("redis+sentinel://:pa/ss@h1/mymaster", (None, "pa/ss", (("h1", 26379),))),
+        ("redis+sentinel://:p@ss?w/rd@h1:1/mymaster", (None, "p@ss?w/rd", (("h1", 1),))),
+        ("redis+sentinel://alice:s3cr%2Ft@h1/mymaster", ("alice", "s3cr/t", (("h1", 26379),))),
+        ("redis+sentinel://alice:@h1/mymaster", ("alice", "", (("h1", 26379),))),
+        ("redis+sentinel://secret@h1/mymaster", (None, "secret", (("h1", 26379),))),
+        (
+            "redis+sentinel://[::1],[fe80::2]:26380,h3/mymaster",
+            (None, None, (("::1", 26379), ("fe80::2", 26380), ("h3", 26379))),
+        ),
+    ],
+)
+def test_sentinel_urls_take_the_user_and_password_off_first(
+    url: str, expected: tuple[str | None, str | None, tuple[tuple[str, int], ...]]
+) -> None:
+    address = parse_sentinel_url(url)
+    assert (address.username, address.password, address.sentinels) == expected
+    assert address.service == "mymaster"
+    assert "pa/ss" not in repr(address) and "s3cr" not in repr(address)
+
+
+def test_ssl_is_an_option_of_the_sentinel_url() -> None:
+    assert parse_sentinel_url("redis+sentinel://h/m?ssl=true").ssl
+    assert parse_sentinel_url("redis+sentinel://h/m/2?ssl=True").db == 2
+    assert not parse_sentinel_url("redis+sentinel://h/m?ssl=false").ssl
+    assert not parse_sentinel_url("redis+sentinel://h/m").ssl
+    with pytest.raises(ConfigError, match="ssl='maybe' is neither true nor false"):
+        parse_sentinel_url("redis+sentinel://h/m?ssl=maybe")
+    with pytest.raises(ConfigError, match="option 'timeout' is not known"):
+        parse_sentinel_url("redis+sentinel://h/m?timeout=3")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:pa/ss@/mymaster",
+        "redis+sentinel://bob:pa/ss@h:x/mymaster",
+        "redis+sentinel://:pa/ss@h1/",
+        "redis+sentinel://:pa/ss@h1/m/zero",
+        "redis+sentinel://:pa/ss@h1/m?ssl=maybe",
+    ],
+)
+def test_a_refused_sentinel_url_never_shows_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_sentinel_url(url)
+    assert "pa/ss" not in str(caught.value) and "ss@" not in str(caught.value)
+
+
+def test_an_acl_user_reaches_the_primary_through_the_sentinels(cluster: Cluster) -> None:
+    primary = redis.Redis(port=cluster.primary_port)
+    primary.acl_setuser(
+        "crm", enabled=True, passwords=["+s3cr/t@x"], keys=["*"], commands=["+@all"]
+    )
+    try:
+        url = f"redis+sentinel://crm:s3cr/t@x@127.0.0.1:{cluster.sentinel_port}/{SERVICE}/0"
+        client = sentinel_client(parse_sentinel_url(url))
+        assert client.acl_whoami() == "crm"
+        client.close()
+    finally:
+        primary.acl_deluser("crm")

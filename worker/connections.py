@@ -4,8 +4,9 @@ Dramatiq broker on it."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -41,66 +42,102 @@ def open_redis(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
-SENTINEL_EXAMPLE = "redis+sentinel://[:password@]host:26379,host2:26379/mymaster/0"
+SENTINEL_EXAMPLE = (
+    "redis+sentinel://[:password@]host:26379,host2:26379/mymaster/0 (user:password@ for an "
+    "ACL user, [::1]:26379 for IPv6, ?ssl=true for TLS)"
+)
+#: ``?ssl=`` values (any case).
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
 class SentinelAddress:
     """Where a Sentinel-watched Redis is: the sentinels, the name they know the primary by,
-    the database, and the primary's password (the sentinels themselves take none)."""
+    the database, the primary's ACL user and password (the sentinels themselves take none),
+    and whether the sentinels and the primary speak TLS."""
 
     sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    username: str | None = None
+    ssl: bool = False
 
 
 def parse_sentinel_url(url: str) -> SentinelAddress:
-    """``redis+sentinel://[:password@]host:port,host2:port/service[/db]`` (port default
-    26379); raises :class:`~worker.errors.ConfigError` saying what to write."""
+    """``redis+sentinel://[[user]:password@]host:port,[::1]:port,host/service[/db][?ssl=true]``
+    (port default 26379); raises :class:`~worker.errors.ConfigError` saying what to write,
+    never quoting the password.
+
+    The user information is taken off first, up to the last ``@``: a password may hold ``/``,
+    ``@`` or ``?`` (percent-encoded or not) without being mistaken for a host or a path."""
 
     def refuse(why: str) -> ConfigError:
         return ConfigError([f"CRM_REDIS_URL: {why}; write {SENTINEL_EXAMPLE}"])
 
     rest = url[len(SENTINEL_SCHEME) :]
+    username = password = None
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon:  # ``redis+sentinel://secret@host`` (redis-py's reading): a password
+            username, password = None, unquote(user) or None
+    rest, _, query = rest.partition("?")
     hosts, _, path = rest.partition("/")
-    password = None
-    if "@" in hosts:
-        userinfo, _, hosts = hosts.rpartition("@")
-        password = unquote(userinfo.partition(":")[2] or userinfo) or None
     sentinels = []
     for item in hosts.split(","):
-        host, colon, port = item.strip().rpartition(":") if ":" in item else (item, "", "")
-        host = (host if colon else item).strip().strip("[]")
+        item = item.strip()
+        parts = urlsplit(f"//{item}")
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            raise refuse(
+                f"sentinel {item!r} has no numeric port (or an IPv6 host not in [])"
+            ) from None
         if not host:
             raise refuse(f"sentinel {item!r} has no host")
-        try:
-            number = int(port) if colon else DEFAULT_SENTINEL_PORT
-        except ValueError:
-            raise refuse(f"sentinel {item!r} has no numeric port") from None
-        sentinels.append((host, number))
+        sentinels.append((host, port if port is not None else DEFAULT_SENTINEL_PORT))
     service, _, db = path.strip("/").partition("/")
     if not service:
         raise refuse("the primary's service name (as in `sentinel monitor NAME …`) is missing")
     if db and not db.isdigit():
         raise refuse(f"database {db!r} is not a number")
-    return SentinelAddress(tuple(sentinels), service, int(db or 0), password)
+    ssl = False
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        value = values[-1].lower()
+        if name != "ssl":
+            raise refuse(f"option {name!r} is not known (only ssl=true)")
+        if value not in _TRUE + _FALSE:
+            raise refuse(f"ssl={values[-1]!r} is neither true nor false")
+        ssl = value in _TRUE
+    return SentinelAddress(tuple(sentinels), service, int(db or 0), password, username, ssl)
 
 
 def sentinel_client(address: SentinelAddress) -> redis.Redis:
     """A client of the current primary: on a failover its connections fail, and the next
     command asks the sentinels where the primary is now (a demoted primary answering READONLY
-    counts as failed too; redis-py's SentinelManagedConnection)."""
+    counts as failed too; redis-py's SentinelManagedConnection). With ``ssl`` the sentinels
+    and the primary are reached over TLS."""
+    tls: dict[str, bool] = {"ssl": True} if address.ssl else {}
     sentinel = Sentinel(
         list(address.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            **tls,
+        },
         socket_timeout=SENTINEL_SOCKET_TIMEOUT_S,
         socket_connect_timeout=SENTINEL_SOCKET_TIMEOUT_S,
     )
+    primary: dict[str, Any] = {"username": address.username, **tls}
     client: redis.Redis = sentinel.master_for(
         address.service,
         db=address.db,
         password=address.password,
         socket_connect_timeout=SENTINEL_SOCKET_TIMEOUT_S,
+        **primary,
     )
     return client
 

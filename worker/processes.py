@@ -450,18 +450,27 @@ def run_once_supervised(
     stop: threading.Event,
     force: threading.Event,
     timeout_s: float = 600.0,
+    passing: threading.Event | None = None,
 ) -> RunSummary:
     """``crm-worker run --once`` on every core: the worker children start, this process runs
     the pass (they consume its first batches while it plans the rest), waits until every key
     it queued is final or waiting for a retry, then the children drain and stop.
 
     Waiting ends early when ``stop`` is set (Ctrl-C, SIGTERM) or every child keeps dying
-    (:attr:`Supervisor.hopeless`); the summary then shows what was still in flight."""
+    (:attr:`Supervisor.hopeless`); the summary then shows what was still in flight.
+    ``passing`` is set while the pass runs: a signal handler may then end the pass by raising
+    (the pass itself does not look at ``stop``); the children drain all the same."""
     supervisor.start()  # first: the children are forked before this process opens anything
     try:
         runtime.actor  # noqa: B018 - declares the queue (a child may have done so already)
         began = time.monotonic()
-        report = runtime.scheduler.run_pass(now)
+        if passing is not None:
+            passing.set()
+        try:
+            report = runtime.scheduler.run_pass(now)
+        finally:
+            if passing is not None:
+                passing.clear()
         states = runtime.wait_for(
             report.queued,
             timeout_s=timeout_s,

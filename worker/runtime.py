@@ -37,6 +37,7 @@ from worker.delivery.crm_events import CrmEvents
 from worker.delivery.send import Deliverer
 from worker.delivery.sweeper import Sweeper, SweepMiddleware, run_sweeper, worker_name
 from worker.embedded_redis import EmbeddedRedis
+from worker.errors import ConfigError
 from worker.localtime import utc_now
 from worker.messages.rendering import TemplateRenderer
 from worker.messages.signature import DkimSigner
@@ -349,12 +350,22 @@ class Runtime:
         port = self.settings.metrics_port
         if port is not None and not self._metrics_served:
             s = self.settings
-            serve_metrics(
-                port,
-                lambda: read_status(
-                    self.redis, queue_name=s.queue_name, sweep_interval_s=s.sweep_interval_s
-                ),
-            )
+            try:
+                serve_metrics(
+                    port,
+                    lambda: read_status(
+                        self.redis, queue_name=s.queue_name, sweep_interval_s=s.sweep_interval_s
+                    ),
+                )
+            except OSError as exc:
+                # Loud and fatal: a process that cannot serve its metrics exits (its supervisor
+                # restarts it) instead of running unobserved or idling.
+                raise ConfigError(
+                    [
+                        f"CRM_METRICS_PORT: cannot serve metrics on port {port} "
+                        f"({exc.strerror or exc}); another process holds it: pick a free port"
+                    ]
+                ) from None
             self._metrics_served = True
 
     def retry_failed(self, *, rule_id: str | None = None, now: datetime | None = None) -> list[str]:
@@ -451,7 +462,11 @@ class Runtime:
                 )
             else:
                 stop.wait()
+        except Exception as exc:
+            log.error("the %s cannot run: %s; exiting", "scheduler" if scheduler else "worker", exc)
+            raise
         finally:
+            stop.set()  # the sweeper thread ends too: a failed start never leaves an idle process
             if running is not None:
                 running.stop()
             if sweeping is not None:

@@ -90,7 +90,9 @@ def run(ctx: click.Context, once: bool, processes: int | None, now: datetime | N
         if now is not None:
             raise click.UsageError("--now works with --once only")
         children = [
-            scheduler_child(log_flags=_log_flags(ctx), metrics_port=_scheduler_metrics(runtime)),
+            scheduler_child(
+                log_flags=_log_flags(ctx), metrics_port=_scheduler_metrics(runtime, count)
+            ),
             *_workers(ctx, runtime, count),
         ]
         _supervise(runtime, children, f"the scheduler and {_describe_workers(runtime, count)}")
@@ -100,8 +102,19 @@ def run(ctx: click.Context, once: bool, processes: int | None, now: datetime | N
         stop_timeout_s=runtime.settings.stop_timeout_s,
         fork_main=_child_main,
     )
-    stop, force = _stop_signals()
-    summary = run_once_supervised(runtime, now or utc_now(), supervisor, stop=stop, force=force)
+    passing = threading.Event()
+    stop, force = _stop_signals(interrupting=passing)
+    try:
+        summary = run_once_supervised(
+            runtime, now or utc_now(), supervisor, stop=stop, force=force, passing=passing
+        )
+    except _Interrupted as exc:
+        err.print(
+            "stopped during the pass: what it queued is delivered by any running worker or the "
+            "next run; what it claimed and had not queued is taken over by the sweeper and the "
+            "next pass (`crm-worker status` shows it)"
+        )
+        sys.exit(128 + exc.signum)
     report = summary.report
     states: Counter[str] = summary.states
     out.print(
@@ -316,10 +329,11 @@ def _workers(ctx: click.Context, runtime: Runtime, count: int) -> list[ChildSpec
     ]
 
 
-def _scheduler_metrics(runtime: Runtime) -> int | None:
-    """Under ``run``, the scheduler serves its metrics after the workers' ports."""
+def _scheduler_metrics(runtime: Runtime, workers: int) -> int | None:
+    """Under ``run``, the scheduler serves its metrics after the ``workers`` processes' ports
+    (``--processes`` included: the port after the last worker's)."""
     port = runtime.settings.metrics_port
-    return None if port is None else port + _process_count(runtime, None)
+    return None if port is None else port + workers
 
 
 def _describe_workers(runtime: Runtime, count: int) -> str:
@@ -331,8 +345,22 @@ def _describe_workers(runtime: Runtime, count: int) -> str:
     )
 
 
-def _stop_signals() -> tuple[threading.Event, threading.Event]:
-    """SIGINT/SIGTERM once: ``stop`` (drain); twice: ``force`` (kill the children)."""
+class _Interrupted(BaseException):
+    """Raised in the main thread by a stop signal while the pass of ``run --once`` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_signals(
+    *, interrupting: threading.Event | None = None
+) -> tuple[threading.Event, threading.Event]:
+    """SIGINT/SIGTERM once: ``stop`` (drain); twice: ``force`` (kill the children).
+
+    While ``interrupting`` is set (the pass of ``run --once``, which does not look at ``stop``),
+    the first signal also raises :class:`_Interrupted` in the main thread, which runs the pass:
+    it ends there and the workers drain as after any stop."""
     stop, force = threading.Event(), threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -341,6 +369,14 @@ def _stop_signals() -> tuple[threading.Event, threading.Event]:
             err.print(f"stopping now ({name} again): the worker processes are killed")
             force.set()
             return
+        if interrupting is not None and interrupting.is_set():
+            interrupting.clear()
+            stop.set()
+            err.print(
+                f"stopping ({name}) during the pass: the worker processes finish the batches "
+                "they hold; Ctrl-C again to stop at once"
+            )
+            raise _Interrupted(signum)
         err.print(
             f"stopping ({name}): the worker processes finish the batches they hold; "
             "Ctrl-C again to stop at once"

@@ -389,7 +389,9 @@ def run_scheduler(
                     scheduler.leadership_changed()
                 leading = True
                 started = time.monotonic()
-                with lock.renewing():
+                # The lock is renewed and the heartbeat written while the pass runs: a long pass
+                # keeps its leadership and is not taken for a dead scheduler (`health`).
+                with lock.renewing(), _beating(lock.client, me):
                     report = scheduler.run_planned_pass(clock(), leader=lock.token)
                 record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
             else:
@@ -423,6 +425,26 @@ def run_scheduler(
     with contextlib.suppress(redis.RedisError):
         lock.release()
     leave(lock.client, "scheduler", me)
+
+
+@contextlib.contextmanager
+def _beating(client: redis.Redis, me: str) -> Iterator[None]:
+    """While the block runs (a pass), write this scheduler's heartbeat at once and then every
+    ``HEARTBEAT_INTERVAL`` from a side thread: a pass longer than the health check's 30 s is
+    not taken for a dead scheduler (and killed by a liveness probe, again and again)."""
+    done = threading.Event()
+    thread = threading.Thread(
+        target=_wait_beating,
+        args=(client, me, float("inf"), done),
+        name="crm-scheduler-heartbeat",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _wait_beating(client: redis.Redis, me: str, wait_s: float, stop: threading.Event) -> None:
