@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -33,8 +34,14 @@ ROLES: tuple[Role, ...] = ("viewer", "editor")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 _HASHER = PasswordHasher()
-#: Verified against when the name is unknown, so a wrong name takes as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash("no such user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so a wrong name takes as long as a wrong
+    password. Made at the first login, not at import: hashing costs ≈ 0.1 s of CPU, which
+    every ``crm-worker`` command would otherwise pay at start."""
+    return _HASHER.hash("no such user")
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class ConsoleUsers:
     def verify(self, name: str, password: str) -> ConsoleUser | None:
         """The login when ``password`` is its password, else None (also for an unknown name)."""
         entry = self._entry(name) if NAME_PATTERN.match(name) else None
-        stored = entry["hash"] if entry is not None else _DUMMY_HASH
+        stored = entry["hash"] if entry is not None else _dummy_hash()
         try:
             _HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):
