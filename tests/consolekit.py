@@ -6,17 +6,12 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
-
+from tests.serverkit import serve_app
 from worker.runtime import Runtime
 from worker.web.console import ConsoleUsers, create_console_app
-from worker.web.server import ServerLimits, server_config
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -61,28 +56,7 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve_console(runtime: Runtime) -> Iterator[str]:
     """The console served by a real uvicorn on a free port, as ``crm-worker console`` serves
     it, until the generator closes."""
-    port = _free_port()
-    limits = ServerLimits.from_settings(runtime.settings)
-    app = create_console_app(runtime)
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, limits=limits))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    yield from serve_app(create_console_app(runtime), runtime.settings)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.browserkit import headless_chromium
 from tests.consolekit import EDITOR, PASSWORD, add_logins, console_files, serve_console
 from tests.test_cli import crm_worker
-from tests.test_layout_browser import CHROMEDRIVER, CHROMIUM
 from worker.localtime import parse_instant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,33 +34,7 @@ BOUNCING = "leo.davies337@example.net"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            "no Chromium here: apt-get install chromium chromium-driver (.ci/run installs them)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium("--window-size=1280,900")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.faultkit import crm_worker as start_crm_worker
 from tests.test_cli import base_env, crm_worker
 from tests.test_intake import serve
 from tests.test_intake_hardening import intake_process
-from tests.test_unsubscribe_pages import BASE, BIRTHDAY, CUSTOMERS, FORM, ONE_CLICK, SECRET
+from tests.test_unsubscribe_pages import BASE, FORM, ONE_CLICK, SECRET, write_shop
 from worker.constants import SUPPRESSION_EVENTS_KEY, SUPPRESSION_EVENTS_RETRY_KEY
 from worker.delivery.feedback import classify
 from worker.delivery.mailbox import FeedbackActions, SoftBounces
@@ -53,16 +53,7 @@ def shop(
 ) -> Iterator[tuple[str, Runtime]]:  # type: ignore[no-untyped-def]
     """The intake serving the unsubscribe pages, and a runtime that sends mail to the SMTP
     server and suppression events to the receiver."""
-    crm = tmp_path / "crm"
-    crm.mkdir()
-    (crm / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
-    (crm / "purchases.csv").write_text("id,customer_id,product,purchased_at\n", encoding="utf-8")
-    (crm / "complaints.csv").write_text(
-        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
-    )
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "birthday.yaml").write_text(BIRTHDAY, encoding="utf-8")
+    crm, rules = write_shop(tmp_path)
     settings = make_settings(
         CRM_SOURCE=str(crm),
         CRM_RULES_DIR=str(rules),

@@ -43,12 +43,10 @@ from worker.settings import load_settings
 THREADS = 4
 
 
-def settings_env(tmp_path: Path, smtp: SmtpSink, **extra: str) -> dict[str, str]:
-    rules = tmp_path / "rules"
-    if not rules.exists():
-        rules.mkdir()
-        shutil.copy(REPO / "rules" / "birthday-greeting.yaml", rules)
-    env = {
+def sending_env(tmp_path: Path, smtp: SmtpSink, rules: Path) -> dict[str, str]:
+    """What every fault test's worker is set to: the CRM under ``tmp_path``, the sample
+    templates, the test SMTP server, retries and leases shortened."""
+    return {
         "CRM_DATA_DIR": str(tmp_path / "var"),
         "CRM_SOURCE": str(tmp_path / "crm"),
         "CRM_RULES_DIR": str(rules),
@@ -59,11 +57,22 @@ def settings_env(tmp_path: Path, smtp: SmtpSink, **extra: str) -> dict[str, str]
         "CRM_SMTP_SECURITY": "none",
         "CRM_WORKER_THREADS": str(THREADS),
         # One worker process of THREADS threads with one SMTP connection each: the layout the
-        # duplicate bounds below are stated for.
+        # duplicate bounds are stated for (the defaults are one process per CPU, one thread
+        # with 8 connections).
         "CRM_WORKER_PROCESSES": "1",
         "CRM_SMTP_CONNECTIONS": "1",
         "CRM_RETRY_BACKOFF_S": "0.2",
         "CRM_SEND_LEASE_S": "3",
+    }
+
+
+def settings_env(tmp_path: Path, smtp: SmtpSink, **extra: str) -> dict[str, str]:
+    rules = tmp_path / "rules"
+    if not rules.exists():
+        rules.mkdir()
+        shutil.copy(REPO / "rules" / "birthday-greeting.yaml", rules)
+    env = {
+        **sending_env(tmp_path, smtp, rules),
         "CRM_BROKER_HEARTBEAT_TIMEOUT_S": "2",
         "CRM_BROKER_MAINTENANCE_CHANCE": "1000000",
     }

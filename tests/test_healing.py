@@ -26,7 +26,7 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 
-from tests.conftest import REPO, SmtpSink
+from tests.conftest import SmtpSink
 from tests.faultkit import (
     NOW,
     RedisProcess,
@@ -37,14 +37,13 @@ from tests.faultkit import (
     worker_env,
     write_crm,
 )
-from tests.test_faults import settings_env
+from tests.test_faults import sending_env, settings_env
 from worker.cli.common import CappedFormatter
 from worker.localtime import utc_now
 from worker.messages.mail import message_id_for
 from worker.settings import load_settings
 
 TOTAL = 1000
-THREADS = 4
 DUPLICATES_ALLOWED = TOTAL * 2 // 100
 
 RULE = """\
@@ -65,27 +64,14 @@ def healing_env(tmp_path: Path, smtp: SmtpSink, redis_url: str) -> dict[str, str
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
+    # Not settings_env: Dramatiq's own recovery stays at its defaults, so what heals is the
+    # sweeper.
     return worker_env(
         {
+            **sending_env(tmp_path, smtp, rules),
             "CRM_REDIS_URL": redis_url,
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(tmp_path / "crm"),
-            "CRM_RULES_DIR": str(rules),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-            "CRM_MAIL_FROM": "Example Shop <crm@shop.example.com>",
-            "CRM_SMTP_HOST": smtp.host,
-            "CRM_SMTP_PORT": str(smtp.port),
-            "CRM_SMTP_SECURITY": "none",
-            "CRM_WORKER_THREADS": str(THREADS),
-            # The layout the bounds below are stated for: each `crm-worker worker` is one
-            # process of THREADS threads with one SMTP connection each (the defaults are one
-            # process per CPU, one thread with 8 connections).
-            "CRM_WORKER_PROCESSES": "1",
-            "CRM_SMTP_CONNECTIONS": "1",
             "CRM_SCHEDULER_INTERVAL_S": "1",
             "CRM_SCHEDULER_LOCK_TTL_S": "3",
-            "CRM_RETRY_BACKOFF_S": "0.2",
-            "CRM_SEND_LEASE_S": "3",
             "CRM_CLAIM_DEADLINE_S": "2",
             "CRM_QUEUE_DEADLINE_S": "3",
             "CRM_SWEEP_INTERVAL_S": "0.5",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import REPO
+from tests.serverkit import serve_app
 from tests.test_cli import base_env, crm_worker
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from worker.constants import MAX_INTAKE_BODY_BYTES
@@ -29,7 +28,6 @@ from worker.planning.events import EventLog, record_event
 from worker.runtime import Runtime
 from worker.web.intake import IntakeAuth, create_app
 from worker.web.intake.auth import sign
-from worker.web.server import ServerLimits, server_config
 
 TOKEN = "token-0123456789abcdef"
 SECRET = "secret-0123456789abcdef"
@@ -72,22 +70,7 @@ def _free_port() -> int:
 def serve(runtime: Runtime, auth: IntakeAuth) -> Iterator[str]:
     """The intake app served by a real uvicorn on a free port, configured as ``crm-worker
     intake`` configures it, until the generator closes."""
-    port = _free_port()
-    limits = ServerLimits.from_settings(runtime.settings)
-    config = server_config(create_app(runtime, auth), host="127.0.0.1", port=port, limits=limits)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    yield from serve_app(create_app(runtime, auth), runtime.settings)
 
 
 @pytest.fixture

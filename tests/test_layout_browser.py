@@ -15,13 +15,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.browserkit import headless_chromium
 from tests.samples import LOCALES, MAIL_TEMPLATES, sample_context
 from worker.messages.rendering import TemplateRenderer
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "var" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WIDTHS = (390, 1280)
 
 #: Measures the page as a reader sees it; returns what breaks the rules (empty lists: none).
@@ -82,33 +81,7 @@ return found;
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            "no Chromium here: apt-get install chromium chromium-driver (.ci/run installs them)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # The machine's network is closed: keep Chromium from trying to reach its services.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium()
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,22 @@ ONE_CLICK = {"content": b"List-Unsubscribe=One-Click"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
+def write_shop(tmp_path: Path) -> tuple[Path, Path]:
+    """The two customers (no purchases, no complaints) and the birthday rule, written under
+    ``tmp_path``; returns the CRM folder and the rules folder."""
+    crm = tmp_path / "crm"
+    crm.mkdir()
+    (crm / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
+    (crm / "purchases.csv").write_text("id,customer_id,product,purchased_at\n", encoding="utf-8")
+    (crm / "complaints.csv").write_text(
+        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
+    )
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "birthday.yaml").write_text(BIRTHDAY, encoding="utf-8")
+    return crm, rules
+
+
 @pytest.fixture
 def shop(
     tmp_path: Path, make_runtime, make_settings, smtp_server, smtp_env

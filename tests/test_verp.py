@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import feedback_samples as samples
-from tests.test_unsubscribe_pages import BIRTHDAY, CUSTOMERS, SECRET
+from tests.test_unsubscribe_pages import SECRET, write_shop
 from worker.delivery.feedback import classify
 from worker.delivery.mailbox import FeedbackActions, SoftBounces
 from worker.errors import ConfigError
@@ -25,16 +25,7 @@ BIRTHDAY_DAY = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 
 @pytest.fixture
 def shop(tmp_path: Path, make_runtime, make_settings, smtp_env):  # type: ignore[no-untyped-def]
-    crm = tmp_path / "crm"
-    crm.mkdir()
-    (crm / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
-    (crm / "purchases.csv").write_text("id,customer_id,product,purchased_at\n", encoding="utf-8")
-    (crm / "complaints.csv").write_text(
-        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
-    )
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "birthday.yaml").write_text(BIRTHDAY, encoding="utf-8")
+    crm, rules = write_shop(tmp_path)
 
     def build(**settings: str):  # type: ignore[no-untyped-def]
         return make_runtime(

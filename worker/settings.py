@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.constants import (
@@ -447,29 +454,19 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("webhooks", mode="before")
+    @field_validator("webhooks", "unsubscribe_old_secrets", mode="before")
     @classmethod
-    def _webhooks_json(cls, value: object) -> object:
+    def _json(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(
-                f'not JSON ({exc.msg}); write {{"sales-chat": "https://hooks.example.com/…"}}'
-            ) from None
-
-    @field_validator("unsubscribe_old_secrets", mode="before")
-    @classmethod
-    def _secrets_json(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f'not JSON ({exc.msg}); write ["old secret", "older secret"]'
-            ) from None
+            example = {
+                "webhooks": '{"sales-chat": "https://hooks.example.com/…"}',
+                "unsubscribe_old_secrets": '["old secret", "older secret"]',
+            }[str(info.field_name)]
+            raise ValueError(f"not JSON ({exc.msg}); write {example}") from None
 
     @field_validator("webhooks")
     @classmethod
