@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 
@@ -336,6 +339,14 @@ def run_product(
 # ---------------------------------------------------------------- (o) run --once as README gives it
 
 
+@contextlib.contextmanager
+def details() -> Iterator[io.StringIO]:
+    """What a part prints while it runs, held back so that it follows the part's headline."""
+    lines = io.StringIO()
+    with contextlib.redirect_stdout(lines):
+        yield lines
+
+
 def run_once_command(
     env: dict[str, str], processes: int | None
 ) -> tuple[float, int, str, float | None]:
@@ -558,19 +569,23 @@ def main() -> None:
                 f"of {size:,.0f} bytes, aiosmtplib, {LIMIT_CONNECTIONS} kept-open connections)"
             )
         if "b" in parts:
-            rates["b"], counts, queued = run_product(
-                env, args.processes, args.threads, tmp, service_pids
-            )
+            with details() as lines:
+                rates["b"], counts, queued = run_product(
+                    env, args.processes, args.threads, tmp, service_pids
+                )
             print(
                 f"(b) product {rates['b']:8.0f} msg/s  ({queued:,} queued by the pass; "
                 f"ledger: {dict(counts)})"
             )
+            print(lines.getvalue(), end="")
         if "o" in parts:
-            rates["o"], sent, summary, span = run_once_command(env, args.once_processes)
+            with details() as lines:
+                rates["o"], sent, summary, span = run_once_command(env, args.once_processes)
             print(
                 f"(o) run --once {rates['o']:5.0f} msg/s  (`crm-worker run --once` with its "
                 f"defaults, timed start to exit; it printed: {summary})"
             )
+            print(lines.getvalue(), end="")
             if span:
                 rates["o-span"] = sent / span
                 print(
@@ -578,11 +593,15 @@ def main() -> None:
                     f"{rates['o-span']:.0f} msg/s"
                 )
         if "c" in parts:
-            rates["c"], done = run_naive(env, args.processes, args.naive_threads, tmp, service_pids)
+            with details() as lines:
+                rates["c"], done = run_naive(
+                    env, args.processes, args.naive_threads, tmp, service_pids
+                )
             print(
                 f"(c) naive   {rates['c']:8.0f} msg/s  ({done:,} sent, actor per message, "
                 "new SMTP connection each)"
             )
+            print(lines.getvalue(), end="")
         if "a" in rates and "b" in rates:
             ratio = rates["b"] / rates["a"]
             print(f"b/a = {ratio:.2f}  (target ≥ 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
