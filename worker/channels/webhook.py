@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from worker.channels.base import Outgoing, Receipt
 from worker.constants import WEBHOOK_MAX_REPLY_CHARS, WEBHOOK_MAX_RETRY_AFTER
 from worker.errors import PermanentDeliveryError, TransientDeliveryError
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = "crm-worker"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -59,11 +62,21 @@ class WebhookChannel:
         self.endpoints = dict(endpoints)
         self.secret = secret
         self.timeout_s = timeout_s
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
-        )
+        # Made at the first message: a deployment without webhooks never imports httpx.
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                import httpx
+
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout_s),
+                    follow_redirects=False,
+                    headers={"User-Agent": USER_AGENT},
+                )
+            return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookChannel:
@@ -76,6 +89,8 @@ class WebhookChannel:
         )
 
     def send(self, message: Outgoing) -> Receipt:
+        import httpx
+
         name = message.endpoint
         url = self.endpoints.get(name)
         if url is None:
@@ -90,7 +105,7 @@ class WebhookChannel:
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = signature(self.secret, timestamp, message.data)
         try:
-            response = self._client.post(url, content=message.data, headers=headers)
+            response = self._http().post(url, content=message.data, headers=headers)
         except httpx.TimeoutException:
             # The receiver may have got it: the retry carries the same Idempotency-Key.
             raise TransientDeliveryError(f"{where}: no answer within {self.timeout_s} s") from None
@@ -115,7 +130,10 @@ class WebhookChannel:
         raise PermanentDeliveryError(f"{where} refused the message", code=status, reply=reply)
 
     def close(self) -> None:
-        self._client.close()
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:

@@ -7,6 +7,7 @@ configuration error, 3 a service (Redis, the CRM data) is unreachable.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import sys
 import time
@@ -92,7 +93,37 @@ def require_rules(runtime: Runtime, rule_ids: Iterable[str | None]) -> None:
         usage_error(f"unknown rule {rule_id!r}; {hint}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Each command's module, imported when the command runs or help lists it: ``run`` then loads
+#: neither the console's web stack nor the mailbox reader (a second of start-up in all).
+#: tests/test_cli_commands.py checks that every command is here, under its own module.
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(("check", "plan", "preview", "schema"), "worker.cli.authoring"),
+    **dict.fromkeys(("console", "console-user"), "worker.cli.console"),
+    **dict.fromkeys(
+        ("report", "resume", "retry-failed", "status", "suppress"), "worker.cli.deliveries"
+    ),
+    "mailbox": "worker.cli.mailbox",
+    **dict.fromkeys(
+        ("event", "health", "intake", "run", "scheduler", "worker"), "worker.cli.operations"
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands register themselves when :data:`COMMAND_MODULES` names their
+    module and it is imported: on first use, not at start."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(module)  # its @cli.command() decorators add it here
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-v", "--verbose", count=True, help="More log output (-v per-message detail, -vv Dramatiq's)."
 )
