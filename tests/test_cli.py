@@ -63,6 +63,9 @@ def test_check_plan_run_run_again(tmp_path, smtp_server, redis_client):
     assert (
         " INFO worker.planning.scheduler: pass at " in first.stderr
     )  # state changes logged at INFO
+    status = crm_worker("status", env=env, cwd=tmp_path)
+    assert "Last pass  none recorded" not in status.stdout, status.stdout
+    assert f"{len(lines)} queued, 0 already claimed" in status.stdout  # run --once's pass
 
     second = crm_worker("-q", "run", "--once", "--now", NOW, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr

@@ -1,8 +1,8 @@
 """Supervised worker processes, done to real processes: ``crm-worker worker --processes 2``
 delivering to the test SMTP server while one of its children is SIGKILLed (restarted, every
 message arrives, duplicates at most one per SMTP connection of the killed child), SIGTERM
-stopping them all within a bound, a crash loop that backs off, and the CPU count a container
-allows."""
+stopping them all within a bound (repeated, still draining; a Ctrl-C after it forces), a crash
+loop that backs off, and the CPU count a container allows."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ import redis
 from tests.conftest import REPO, SmtpSink
 from tests.faultkit import crm_worker, wait_until, worker_env, write_crm
 from tests.test_healing import RULE
+from worker.cli.operations import _Interrupted, _stop_signals
 from worker.constants import SCHEDULER_LAST_PASS_KEY
 from worker.localtime import utc_now
 from worker.processes import (
@@ -29,7 +33,10 @@ from worker.processes import (
     Supervisor,
     cgroup_cpu_quota,
     restart_delay_s,
+    scheduler_child,
     usable_cpus,
+    watch_parent,
+    worker_child,
 )
 from worker.runtime import Runtime
 from worker.settings import load_settings
@@ -110,11 +117,91 @@ def test_restart_delay_doubles_while_a_child_dies_young_and_is_capped() -> None:
     assert [restart_delay_s(n) for n in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
 
 
+def test_a_child_is_told_the_pid_of_its_supervisor() -> None:
+    assert worker_child(2, threads=1, log_flags=["-v"]).argv(4711) == (
+        "-v",
+        "worker",
+        "--threads",
+        "1",
+        "--child",
+        "4711",
+    )
+    assert scheduler_child().command(4711)[-3:] == ["scheduler", "--child", "4711"]
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    return gone.pid
+
+
+def test_a_child_whose_supervisor_is_there_keeps_running(caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    watching = watch_parent(stop, os.getppid(), interval_s=0.01)
+    try:
+        assert not stop.wait(0.2)
+        assert watching.is_alive()
+    finally:
+        stop.set()
+        watching.join(timeout=5)
+    assert not caplog.records
+
+
+def test_a_child_whose_supervisor_was_gone_before_it_started_stops_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Re-parented already (to init or a subreaper): its parent now is not the pid it was given.
+    gone = _gone_pid()
+    stop = threading.Event()
+    watching = watch_parent(stop, gone)
+    assert stop.is_set()  # before watch_parent returned: no interval of running without it
+    watching.join(timeout=5)
+    assert not watching.is_alive()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the supervising process {gone} was gone before this one started; stopping"
+    ]
+
+
+def test_a_child_whose_supervisor_disappears_later_stops(caplog: pytest.LogCaptureFixture) -> None:
+    parent = [4711]
+    stop = threading.Event()
+    watch_parent(stop, 4711, current_parent=lambda: parent[0], interval_s=0.01)
+    assert not stop.wait(0.1)
+    parent[0] = 1  # the supervisor died: init adopted the child
+    assert stop.wait(5)
+    assert "the supervising process 4711 is gone; stopping" in caplog.text
+
+
+def test_a_worker_process_started_for_a_supervisor_that_is_gone_exits_at_once(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    env = worker_env(
+        {
+            "CRM_REDIS_URL": _redis_url(redis_client),
+            "CRM_DATA_DIR": str(tmp_path / "var"),
+            "CRM_SOURCE": str(REPO / "examples" / "crm"),
+            "CRM_RULES_DIR": str(REPO / "rules"),
+            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+        }
+    )
+    gone = _gone_pid()
+    orphan = crm_worker("worker", "--child", str(gone), env=env, cwd=tmp_path)
+    try:
+        code = orphan.wait(timeout=60)  # not a worker consuming until someone kills it
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+    log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
+    assert code == 0, log[-2000:]
+    assert f"the supervising process {gone} was gone before this one started; stopping" in log
+
+
 def test_a_crash_loop_backs_off_doubling_its_pause(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A child that fails at once: crm-worker refuses --threads 0 (a usage error, exit 2).
-    failing = ChildSpec("worker-1", ("worker", "--child", "--threads", "0"))
+    failing = ChildSpec("worker-1", ("worker", "--threads", "0"))
     log_file = (tmp_path / "children.log").open("wb")
     supervisor = Supervisor([failing], stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
     caplog.set_level(logging.INFO, logger="worker.processes")
@@ -134,7 +221,7 @@ def test_a_crash_loop_backs_off_doubling_its_pause(
 
 
 def test_a_child_that_keeps_dying_young_makes_the_supervisor_hopeless(tmp_path: Path) -> None:
-    failing = ChildSpec("worker-1", ("worker", "--child", "--threads", "0"))
+    failing = ChildSpec("worker-1", ("worker", "--threads", "0"))
     log_file = (tmp_path / "children.log").open("wb")
     supervisor = Supervisor([failing], stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
     supervisor.start()
@@ -229,19 +316,19 @@ def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
         )
 
 
-def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
-    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
-) -> None:
-    kwargs = redis_client.connection_pool.connection_kwargs
-    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
-    url += str(kwargs.get("db", 0))
+def _worker_behind_a_slow_relay(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis, *, data_delay_s: float
+) -> tuple[subprocess.Popen[bytes], Runtime, list[str]]:
+    """``crm-worker worker --processes 2`` with 20 greetings queued and a relay that takes
+    ``data_delay_s`` over each message, returned once the first messages are on the wire
+    (the supervisor, a runtime of the same settings and the keys queued)."""
     write_crm(tmp_path / "crm", 20, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
-    smtp_server.delay_s["data"] = 20  # every message hangs: a drain would take minutes
+    smtp_server.delay_s["data"] = data_delay_s
     env = worker_env(
         {
-            "CRM_REDIS_URL": url,
+            "CRM_REDIS_URL": _redis_url(redis_client),
             "CRM_DATA_DIR": str(tmp_path / "var"),
             "CRM_SOURCE": str(tmp_path / "crm"),
             "CRM_RULES_DIR": str(tmp_path / "rules"),
@@ -256,11 +343,91 @@ def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
     runtime = Runtime(load_settings(env))
     try:
         assert wait_until(lambda: int(redis_client.zcard("crm:workers")) >= 2, timeout_s=30)
-        runtime.scheduler.run_pass(utc_now())
+        queued = runtime.scheduler.run_pass(utc_now()).queued
         assert wait_until(lambda: smtp_server.data_attempts >= 2, timeout_s=30)
+    except BaseException:
+        supervisor.kill()
+        runtime.close()
+        raise
+    return supervisor, runtime, queued
+
+
+def _log_says(tmp_path: Path, command: str, line: str) -> bool:
+    """``line`` is in the log of ``crm-worker COMMAND`` (its signal handlers have run)."""
+    return any(
+        line in log.read_text(encoding="utf-8")
+        for log in tmp_path.glob(f"crm-worker-{command}-*.log")
+    )
+
+
+@pytest.fixture
+def signal_handlers() -> Iterator[None]:
+    """The test installs SIGINT/SIGTERM handlers of a command; pytest's come back after it."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _deliver(signum: signal.Signals) -> None:
+    """Run the handler installed for ``signum`` as the signal would (in this thread)."""
+    handler = signal.getsignal(signum)
+    assert callable(handler)
+    handler(signum, None)
+
+
+@pytest.mark.parametrize(
+    ("signals", "forced"),
+    [
+        ((signal.SIGINT,), False),
+        ((signal.SIGTERM,), False),
+        ((signal.SIGINT, signal.SIGINT), True),  # Ctrl-C twice
+        ((signal.SIGTERM, signal.SIGTERM, signal.SIGTERM), False),  # a manager repeating itself
+        ((signal.SIGTERM, signal.SIGINT), True),  # a person at the terminal asked too
+        ((signal.SIGINT, signal.SIGTERM), False),
+    ],
+)
+def test_only_a_ctrl_c_after_a_stop_forces_it(
+    signal_handlers: None, signals: tuple[signal.Signals, ...], forced: bool
+) -> None:
+    stop, force = _stop_signals()
+    for signum in signals:
+        _deliver(signum)
+    assert stop.is_set()
+    assert force.is_set() is forced
+
+
+def test_sigterm_again_during_the_pass_of_run_once_neither_interrupts_nor_forces(
+    signal_handlers: None,
+) -> None:
+    passing = threading.Event()
+    stop, force = _stop_signals(interrupting=passing)
+    passing.set()
+    with pytest.raises(_Interrupted):
+        _deliver(signal.SIGTERM)  # ends the pass
+    assert stop.is_set() and not passing.is_set()
+    _deliver(signal.SIGTERM)  # the workers keep draining
+    assert not force.is_set()
+    _deliver(signal.SIGINT)
+    assert force.is_set()
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_ctrl_c_after_a_stop_kills_worker_processes_that_are_still_draining(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis, first: signal.Signals
+) -> None:
+    # Every message hangs: a drain would take minutes.
+    supervisor, runtime, _ = _worker_behind_a_slow_relay(
+        tmp_path, smtp_server, redis_client, data_delay_s=20
+    )
+    try:
         children = children_of(supervisor.pid)
-        supervisor.send_signal(signal.SIGINT)  # drain: the children would wait for the relay
-        time.sleep(1)
+        supervisor.send_signal(first)  # drain: the children would wait for the relay
+        assert wait_until(
+            lambda: _log_says(tmp_path, "worker", f"stopping ({first.name})"), timeout_s=10
+        )
         # The process with the batch in hand is still draining (an idle one may be gone).
         assert supervisor.poll() is None and any(alive(pid) for pid in children)
         started = time.monotonic()
@@ -275,6 +442,41 @@ def test_a_second_ctrl_c_kills_worker_processes_that_are_still_draining(
     log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
     assert "stopping now (SIGINT again)" in log
     assert "still running after a second stop request: killed" in log
+
+
+def test_sigterm_again_keeps_the_worker_processes_draining(
+    tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
+) -> None:
+    # A process manager may send SIGTERM more than once (`timeout`, systemd's control group,
+    # `kill -TERM -PGID` reaching the supervisor and the children): the batch in hand is still
+    # finished. 20 messages over 8 connections, 2 s each: the drain takes about 6 s.
+    supervisor, runtime, queued = _worker_behind_a_slow_relay(
+        tmp_path, smtp_server, redis_client, data_delay_s=2
+    )
+    try:
+        children = children_of(supervisor.pid)
+        supervisor.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: _log_says(tmp_path, "worker", "stopping (SIGTERM)"), timeout_s=10)
+        supervisor.send_signal(signal.SIGTERM)
+        assert wait_until(
+            lambda: _log_says(tmp_path, "worker", "already stopping (SIGTERM again)"), timeout_s=10
+        )
+        # The second one came while the batch was still being sent.
+        assert any(alive(pid) for pid in children)
+        assert supervisor.wait(timeout=60) == 0
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    try:
+        states = Counter(runtime.ledger.states(queued).values())
+    finally:
+        runtime.close()
+    # Nothing was cut off mid-send: every message the relay took is recorded as sent.
+    assert states["sending"] == 0, states
+    assert states["sent"] >= len(set(smtp_server.message_ids())) > 0, states
+    log = next(tmp_path.glob("crm-worker-worker-*.log")).read_text(encoding="utf-8")
+    assert "killed" not in log, log[-2000:]
 
 
 def test_run_supervises_the_scheduler_and_the_workers_until_sigterm(

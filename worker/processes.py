@@ -13,9 +13,10 @@ quota included) and watch them:
   :meth:`Supervisor.force` SIGKILLs at once (a second Ctrl-C). Deliveries of a killed child are
   taken over by the sweeper at their deadline, as after any crash.
 
-A child is an ordinary ``crm-worker`` process (``python -m worker.cli … --child``) in the same
-process group; it ignores SIGINT (the supervisor decides what a Ctrl-C means) and stops by
-itself when its supervisor disappears (see :func:`watch_parent`).
+A child is an ordinary ``crm-worker`` process (``python -m worker.cli … --child PID``, the
+supervisor's pid) in the same process group; it ignores SIGINT (the supervisor decides what a
+Ctrl-C means) and stops by itself when its supervisor disappears, even before the child got
+going (see :func:`watch_parent`).
 
 Example::
 
@@ -31,6 +32,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +51,7 @@ from worker.constants import (
     PARENT_WATCH_INTERVAL,
     SUPERVISOR_POLL,
 )
+from worker.planning.scheduler import record_pass
 from worker.runtime import RunSummary, Runtime
 
 log = logging.getLogger(__name__)
@@ -132,17 +135,27 @@ def _ratio(quota: str, period: str) -> float | None:
     return allowed / per if allowed > 0 and per > 0 else None
 
 
+#: The hidden ``crm-worker scheduler|worker`` option that makes it a supervised child; its value
+#: is the supervisor's pid, appended to every child's arguments by :class:`Supervisor`.
+CHILD_FLAG = "--child"
+
+
 @dataclass(frozen=True)
 class ChildSpec:
-    """One supervised child: its name in the log, its ``crm-worker`` arguments and the
+    """One supervised child: its name in the log, its ``crm-worker`` arguments (those of a
+    ``scheduler`` or ``worker`` command; the supervisor adds ``--child PID``) and the
     environment variables it gets on top of the supervisor's."""
 
     name: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "worker.cli", *self.args]
+    def argv(self, supervisor_pid: int) -> tuple[str, ...]:
+        """The ``crm-worker`` arguments of a child of the process ``supervisor_pid``."""
+        return (*self.args, CHILD_FLAG, str(supervisor_pid))
+
+    def command(self, supervisor_pid: int) -> list[str]:
+        return [sys.executable, "-m", "worker.cli", *self.argv(supervisor_pid)]
 
 
 def worker_child(
@@ -154,7 +167,7 @@ def worker_child(
 ) -> ChildSpec:
     """Worker process ``number`` (1-based). Each child serves its own metrics: the base port
     plus ``number - 1``, so N children on a host do not fight over one port."""
-    args = [*log_flags, "worker", "--child"]
+    args = [*log_flags, "worker"]
     if threads is not None:
         args += ["--threads", str(threads)]
     env = {} if metrics_port is None else {"CRM_METRICS_PORT": str(metrics_port + number - 1)}
@@ -164,14 +177,21 @@ def worker_child(
 def scheduler_child(*, log_flags: Sequence[str] = (), metrics_port: int | None = None) -> ChildSpec:
     """The scheduler of ``crm-worker run`` (metrics on its own port when set)."""
     env = {} if metrics_port is None else {"CRM_METRICS_PORT": str(metrics_port)}
-    return ChildSpec("scheduler", (*log_flags, "scheduler", "--child"), env)
+    return ChildSpec("scheduler", (*log_flags, "scheduler"), env)
 
 
 class _Forked:
     """A child forked from this process that runs ``crm-worker`` with the spec's arguments;
     answers like :class:`subprocess.Popen` (``poll``, ``wait``, ``send_signal``, ``pid``)."""
 
-    def __init__(self, spec: ChildSpec, env: Mapping[str, str], main: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        env: Mapping[str, str],
+        main: Callable[[], None],
+        *,
+        supervisor_pid: int,
+    ) -> None:
         for stream in (sys.stdout, sys.stderr):  # else the child writes the parent's buffer too
             stream.flush()
         pid = os.fork()
@@ -183,7 +203,7 @@ class _Forked:
             try:
                 os.environ.clear()
                 os.environ.update(env)
-                sys.argv = ["crm-worker", *spec.args]
+                sys.argv = ["crm-worker", *spec.argv(supervisor_pid)]
                 main()
                 code = 0
             except SystemExit as exc:
@@ -310,7 +330,9 @@ class Supervisor:
             _signal(child, signal.SIGTERM)
         deadline = self._clock() + self.stop_timeout_s
         while running and self._clock() < deadline and not (force and force.is_set()):
-            time.sleep(SUPERVISOR_POLL.total_seconds())
+            # Finer than the watching thread's poll: the caller (``run --once``) exits when
+            # the last child has.
+            time.sleep(SUPERVISOR_POLL.total_seconds() / 5)
             running = [c for c in running if c.process is not None and c.process.poll() is None]
         for child in running:
             if child.process is not None and child.process.poll() is None:
@@ -349,15 +371,20 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         env = self._environ | dict(child.spec.env)
+        # The child compares its parent with this pid, not with the parent it finds once it
+        # runs: had this process died meanwhile, that would be init's (or a subreaper's).
+        supervisor_pid = os.getpid()
         main = self._fork_main
         if main is not None and threading.active_count() == 1 and not self._popen:
             # Nothing but this thread runs yet (no lock can be held by another thread): a fork
             # starts in milliseconds with every module already imported, where a fresh
             # interpreter spends about a second of CPU importing them. Restarts come later,
             # beside the watching thread, and start a fresh interpreter.
-            child.process = _Forked(child.spec, env, main)
+            child.process = _Forked(child.spec, env, main, supervisor_pid=supervisor_pid)
         else:
-            child.process = subprocess.Popen(child.spec.command(), env=env, **self._popen)  # type: ignore[call-overload]
+            child.process = subprocess.Popen(  # type: ignore[call-overload]
+                child.spec.command(supervisor_pid), env=env, **self._popen
+            )
         child.started_at = self._clock()
         child.restart_at = None
         log.debug("%s started (pid %d)", child.spec.name, child.process.pid)
@@ -427,13 +454,36 @@ def _signal(child: _Child, signum: signal.Signals) -> None:
             child.process.send_signal(signum)
 
 
-def watch_parent(stop: threading.Event, parent_pid: int) -> threading.Thread:
-    """In a child: set ``stop`` when the supervisor ``parent_pid`` is gone (SIGKILLed, OOM), so
-    no orphan keeps consuming. Returns the (daemon) watching thread."""
+def watch_parent(
+    stop: threading.Event,
+    parent_pid: int,
+    *,
+    current_parent: Callable[[], int] = os.getppid,
+    interval_s: float = PARENT_WATCH_INTERVAL.total_seconds(),
+) -> threading.Thread:
+    """In a child: set ``stop`` when the supervisor ``parent_pid`` (the pid it passed, not
+    ``os.getppid()`` read here) is gone (SIGKILLed, OOM), so no orphan keeps consuming. One that
+    died before this child got here is noticed at once: the child was re-parented already.
+    ``current_parent`` and ``interval_s`` are for tests. Returns the (daemon) watching thread.
+
+    Example::
+
+        >>> stop = threading.Event()
+        >>> _ = watch_parent(stop, parent_pid=os.getppid())
+        >>> stop.is_set()
+        False
+        >>> stop.set()  # the watching thread ends too
+    """
+
+    if current_parent() != parent_pid:
+        log.warning(
+            "the supervising process %d was gone before this one started; stopping", parent_pid
+        )
+        stop.set()
 
     def watch() -> None:
-        while not stop.wait(PARENT_WATCH_INTERVAL.total_seconds()):
-            if os.getppid() != parent_pid:
+        while not stop.wait(interval_s):
+            if current_parent() != parent_pid:
                 log.warning("the supervising process %d is gone; stopping", parent_pid)
                 stop.set()
 
@@ -471,6 +521,13 @@ def run_once_supervised(
         finally:
             if passing is not None:
                 passing.clear()
+        # `crm-worker status` shows it as the last pass, as it shows a scheduler's.
+        record_pass(
+            runtime.redis,
+            report,
+            leader=f"run --once {socket.gethostname()}:{os.getpid()}",
+            took_s=time.monotonic() - began,
+        )
         states = runtime.wait_for(
             report.queued,
             timeout_s=timeout_s,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sys
@@ -43,6 +42,7 @@ from worker.errors import (
 from worker.localtime import utc_now
 from worker.planning.events import default_event_id
 from worker.processes import (
+    CHILD_FLAG,
     ChildSpec,
     Supervisor,
     run_once_supervised,
@@ -53,7 +53,6 @@ from worker.processes import (
 )
 from worker.records.heartbeats import ROLES, Health, Role, check_health
 from worker.runtime import Runtime
-from worker.web.intake import post_event, serve
 
 PROCESSES_OPTION = click.option(
     "--processes",
@@ -61,8 +60,11 @@ PROCESSES_OPTION = click.option(
     default=None,
     help="Worker processes (default CRM_WORKER_PROCESSES, else the usable CPUs).",
 )
-#: A supervised child runs in this process; the supervisor passes it (not for people).
-CHILD_OPTION = click.option("--child", is_flag=True, hidden=True)
+#: A supervised child runs in this process; the supervisor passes it with its own pid, which
+#: the child watches (not for people).
+CHILD_OPTION = click.option(
+    CHILD_FLAG, "supervisor_pid", type=click.IntRange(min=1), default=None, hidden=True
+)
 
 
 @cli.command()
@@ -74,8 +76,8 @@ def run(ctx: click.Context, once: bool, processes: int | None, now: datetime | N
     """Scheduler and worker processes together (the single-machine default): one worker
     process per usable CPU, each restarted if it dies.
 
-    SIGTERM or Ctrl-C: the workers finish the batches they hold and stop (a second Ctrl-C
-    stops them at once).
+    SIGTERM or Ctrl-C: the workers finish the batches they hold and stop (a Ctrl-C after
+    that stops them at once; SIGTERM again keeps draining).
 
     \b
     Examples:
@@ -225,6 +227,8 @@ def event(
 
 
 def _post_event(url: str, body: dict[str, Any]) -> None:
+    from worker.web.intake import post_event  # the web stack: only the commands that use it
+
     settings = load_or_exit()
     token, secret = settings.intake_token, settings.intake_secret
     try:
@@ -256,20 +260,22 @@ def intake(host: str | None, port: int | None) -> None:
       CRM_INTAKE_TOKEN=… crm-worker intake --host 0.0.0.0 --port 8080
       curl -fsS http://127.0.0.1:8080/health
     """
+    from worker.web.intake import serve  # the web stack: only the commands that use it
+
     serve(load_or_exit(), host=host, port=port, announce=lambda line: err.print(line, markup=False))
 
 
 @cli.command()
 @CHILD_OPTION
 @click.pass_context
-def scheduler(ctx: click.Context, child: bool) -> None:
+def scheduler(ctx: click.Context, supervisor_pid: int | None) -> None:
     """Only the scheduler (one active per Redis; more instances stand by).
 
     \b
     Example:
       CRM_REDIS_URL=redis://redis:6379/0 crm-worker scheduler
     """
-    _serve(runtime_for(ctx), scheduler=True, worker=False, child=child)
+    _serve(runtime_for(ctx), scheduler=True, worker=False, supervisor_pid=supervisor_pid)
 
 
 @cli.command()
@@ -277,12 +283,14 @@ def scheduler(ctx: click.Context, child: bool) -> None:
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads per process.")
 @CHILD_OPTION
 @click.pass_context
-def worker(ctx: click.Context, processes: int | None, threads: int | None, child: bool) -> None:
+def worker(
+    ctx: click.Context, processes: int | None, threads: int | None, supervisor_pid: int | None
+) -> None:
     """Only workers: deliver queued messages, one process per usable CPU (each restarted if it
     dies). Run as many as you like, on any host.
 
-    SIGTERM or Ctrl-C: they finish the batches they hold and stop (a second Ctrl-C stops them
-    at once).
+    SIGTERM or Ctrl-C: they finish the batches they hold and stop (a Ctrl-C after that stops
+    them at once; SIGTERM again keeps draining).
 
     \b
     Examples:
@@ -292,8 +300,8 @@ def worker(ctx: click.Context, processes: int | None, threads: int | None, child
     runtime = runtime_for(ctx)
     if threads:
         runtime.settings = runtime.settings.model_copy(update={"worker_threads": threads})
-    if child:
-        _serve(runtime, scheduler=False, worker=True, child=True)
+    if supervisor_pid is not None:
+        _serve(runtime, scheduler=False, worker=True, supervisor_pid=supervisor_pid)
         return
     count = _process_count(runtime, processes)
     _supervise(runtime, _workers(ctx, runtime, count), _describe_workers(runtime, count))
@@ -356,7 +364,10 @@ class _Interrupted(BaseException):
 def _stop_signals(
     *, interrupting: threading.Event | None = None
 ) -> tuple[threading.Event, threading.Event]:
-    """SIGINT/SIGTERM once: ``stop`` (drain); twice: ``force`` (kill the children).
+    """The first SIGINT or SIGTERM sets ``stop`` (drain); a SIGINT after it sets ``force`` (kill
+    the children): a person at the terminal asked twice. A SIGTERM after it only says that the
+    stop is under way: process managers (``timeout``, systemd, a ``kill`` of the process group)
+    may send SIGTERM more than once, and each must keep draining.
 
     While ``interrupting`` is set (the pass of ``run --once``, which does not look at ``stop``),
     the first signal also raises :class:`_Interrupted` in the main thread, which runs the pass:
@@ -366,20 +377,27 @@ def _stop_signals(
     def _stop(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
         if stop.is_set():
-            err.print(f"stopping now ({name} again): the worker processes are killed")
-            force.set()
+            if signum == signal.SIGINT:
+                err.print(f"stopping now ({name} again): the worker processes are killed")
+                force.set()
+            else:
+                err.print(
+                    f"already stopping ({name} again): the worker processes finish the batches "
+                    "they hold; Ctrl-C to stop at once"
+                )
             return
+        again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
         if interrupting is not None and interrupting.is_set():
             interrupting.clear()
             stop.set()
             err.print(
                 f"stopping ({name}) during the pass: the worker processes finish the batches "
-                "they hold; Ctrl-C again to stop at once"
+                f"they hold; {again} to stop at once"
             )
             raise _Interrupted(signum)
         err.print(
             f"stopping ({name}): the worker processes finish the batches they hold; "
-            "Ctrl-C again to stop at once"
+            f"{again} to stop at once"
         )
         stop.set()
 
@@ -402,19 +420,27 @@ def _supervise(runtime: Runtime, children: list[ChildSpec], roles: str) -> None:
     supervisor.serve(stop, force)
 
 
-def _serve(runtime: Runtime, *, scheduler: bool, worker: bool, child: bool = False) -> None:
+def _serve(
+    runtime: Runtime, *, scheduler: bool, worker: bool, supervisor_pid: int | None = None
+) -> None:
+    """Run until SIGTERM / Ctrl-C, or as the child of ``supervisor_pid`` until it stops this
+    process or disappears."""
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
-        if not child:
-            err.print(f"stopping ({signal.Signals(signum).name}) …")
+        # Once or many times alike: this process has no children to kill, only work to finish.
+        if supervisor_pid is None:
+            name = signal.Signals(signum).name
+            err.print(
+                f"already stopping ({name} again) …" if stop.is_set() else f"stopping ({name}) …"
+            )
         stop.set()
 
-    if child:
+    if supervisor_pid is not None:
         # The supervisor decides what a Ctrl-C in the terminal means (the whole process group
         # gets it); it sends SIGTERM to drain. Without it, this process stops by itself.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        watch_parent(stop, os.getppid())
+        watch_parent(stop, supervisor_pid)
     else:
         signal.signal(signal.SIGINT, _stop)
         roles = " and ".join(r for r, on in (("scheduler", scheduler), ("workers", worker)) if on)
