@@ -348,7 +348,7 @@ def details() -> Iterator[io.StringIO]:
 
 
 def run_once_command(
-    env: dict[str, str], processes: int | None
+    env: dict[str, str], processes: int | None, connections: int | None = None
 ) -> tuple[float, int, str, float | None]:
     """``crm-worker run --once`` with the product's defaults (worker processes = usable CPUs,
     threads and SMTP connections as shipped), timed from the command's start to its exit:
@@ -361,6 +361,8 @@ def run_once_command(
     defaults = {
         k: v for k, v in env.items() if k not in {"CRM_WORKER_THREADS", "CRM_SMTP_CONNECTIONS"}
     }
+    if connections:
+        defaults["CRM_SMTP_CONNECTIONS"] = str(connections)
     command = [str(Path(sys.executable).with_name("crm-worker")), "run", "--once"]
     command += ["--now", NOW.isoformat()]
     if processes:
@@ -518,6 +520,11 @@ def main() -> None:
     parser.add_argument(
         "--once-processes", type=int, help="(o) --processes of run --once (default: its own)"
     )
+    parser.add_argument(
+        "--once-connections",
+        type=int,
+        help="(o) CRM_SMTP_CONNECTIONS of run --once (default: the shipped default)",
+    )
     parser.add_argument("--aiosmtpd", action="store_true", help="use aiosmtpd, not smtp-sink")
     parser.add_argument("--keep", type=Path, help="keep the CRM and logs in this folder")
     parser.add_argument("--postgres", metavar="SERVER", help="(b, c) read the CRM from PostgreSQL")
@@ -580,7 +587,9 @@ def main() -> None:
             print(lines.getvalue(), end="")
         if "o" in parts:
             with details() as lines:
-                rates["o"], sent, summary, span = run_once_command(env, args.once_processes)
+                rates["o"], sent, summary, span = run_once_command(
+                    env, args.once_processes, args.once_connections
+                )
             print(
                 f"(o) run --once {rates['o']:5.0f} msg/s  (`crm-worker run --once` with its "
                 f"defaults, timed start to exit; it printed: {summary})"
