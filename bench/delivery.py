@@ -586,13 +586,22 @@ def main() -> None:
             )
             print(lines.getvalue(), end="")
         if "o" in parts:
+            layout = "its defaults"
+            if args.once_processes or args.once_connections:
+                chosen = [
+                    f"--processes {args.once_processes}" if args.once_processes else "",
+                    f"CRM_SMTP_CONNECTIONS={args.once_connections}"
+                    if args.once_connections
+                    else "",
+                ]
+                layout = " and ".join(c for c in chosen if c)
             with details() as lines:
                 rates["o"], sent, summary, span = run_once_command(
                     env, args.once_processes, args.once_connections
                 )
             print(
-                f"(o) run --once {rates['o']:5.0f} msg/s  (`crm-worker run --once` with its "
-                f"defaults, timed start to exit; it printed: {summary})"
+                f"(o) run --once {rates['o']:5.0f} msg/s  (`crm-worker run --once` with "
+                f"{layout}, timed start to exit; it printed: {summary})"
             )
             print(lines.getvalue(), end="")
             if span:
