@@ -236,7 +236,8 @@ class SinkController(Controller):
         return SinkServer(self.handler, **self.SMTP_kwargs)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -245,7 +246,7 @@ def _free_port() -> int:
 def _serve(
     pipelining: bool, *, eightbitmime: bool = True, smtputf8: bool = False
 ) -> Iterator[SmtpSink]:
-    sink = SmtpSink("127.0.0.1", _free_port(), pipelining=pipelining, eightbitmime=eightbitmime)
+    sink = SmtpSink("127.0.0.1", free_port(), pipelining=pipelining, eightbitmime=eightbitmime)
     controller = SinkController(sink, hostname=sink.host, port=sink.port, enable_SMTPUTF8=smtputf8)
     controller.start()
     yield sink

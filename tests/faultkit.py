@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from worker.localtime import parse_instant
 
 #: Every customer of a generated CRM has a birthday on this day; the rule sends at 09:00 UTC.
@@ -26,12 +25,6 @@ CUSTOMER_COLUMNS = (
     "id,email,first_name,last_name,birthday,locale,timezone,account_manager_email,"
     "email_opt_in,loyalty_tier"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def redis_executable() -> str:
@@ -128,6 +121,29 @@ def write_crm(
         header = (REPO / "examples" / "crm" / name).read_text(encoding="utf-8").splitlines()[0]
         (folder / name).write_text(header + "\n", encoding="utf-8")
     return addresses
+
+
+#: The headers of an empty purchases file and an empty complaints file.
+NO_PURCHASES = "id,customer_id,product,purchased_at\n"
+NO_COMPLAINTS = "id,customer_id,subject,opened_at,resolved_at\n"
+
+
+def write_crm_files(
+    folder: Path,
+    customers: str,
+    *,
+    purchases: str = NO_PURCHASES,
+    complaints: str = NO_COMPLAINTS,
+) -> Path:
+    """A CSV CRM of the given file contents in ``folder`` (created); returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("customers.csv", customers),
+        ("purchases.csv", purchases),
+        ("complaints.csv", complaints),
+    ):
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
 
 
 def worker_env(settings_env: dict[str, str]) -> dict[str, str]:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import free_port
+
 USER = "feedback"
 PASSWORD = "s3cret-for-tests"
 
@@ -42,12 +44,6 @@ def dovecot_binary() -> str | None:
     return shutil.which("dovecot") or next(
         (p for p in ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot") if Path(p).is_file()), None
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accounts() -> tuple[str, str, int, int]:
@@ -147,13 +143,13 @@ def dovecot(*, tls: bool = False) -> Iterator[ImapServer]:
     for sub in ("mail", "home"):
         os.chown(root / sub, uid, gid)
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
-    port = _free_port()
+    port = free_port()
     cert: Path | None = None
     tls_port = 0
     if tls:
         cert, key = _certificate(root)
         key.chmod(0o644)  # read by the login processes, which are not root
-        tls_port = _free_port()
+        tls_port = free_port()
         (root / "dovecot.conf").write_text(_config(root, port, (cert, key, tls_port)))
     else:
         (root / "dovecot.conf").write_text(_config(root, port))

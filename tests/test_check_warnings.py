@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.faultkit import write_crm_files
 from tests.test_cli import base_env, crm_worker
 
 CUSTOMERS = (
@@ -25,13 +26,7 @@ send: [{channel: email, template: complaint-follow-up, to: customer.email}]
 
 
 def _world(tmp_path: Path, rules: dict[str, str]) -> dict[str, str]:
-    crm = tmp_path / "crm"
-    crm.mkdir()
-    (crm / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
-    (crm / "purchases.csv").write_text("id,customer_id,product,purchased_at\n", encoding="utf-8")
-    (crm / "complaints.csv").write_text(
-        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
-    )
+    crm = write_crm_files(tmp_path / "crm", CUSTOMERS)
     folder = tmp_path / "rules"
     folder.mkdir()
     for name, text in rules.items():

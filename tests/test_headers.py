@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.conftest import SmtpSink, _free_port
+from tests.conftest import SmtpSink, free_port
 from worker.constants import MAX_SUBJECT_CHARS
 from worker.localtime import parse_instant
 from worker.messages.unsubscribe import OptOut, read_token
@@ -273,7 +273,7 @@ def test_subject_keeps_ampersand_and_angle_brackets_literal(deliver):
 
 @pytest.mark.parametrize("smtputf8", [True, False])
 def test_non_ascii_local_part_needs_smtputf8(make_runtime, make_settings, tmp_path, smtputf8):
-    sink = SmtpSink("127.0.0.1", _free_port())
+    sink = SmtpSink("127.0.0.1", free_port())
     controller = Controller(sink, hostname=sink.host, port=sink.port, enable_SMTPUTF8=smtputf8)
     controller.start()
     try:

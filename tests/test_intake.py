@@ -5,7 +5,6 @@ The CRM posts events; each test counts what the SMTP server received and what Re
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
+from tests.faultkit import write_crm_files
 from tests.serverkit import serve_app
 from tests.test_cli import base_env, crm_worker
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -48,23 +48,11 @@ send: [{channel: email, template: delivery-follow-up, to: customer.email}]
 @pytest.fixture
 def crm(tmp_path: Path) -> dict[str, str]:
     """A one-customer CRM and one rule that mails on purchase.created."""
-    folder = tmp_path / "crm"
-    folder.mkdir()
-    (folder / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
-    (folder / "purchases.csv").write_text(PURCHASES, encoding="utf-8")
-    (folder / "complaints.csv").write_text(
-        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
-    )
+    folder = write_crm_files(tmp_path / "crm", CUSTOMERS, purchases=PURCHASES)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "welcome.yaml").write_text(WELCOME, encoding="utf-8")
     return {"CRM_SOURCE": str(folder), "CRM_RULES_DIR": str(rules)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(runtime: Runtime, auth: IntakeAuth) -> Iterator[str]:
@@ -217,7 +205,7 @@ def test_wrong_media_type_is_415_and_an_oversized_body_413(intake):
 
 
 def test_redis_down_answers_503_so_the_crm_retries(crm, make_settings):
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     settings = make_settings(**crm, CRM_REDIS_URL=f"redis://127.0.0.1:{closed}/0")
     runtime = Runtime(settings)
     try:
@@ -283,7 +271,7 @@ def test_an_event_stamped_in_the_future_waits_for_its_time(intake):
 def test_an_event_whose_crm_data_is_unreachable_is_kept_for_the_next_pass(
     crm, make_runtime, make_settings
 ):
-    closed = _free_port()  # the CRM database is down
+    closed = free_port()  # the CRM database is down
     settings = make_settings(
         CRM_RULES_DIR=crm["CRM_RULES_DIR"],
         CRM_SOURCE=f"postgresql+psycopg://crm_reader:s3cret@127.0.0.1:{closed}/crm",

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests import test_intake as served
+from tests.conftest import free_port
 from tests.test_cli import base_env
 from tests.test_intake import SECRET, TOKEN, assert_refused, event
 from worker.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -161,7 +162,7 @@ def intake_process(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     """`crm-worker intake` on a free port with ``settings`` (and at most ``open_files`` file
     descriptors), once it answers /health; yields the process, its URL and its log file."""
-    port = served._free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | base_env(tmp_path)
     env |= {"CRM_INTAKE_TOKEN": TOKEN, "CRM_INTAKE_PORT": str(port)} | settings
     log_path = tmp_path / "intake.log"

@@ -176,15 +176,7 @@ def test_a_child_whose_supervisor_disappears_later_stops(caplog: pytest.LogCaptu
 def test_a_worker_process_started_for_a_supervisor_that_is_gone_exits_at_once(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": _redis_url(redis_client),
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(REPO / "examples" / "crm"),
-            "CRM_RULES_DIR": str(REPO / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-        }
-    )
+    env = _env(tmp_path, _redis_url(redis_client), demo=True)
     gone = _gone_pid()
     orphan = crm_worker("worker", "--child", str(gone), env=env, cwd=tmp_path)
     try:
@@ -249,22 +241,17 @@ def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
     smtp_server.delay_s["data"] = 0.005  # slow enough that the kill lands mid-delivery
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": url,
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(tmp_path / "crm"),
-            "CRM_RULES_DIR": str(tmp_path / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+    env = _env(
+        tmp_path,
+        url,
+        smtp=smtp_server,
+        extra={
             "CRM_MAIL_FROM": "Example Shop <crm@shop.example.com>",
-            "CRM_SMTP_HOST": smtp_server.host,
-            "CRM_SMTP_PORT": str(smtp_server.port),
-            "CRM_SMTP_SECURITY": "none",
             "CRM_SMTP_CONNECTIONS": str(CONNECTIONS),
             "CRM_SEND_LEASE_S": "3",
             "CRM_QUEUE_DEADLINE_S": "3",
             "CRM_SWEEP_INTERVAL_S": "0.5",
-        }
+        },
     )
     supervisor = crm_worker("worker", "--processes", "2", env=env, cwd=tmp_path)
     runtime = Runtime(load_settings(env))
@@ -326,18 +313,8 @@ def _worker_behind_a_slow_relay(
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
     smtp_server.delay_s["data"] = data_delay_s
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": _redis_url(redis_client),
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(tmp_path / "crm"),
-            "CRM_RULES_DIR": str(tmp_path / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-            "CRM_SMTP_HOST": smtp_server.host,
-            "CRM_SMTP_PORT": str(smtp_server.port),
-            "CRM_SMTP_SECURITY": "none",
-            "CRM_SMTP_TIMEOUT_S": "120",
-        }
+    env = _env(
+        tmp_path, _redis_url(redis_client), smtp=smtp_server, extra={"CRM_SMTP_TIMEOUT_S": "120"}
     )
     supervisor = crm_worker("worker", "--processes", "2", env=env, cwd=tmp_path)
     runtime = Runtime(load_settings(env))
@@ -488,18 +465,7 @@ def test_run_supervises_the_scheduler_and_the_workers_until_sigterm(
     write_crm(tmp_path / "crm", 50, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": url,
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(tmp_path / "crm"),
-            "CRM_RULES_DIR": str(tmp_path / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-            "CRM_SMTP_HOST": smtp_server.host,
-            "CRM_SMTP_PORT": str(smtp_server.port),
-            "CRM_SMTP_SECURITY": "none",
-        }
-    )
+    env = _env(tmp_path, url, smtp=smtp_server)
     supervisor = crm_worker("run", "--processes", "2", env=env, cwd=tmp_path)
     try:
         assert wait_until(lambda: len(children_of(supervisor.pid)) == 3, timeout_s=20)
@@ -550,6 +516,39 @@ def _serves_metrics(port: int) -> bool:
         return False
 
 
+def _env(
+    tmp_path: Path,
+    redis_url: str,
+    *,
+    demo: bool = False,
+    smtp: SmtpSink | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """A ``crm-worker`` child's environment: the Redis at ``redis_url``, a data folder under
+    ``tmp_path``, the sample templates, and the demo CRM with the sample rules (``demo``) or
+    the CRM and rules written under ``tmp_path``; the test SMTP server when given; ``extra``
+    last."""
+    crm, rules = (
+        (REPO / "examples" / "crm", REPO / "rules")
+        if demo
+        else (tmp_path / "crm", tmp_path / "rules")
+    )
+    env = {
+        "CRM_REDIS_URL": redis_url,
+        "CRM_DATA_DIR": str(tmp_path / "var"),
+        "CRM_SOURCE": str(crm),
+        "CRM_RULES_DIR": str(rules),
+        "CRM_TEMPLATES_DIR": str(REPO / "templates"),
+    }
+    if smtp is not None:
+        env |= {
+            "CRM_SMTP_HOST": smtp.host,
+            "CRM_SMTP_PORT": str(smtp.port),
+            "CRM_SMTP_SECURITY": "none",
+        }
+    return worker_env(env | (extra or {}))
+
+
 def _redis_url(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return (
@@ -563,16 +562,11 @@ def test_run_with_more_processes_than_cpus_gives_the_scheduler_a_port_of_its_own
 ) -> None:
     workers = usable_cpus() + 1  # more than the default count: its ports run further
     base = _free_ports(workers + 1)
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": _redis_url(redis_client),
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(REPO / "examples" / "crm"),
-            "CRM_RULES_DIR": str(REPO / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-            "CRM_METRICS_PORT": str(base),
-            "CRM_SCHEDULER_INTERVAL_S": "3600",
-        }
+    env = _env(
+        tmp_path,
+        _redis_url(redis_client),
+        demo=True,
+        extra={"CRM_METRICS_PORT": str(base), "CRM_SCHEDULER_INTERVAL_S": "3600"},
     )
     supervisor = crm_worker("run", "--processes", str(workers), env=env, cwd=tmp_path)
     try:
@@ -596,15 +590,8 @@ def test_a_scheduler_that_cannot_serve_its_metrics_exits_loudly(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = int(taken.getsockname()[1])
-        env = worker_env(
-            {
-                "CRM_REDIS_URL": _redis_url(redis_client),
-                "CRM_DATA_DIR": str(tmp_path / "var"),
-                "CRM_SOURCE": str(REPO / "examples" / "crm"),
-                "CRM_RULES_DIR": str(REPO / "rules"),
-                "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-                "CRM_METRICS_PORT": str(port),
-            }
+        env = _env(
+            tmp_path, _redis_url(redis_client), demo=True, extra={"CRM_METRICS_PORT": str(port)}
         )
         scheduler = crm_worker("scheduler", env=env, cwd=tmp_path)
         try:
@@ -627,18 +614,7 @@ def test_a_stop_signal_during_the_pass_of_run_once_ends_it_promptly(
     write_crm(tmp_path / "crm", 80_000, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
-    env = worker_env(
-        {
-            "CRM_REDIS_URL": _redis_url(redis_client),
-            "CRM_DATA_DIR": str(tmp_path / "var"),
-            "CRM_SOURCE": str(tmp_path / "crm"),
-            "CRM_RULES_DIR": str(tmp_path / "rules"),
-            "CRM_TEMPLATES_DIR": str(REPO / "templates"),
-            "CRM_SMTP_HOST": smtp_server.host,
-            "CRM_SMTP_PORT": str(smtp_server.port),
-            "CRM_SMTP_SECURITY": "none",
-        }
-    )
+    env = _env(tmp_path, _redis_url(redis_client), smtp=smtp_server)
     once = crm_worker("run", "--once", "--processes", "1", env=env, cwd=tmp_path)
     try:
         assert wait_until(lambda: smtp_server.received, timeout_s=120)  # the pass is under way

@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from worker.channels import MemoryChannel
 from worker.constants import MAX_DELIVERY_ATTEMPTS
 from worker.delivery.batch import deliver_batch, deliver_one
@@ -153,15 +152,9 @@ def sql_source(sql_url: str) -> Iterator[SqlSource]:
     source.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _unreachable_source() -> SqlSource:
     """A PostgreSQL source at a port where nothing listens: the CRM database is down."""
-    url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{_free_port()}/crm"
+    url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{free_port()}/crm"
     return SqlSource(url, load_mapping(QUERIES))
 
 
@@ -416,7 +409,7 @@ def test_database_url_needs_a_mapping_and_never_shows_the_password() -> None:
 def test_unreachable_database_is_transient_and_masks_credentials(
     dialect: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"{dialect}://crm_reader:{PASSWORD}@127.0.0.1:{_free_port()}/crm"
+    url = f"{dialect}://crm_reader:{PASSWORD}@127.0.0.1:{free_port()}/crm"
     source = SqlSource(url, load_mapping(QUERIES))
     for attempt in (
         lambda: list(source.iter_records("customer")),

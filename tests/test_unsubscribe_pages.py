@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from tests.faultkit import write_crm_files
 from tests.test_headers import parsed
 from tests.test_intake import serve
 from worker.constants import SUPPRESSION_KEY, UNSUBSCRIBE_REQUESTS_PER_MINUTE
@@ -45,13 +46,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 def write_shop(tmp_path: Path) -> tuple[Path, Path]:
     """The two customers (no purchases, no complaints) and the birthday rule, written under
     ``tmp_path``; returns the CRM folder and the rules folder."""
-    crm = tmp_path / "crm"
-    crm.mkdir()
-    (crm / "customers.csv").write_text(CUSTOMERS, encoding="utf-8")
-    (crm / "purchases.csv").write_text("id,customer_id,product,purchased_at\n", encoding="utf-8")
-    (crm / "complaints.csv").write_text(
-        "id,customer_id,subject,opened_at,resolved_at\n", encoding="utf-8"
-    )
+    crm = write_crm_files(tmp_path / "crm", CUSTOMERS)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "birthday.yaml").write_text(BIRTHDAY, encoding="utf-8")
