@@ -7,9 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.conftest import REPO
+from worker.cli.deliveries import _status_lines
+from worker.constants import SCHEDULER_LOCK_KEY
+from worker.planning.scheduler import LeaderLock, PassReport, record_pass
+from worker.records.heartbeats import process_name
+from worker.records.status import read_status
 
 NOW = "2026-03-14T10:00:00Z"
 
@@ -66,12 +72,42 @@ def test_check_plan_run_run_again(tmp_path, smtp_server, redis_client):
     status = crm_worker("status", env=env, cwd=tmp_path)
     assert "Last pass  none recorded" not in status.stdout, status.stdout
     assert f"{len(lines)} queued, 0 already claimed" in status.stdout  # run --once's pass
+    assert " ago by run --once " in status.stdout, status.stdout
+    assert "Scheduler  no leader" in status.stdout, status.stdout  # a pass does not lead
 
     second = crm_worker("-q", "run", "--once", "--now", NOW, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "sent 0," in second.stdout
     assert len(smtp_server.received) == len(lines)
     assert " INFO " not in second.stderr  # -q: warnings and errors only
+
+
+def test_status_names_the_scheduler_holding_the_lock_and_who_ran_the_last_pass(
+    redis_client,
+) -> None:
+    # A run --once beside a running scheduler records its pass; the leader is still the
+    # scheduler holding the lock (named by the lock's value), not whoever passed last.
+    lock = LeaderLock(redis_client)
+    assert lock.acquire()
+    report = PassReport(now=datetime(2026, 6, 15, tzinfo=UTC), queued=["a", "b"])
+    record_pass(redis_client, report, by="run --once other-host:42", took_s=0.5)
+    state = read_status(redis_client, queue_name="crm-messages", sweep_interval_s=1)
+    assert state.leader == process_name()
+    lines = _status_lines(state, "redis", crm_events=False)
+    assert any(line.startswith(f"Scheduler  leader {process_name()} (lock for ") for line in lines)
+    assert any(
+        line.startswith("Last pass  ")
+        and " ago by run --once other-host:42, took 0.50 s: 2 queued" in line
+        for line in lines
+    ), lines
+    lock.release()
+    redis_client.set(SCHEDULER_LOCK_KEY, "0123abcd", px=60_000)  # as earlier versions wrote it
+    state = read_status(redis_client, queue_name="crm-messages", sweep_interval_s=1)
+    assert state.leader is None
+    assert any(
+        line.startswith("Scheduler  leader (unnamed) (lock for ")
+        for line in _status_lines(state, "redis", crm_events=False)
+    )
 
 
 def test_check_reports_problems_with_positions(tmp_path):

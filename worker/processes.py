@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +51,7 @@ from worker.constants import (
     SUPERVISOR_POLL,
 )
 from worker.planning.scheduler import record_pass
+from worker.records.heartbeats import process_name
 from worker.runtime import RunSummary, Runtime
 
 log = logging.getLogger(__name__)
@@ -525,7 +525,7 @@ def run_once_supervised(
         record_pass(
             runtime.redis,
             report,
-            leader=f"run --once {socket.gethostname()}:{os.getpid()}",
+            by=f"run --once {process_name()}",
             took_s=time.monotonic() - began,
         )
         states = runtime.wait_for(

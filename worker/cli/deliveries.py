@@ -192,12 +192,14 @@ def _status_lines(state: SystemStatus, where: str, *, crm_events: bool) -> list[
     if state.leader_lock_s is None:
         lines.append("Scheduler  [yellow]no leader[/] (none running, or a standby takes over)")
     else:
-        leader = state.last_pass.get("leader", "?")
-        lines.append(f"Scheduler  leader {escape(leader)} (lock for {state.leader_lock_s:.0f} s)")
+        leader = escape(state.leader or "(unnamed)")
+        lines.append(f"Scheduler  leader {leader} (lock for {state.leader_lock_s:.0f} s)")
     if state.last_pass:
         p = state.last_pass
+        by = p.get("by") or p.get("leader") or "?"  # "leader": as earlier versions wrote it
         lines.append(
-            f"Last pass  {_age(state.last_pass_age_s)} ago, took {p.get('took_s', '?')} s: "
+            f"Last pass  {_age(state.last_pass_age_s)} ago by {escape(by)}, "
+            f"took {p.get('took_s', '?')} s: "
             f"{p.get('queued', '?')} queued, {p.get('already_claimed', '?')} already claimed, "
             f"{p.get('skipped', '?')} skipped"
         )

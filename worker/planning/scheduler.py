@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -52,7 +50,7 @@ from worker.planning.contact_policy import ContactPolicy, counted, customer_id_o
 from worker.planning.events import Event, EventLog
 from worker.planning.plan import PlannedDelivery, Skip, plan, plan_event
 from worker.records.delivery_log import DeliveryLog, LogEntry
-from worker.records.heartbeats import beat, leave
+from worker.records.heartbeats import beat, leave, process_name
 from worker.records.ledger import Ledger, skip_claimed
 from worker.rules.catalog import RuleCatalog
 from worker.sources.base import Source
@@ -305,11 +303,12 @@ return 0
 
 
 class LeaderLock:
-    """A Redis lock that one scheduler holds while it runs passes; others stand by."""
+    """A Redis lock that one scheduler holds while it runs passes; others stand by. Its value
+    (``token``) starts with the holder's ``host:pid``, which ``crm-worker status`` shows."""
 
     def __init__(self, client: redis.Redis, *, ttl: timedelta = SCHEDULER_LOCK_TTL) -> None:
         self.client = client
-        self.token = uuid.uuid4().hex
+        self.token = f"{process_name()} {uuid.uuid4().hex}"
         self._renew = client.register_script(_RENEW)
         self.ttl_ms = int(ttl.total_seconds() * 1000)
 
@@ -349,13 +348,14 @@ class LeaderLock:
             thread.join()
 
 
-def record_pass(client: redis.Redis, report: PassReport, *, leader: str, took_s: float) -> None:
-    """Keep what the leader's last pass did for ``crm-worker status``."""
+def record_pass(client: redis.Redis, report: PassReport, *, by: str, took_s: float) -> None:
+    """Keep what the last pass did, and who ran it (the leading scheduler or a ``run --once``),
+    for ``crm-worker status``."""
     client.hset(
         SCHEDULER_LAST_PASS_KEY,
         mapping={
             "at": f"{utc_now().timestamp():.3f}",
-            "leader": leader,
+            "by": by,
             "took_s": f"{took_s:.2f}",
             "queued": len(report.queued),
             "already_claimed": report.already_claimed,
@@ -376,7 +376,7 @@ def run_scheduler(
     the lock at least every ``STANDBY_POLL``."""
     leading = False
     redis_lost = False
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    me = process_name()
     while not stop.is_set():
         try:
             acquired = lock.acquire()
@@ -393,7 +393,7 @@ def run_scheduler(
                 # keeps its leadership and is not taken for a dead scheduler (`health`).
                 with lock.renewing(), _beating(lock.client, me):
                     report = scheduler.run_planned_pass(clock(), leader=lock.token)
-                record_pass(lock.client, report, leader=me, took_s=time.monotonic() - started)
+                record_pass(lock.client, report, by=me, took_s=time.monotonic() - started)
             else:
                 if leading:
                     log.warning("scheduler lost the lock; standing by")

@@ -43,7 +43,11 @@ class SystemStatus:
     aof: bool = False
     #: Whether a scheduler holds the leader lock now, and seconds until it expires.
     leader_lock_s: float | None = None
-    #: The leader's last pass (``at``, ``leader``, ``took_s``, ``queued`` …), if any.
+    #: The ``host:pid`` of the scheduler holding the lock (None: no lock, or one taken by a
+    #: version that did not name itself).
+    leader: str | None = None
+    #: The last pass (``at``, ``by``: the scheduler or ``run --once`` that ran it, ``took_s``,
+    #: ``queued`` …), if any.
     last_pass: dict[str, str] = field(default_factory=dict)
     #: Worker processes with a recent heartbeat: name and seconds since it.
     workers: list[tuple[str, float]] = field(default_factory=list)
@@ -81,6 +85,7 @@ def read_status(client: redis.Redis, *, queue_name: str, sweep_interval_s: float
     with client.pipeline(transaction=False) as pipe:
         pipe.info("persistence")
         pipe.pttl(SCHEDULER_LOCK_KEY)
+        pipe.get(SCHEDULER_LOCK_KEY)
         pipe.hgetall(SCHEDULER_LAST_PASS_KEY)
         pipe.zrangebyscore(WORKERS_KEY, now - grace_s, "+inf", withscores=True)
         pipe.llen(queue)
@@ -89,9 +94,21 @@ def read_status(client: redis.Redis, *, queue_name: str, sweep_interval_s: float
         pipe.get(SEND_PAUSE_KEY)
         pipe.xlen(SUPPRESSION_EVENTS_KEY)
         pipe.hgetall(SUPPRESSION_EVENTS_RETRY_KEY)
-        (persistence, lock_ms, last_pass, workers, depth, delayed, dead, paused, events, retry) = (
-            pipe.execute()
-        )
+        (
+            persistence,
+            lock_ms,
+            lock_value,
+            last_pass,
+            workers,
+            depth,
+            delayed,
+            dead,
+            paused,
+            events,
+            retry,
+        ) = pipe.execute()
+    # The lock's value is "host:pid token" (LeaderLock.token).
+    holder, named, _token = _text(lock_value or "").partition(" ")
     paused_until = float(paused) if paused is not None else None
     retry = {_text(k): _text(v) for k, v in retry.items()}
     next_try = float(retry["next_at"]) - now if "next_at" in retry else None
@@ -99,6 +116,7 @@ def read_status(client: redis.Redis, *, queue_name: str, sweep_interval_s: float
         now=now,
         aof=bool(int(persistence.get("aof_enabled", 0))),
         leader_lock_s=lock_ms / 1000 if lock_ms and lock_ms > 0 else None,
+        leader=holder if named and lock_ms and lock_ms > 0 else None,
         last_pass={_text(k): _text(v) for k, v in last_pass.items()},
         workers=[(_text(name), max(now - score, 0.0)) for name, score in workers],
         queued_messages=int(depth),
