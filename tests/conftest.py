@@ -44,6 +44,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Red
     embedded.shutdown()
 
 
+def redis_url(client: redis.Redis) -> str:
+    """The ``CRM_REDIS_URL`` of the server ``client`` talks to, for a ``crm-worker`` process a
+    test starts: ``REDIS_URL``'s server, or the embedded one (a unix socket, no TCP port)."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{db}"
+
+
 @pytest.fixture
 def redis_client(redis_server: redis.Redis) -> redis.Redis:
     redis_server.flushdb()

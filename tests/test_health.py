@@ -15,19 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REPO
+from tests.conftest import REPO, redis_url
 from tests.faultkit import crm_worker as start
 from tests.faultkit import free_port, wait_until, worker_env, write_crm
 from tests.test_cli import crm_worker as run
 from tests.test_healing import RULE
 from worker.constants import HEARTBEAT_INTERVAL, SCHEDULER_LAST_PASS_KEY
 from worker.localtime import utc_now
-
-
-def redis_url(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379)
-    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REPO, SmtpSink
+from tests.conftest import REPO, SmtpSink, redis_url
 from tests.faultkit import crm_worker, wait_until, worker_env, write_crm
 from tests.test_healing import RULE
 from worker.cli.operations import _Interrupted, _stop_signals
@@ -176,7 +176,7 @@ def test_a_child_whose_supervisor_disappears_later_stops(caplog: pytest.LogCaptu
 def test_a_worker_process_started_for_a_supervisor_that_is_gone_exits_at_once(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
-    env = _env(tmp_path, _redis_url(redis_client), demo=True)
+    env = _env(tmp_path, redis_url(redis_client), demo=True)
     gone = _gone_pid()
     orphan = crm_worker("worker", "--child", str(gone), env=env, cwd=tmp_path)
     try:
@@ -233,9 +233,7 @@ def test_a_killed_worker_process_is_restarted_and_every_message_arrives_once(
     redis_client: redis.Redis,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    redis_url = redis_client.connection_pool.connection_kwargs
-    url = f"redis://{redis_url.get('host', '127.0.0.1')}:{redis_url.get('port', 6379)}/"
-    url += str(redis_url.get("db", 0))
+    url = redis_url(redis_client)
     # Due today in real time: a delivery the sweeper takes over is re-checked at the real time.
     write_crm(tmp_path / "crm", TOTAL, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
@@ -314,7 +312,7 @@ def _worker_behind_a_slow_relay(
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
     smtp_server.delay_s["data"] = data_delay_s
     env = _env(
-        tmp_path, _redis_url(redis_client), smtp=smtp_server, extra={"CRM_SMTP_TIMEOUT_S": "120"}
+        tmp_path, redis_url(redis_client), smtp=smtp_server, extra={"CRM_SMTP_TIMEOUT_S": "120"}
     )
     supervisor = crm_worker("worker", "--processes", "2", env=env, cwd=tmp_path)
     runtime = Runtime(load_settings(env))
@@ -459,9 +457,7 @@ def test_sigterm_again_keeps_the_worker_processes_draining(
 def test_run_supervises_the_scheduler_and_the_workers_until_sigterm(
     tmp_path: Path, smtp_server: SmtpSink, redis_client: redis.Redis
 ) -> None:
-    kwargs = redis_client.connection_pool.connection_kwargs
-    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
-    url += str(kwargs.get("db", 0))
+    url = redis_url(redis_client)
     write_crm(tmp_path / "crm", 50, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
@@ -549,14 +545,6 @@ def _env(
     return worker_env(env | (extra or {}))
 
 
-def _redis_url(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return (
-        f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
-        f"{kwargs.get('db', 0)}"
-    )
-
-
 def test_run_with_more_processes_than_cpus_gives_the_scheduler_a_port_of_its_own(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
@@ -564,7 +552,7 @@ def test_run_with_more_processes_than_cpus_gives_the_scheduler_a_port_of_its_own
     base = _free_ports(workers + 1)
     env = _env(
         tmp_path,
-        _redis_url(redis_client),
+        redis_url(redis_client),
         demo=True,
         extra={"CRM_METRICS_PORT": str(base), "CRM_SCHEDULER_INTERVAL_S": "3600"},
     )
@@ -591,7 +579,7 @@ def test_a_scheduler_that_cannot_serve_its_metrics_exits_loudly(
         taken.listen()
         port = int(taken.getsockname()[1])
         env = _env(
-            tmp_path, _redis_url(redis_client), demo=True, extra={"CRM_METRICS_PORT": str(port)}
+            tmp_path, redis_url(redis_client), demo=True, extra={"CRM_METRICS_PORT": str(port)}
         )
         scheduler = crm_worker("scheduler", env=env, cwd=tmp_path)
         try:
@@ -614,7 +602,7 @@ def test_a_stop_signal_during_the_pass_of_run_once_ends_it_promptly(
     write_crm(tmp_path / "crm", 80_000, birthday=utc_now().strftime("1990-%m-%d"))
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "birthday-greeting.yaml").write_text(RULE, encoding="utf-8")
-    env = _env(tmp_path, _redis_url(redis_client), smtp=smtp_server)
+    env = _env(tmp_path, redis_url(redis_client), smtp=smtp_server)
     once = crm_worker("run", "--once", "--processes", "1", env=env, cwd=tmp_path)
     try:
         assert wait_until(lambda: smtp_server.received, timeout_s=120)  # the pass is under way
