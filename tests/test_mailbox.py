@@ -17,7 +17,6 @@ import pytest
 from imap_tools import MailBoxUnencrypted
 
 from tests import feedback_samples as samples
-from tests.conftest import redis_url
 from tests.imap_server import ImapServer, dovecot, dovecot_binary
 from tests.test_cli import base_env, crm_worker
 from worker.constants import FEEDBACK_FOLDERS
@@ -282,7 +281,6 @@ def test_the_report_shows_a_bounced_delivery_as_bounced(imap, tmp_path, redis_cl
     )
     deliver(imap, samples.dsn("gone@example.net", "5.1.1", USER_UNKNOWN))
     env = base_env(tmp_path) | mailbox_env(imap)
-    env["CRM_REDIS_URL"] = redis_url(redis_client)  # the server this test reads
     assert crm_worker("mailbox", "--once", env=env, cwd=tmp_path).returncode == 0
 
     report = crm_worker("report", "--json", env=env, cwd=tmp_path)
@@ -307,7 +305,6 @@ def test_a_token_of_older_mail_unsubscribes_the_address_that_wrote(imap, runtime
 
 def test_the_polling_command_files_new_mail_and_stops_on_sigterm(imap, tmp_path, redis_client):
     env = base_env(tmp_path) | mailbox_env(imap, CRM_MAILBOX_POLL_S="0.2")
-    env["CRM_REDIS_URL"] = redis_url(redis_client)  # the server this test reads
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | env
     process = subprocess.Popen(
         [sys.executable, "-c", "from worker.cli import main; main()", "mailbox"],
