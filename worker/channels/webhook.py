@@ -65,9 +65,12 @@ class WebhookChannel:
         # Made at the first message: a deployment without webhooks never imports httpx.
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
+        self._closed = False
 
     def _http(self) -> httpx.Client:
         with self._client_lock:
+            if self._closed:  # as httpx says of a closed client: no new one behind close()
+                raise RuntimeError("the webhook channel is closed")
             if self._client is None:
                 import httpx
 
@@ -131,9 +134,9 @@ class WebhookChannel:
 
     def close(self) -> None:
         with self._client_lock:
+            self._closed = True
             if self._client is not None:
                 self._client.close()
-                self._client = None
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:

@@ -386,10 +386,11 @@ def _stop_signals(
                     "they hold; Ctrl-C to stop at once"
                 )
             return
+        # Set before printing: a second signal that arrives during the print is a second one.
+        stop.set()
         again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
         if interrupting is not None and interrupting.is_set():
             interrupting.clear()
-            stop.set()
             err.print(
                 f"stopping ({name}) during the pass: the worker processes finish the batches "
                 f"they hold; {again} to stop at once"
@@ -399,7 +400,6 @@ def _stop_signals(
             f"stopping ({name}): the worker processes finish the batches they hold; "
             f"{again} to stop at once"
         )
-        stop.set()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)

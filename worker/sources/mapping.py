@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import text
+
 from worker.constants import MAX_QUERIES_FILE_BYTES
 from worker.errors import Problem, RuleError, SourceError
 from worker.rules.loader import parse_yaml
@@ -168,8 +170,6 @@ def _statement(sql: object, params: set[str]) -> str:
         raise ValueError(f"must be one read-only SELECT (or WITH … SELECT), not {first or 'empty'}")
     if ";" in bare:
         raise ValueError("must be one statement: remove the ';' inside it")
-    from sqlalchemy import text  # here, not at import: CSV deployments never load SQLAlchemy
-
     found = set(text(body).compile().params)
     if found != params:
         wanted = ", ".join(f":{p}" for p in sorted(params)) or "no parameters"
